@@ -1,0 +1,1 @@
+"""Market data: timeframes, bar schemas, cleaning, resampling and data sources."""
