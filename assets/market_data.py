@@ -1,0 +1,100 @@
+"""raw_bars → bars: ingestion from the configured source, then cleaning, quarantine and resampling."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import dagster as dg
+from crypto_pipeline.ingest import build_bars, ingest_raw
+from pydantic import Field
+
+from assets.checks import check_results_for_bars, warehouse_metadata
+from assets.partitions import DAILY_PARTITIONS, SINGLE_RUN_BACKFILL
+from assets.resources import MarketDataSourceResource, WarehouseResource
+from crypto_pipeline.config import get_settings
+
+
+class IngestConfig(dg.Config):
+    symbols: list[str] = Field(default_factory=lambda: list(get_settings().symbols))
+    base_timeframe: str = Field(default_factory=lambda: get_settings().base_timeframe)
+
+
+class BarsConfig(dg.Config):
+    symbols: list[str] = Field(default_factory=lambda: list(get_settings().symbols))
+    base_timeframe: str = Field(default_factory=lambda: get_settings().base_timeframe)
+    timeframes: list[str] = Field(default_factory=lambda: list(get_settings().timeframes))
+    max_gap_ratio: float = Field(default_factory=lambda: get_settings().max_gap_ratio)
+
+
+def partition_days(context: dg.AssetExecutionContext) -> tuple[datetime, datetime]:
+    """[first day, last day] (inclusive, UTC midnights) of the partitions this run covers."""
+    window = context.partition_time_window
+    return window.start, window.end - timedelta(days=1)
+
+
+@dg.asset(
+    partitions_def=DAILY_PARTITIONS,
+    backfill_policy=SINGLE_RUN_BACKFILL,
+    group_name="market_data",
+    kinds={"duckdb", "parquet", "alpaca"},
+    description="Bars as the source delivered them (base timeframe), one Parquet partition per symbol and day.",
+)
+def raw_bars(
+    context: dg.AssetExecutionContext,
+    config: IngestConfig,
+    warehouse: WarehouseResource,
+    market_data_source: MarketDataSourceResource,
+) -> dg.MaterializeResult:
+    first, last = partition_days(context)
+    report = ingest_raw(
+        market_data_source.get(),
+        warehouse.get(),
+        symbols=config.symbols,
+        timeframe=config.base_timeframe,
+        start=first,
+        end=last,
+        progress=False,
+    )
+    context.log.info(f"raw_bars {first:%Y-%m-%d}..{last:%Y-%m-%d}: {report}")
+    return dg.MaterializeResult(metadata={**report.metadata(), "source": market_data_source.kind})
+
+
+@dg.asset(
+    deps=[raw_bars],
+    partitions_def=DAILY_PARTITIONS,
+    backfill_policy=SINGLE_RUN_BACKFILL,
+    group_name="market_data",
+    kinds={"duckdb", "parquet", "polars"},
+    description="Clean bars: sorted, de-duplicated, gaps flagged, bad rows quarantined, resampled to 15m/1h/4h/1d.",
+    check_specs=[
+        dg.AssetCheckSpec(name, asset="bars", blocking=True, description=desc)
+        for name, desc in [
+            ("unique_symbol_timestamp", "No two bars share (symbol, timeframe, timestamp)."),
+            ("ohlc_consistent", "low <= open, close <= high; volume >= 0; prices > 0."),
+            ("monotonic_time", "Timestamps strictly increase within each symbol and timeframe."),
+            ("gap_ratio", "Missing base bars stay under the configured ratio."),
+        ]
+    ],
+)
+def bars(context: dg.AssetExecutionContext, config: BarsConfig, warehouse: WarehouseResource):
+    first, last = partition_days(context)
+    wh = warehouse.get()
+    report = build_bars(
+        wh,
+        symbols=config.symbols,
+        base_timeframe=config.base_timeframe,
+        target_timeframes=config.timeframes,
+        start=first,
+        end=last,
+    )
+    context.log.info(f"bars {first:%Y-%m-%d}..{last:%Y-%m-%d}: {report}")
+    built = wh.read(
+        "bars",
+        symbols=config.symbols,
+        start=first,
+        end=last + timedelta(days=1),
+    )
+    return dg.MaterializeResult(
+        metadata={**report.metadata(), **warehouse_metadata(built)},
+        check_results=check_results_for_bars(built, config.base_timeframe, config.max_gap_ratio),
+    )

@@ -1,0 +1,1 @@
+"""Sensors: runs triggered by events rather than the clock."""
