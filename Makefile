@@ -21,7 +21,7 @@ setup: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 
 run: setup
-	$(PY) -m crypto_pipeline.cli run
+	$(PY) -m jobs.run_offline
 
 test: setup
 	$(PY) -m pytest -q
