@@ -122,50 +122,41 @@ class MarketState(BaseModel):
         ratios: a model that still predicts well on anonymized prompts is not recalling history.
         """
         lines: list[str] = []
-        if anonymize:
-            lines.append("asset: ANON")
-        else:
-            lines.append(f"asset: {self.symbol} time: {self.at:%Y-%m-%d %H:%M}Z price: {_num(self.price)}")
-        head = [f"chg1h: {_pct(self.change_1h)}", f"chg24h: {_pct(self.change_24h)}"]
+        head = [] if anonymize else [f"{self.symbol} {self.at:%Y-%m-%d %H:%M}Z price {_num(self.price)}"]
+        head += [f"chg1h {_pct(self.change_1h)}", f"chg24h {_pct(self.change_24h)}"]
         if self.volume_24h is not None and not anonymize:
-            head.append(f"vol24h: {_num(self.volume_24h)}")
-        head.append(f"vol/7d: {_fmt(self.volume_vs_avg_7d, 2)}")
+            head.append(f"vol24h {_num(self.volume_24h)}")
+        head.append(f"vol/avg7d {_fmt(self.volume_vs_avg_7d, 2)}")
         lines.append(" ".join(head))
+        # One row per timeframe keeps the prompt short: numbers dominate the token count.
         lines.append("tf rsi macdh% ema9/21% px/ema50% px/ema200% atr% bb%b chg%")
         for tf in STATE_TIMEFRAMES:
             ind = self.timeframes.get(tf)
             if ind is None:
                 continue
-            lines.append(
-                " ".join(
-                    [
-                        tf,
-                        _fmt(ind.rsi_14, 1),
-                        _signed(ind.macd_hist_pct, 3),
-                        _signed(ind.ema_9_vs_21_pct, 2),
-                        _signed(ind.close_vs_ema_50_pct, 2),
-                        _signed(ind.close_vs_ema_200_pct, 2),
-                        _fmt(ind.atr_pct, 2),
-                        _fmt(ind.bb_pctb, 2),
-                        _signed(ind.change_pct, 2),
-                    ]
-                )
-            )
+            values = [
+                _fmt(ind.rsi_14, 0),
+                _fmt(ind.macd_hist_pct, 2),
+                _fmt(ind.ema_9_vs_21_pct, 2),
+                _fmt(ind.close_vs_ema_50_pct, 1),
+                _fmt(ind.close_vs_ema_200_pct, 1),
+                _fmt(ind.atr_pct, 2),
+                _fmt(ind.bb_pctb, 2),
+                _fmt(ind.change_pct, 2),
+            ]
+            lines.append(" ".join([tf, *values]))
         if self.order_book is not None:
             book = self.order_book
-            lines.append(f"book: spread {_fmt(book.spread_bps, 1)}bp imbalance {_signed(book.imbalance, 2)}")
+            lines.append(f"book spread {_fmt(book.spread_bps, 1)}bp imbalance {_fmt(book.imbalance, 2)}")
         if self.portfolio is not None:
             pf = self.portfolio
-            pnl = pf.unrealized_pnl_pct(self.price)
             if pf.position_qty > 0:
-                lines.append(
-                    f"position: long {_fmt(pf.exposure_pct(self.price), 1)}% of equity, "
-                    f"unrealized {_pct(pnl)}"
-                )
+                exposure = _fmt(pf.exposure_pct(self.price), 0)
+                lines.append(f"position long {exposure}% of equity, pnl {_pct(pf.unrealized_pnl_pct(self.price))}")
             else:
-                lines.append("position: flat")
+                lines.append("position flat")
             if not anonymize:
-                lines.append(f"cash: {_num(pf.cash)} equity: {_num(pf.equity)}")
+                lines.append(f"cash {_num(pf.cash)} equity {_num(pf.equity)}")
         return "\n".join(lines)
 
     @classmethod
@@ -368,19 +359,19 @@ def _clean(value: Any) -> float | None:
 
 
 def _fmt(value: float | None, digits: int) -> str:
-    return "na" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _signed(value: float | None, digits: int) -> str:
-    return "na" if value is None or math.isnan(value) else f"{value:+.{digits}f}"
+    if value is None or math.isnan(value):
+        return "na"
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0: no "-0.00"
 
 
 def _pct(value: float | None) -> str:
-    return "na" if value is None else f"{value:+.2f}%"
+    return "na" if value is None else f"{_fmt(value, 2)}%"
 
 
 def _num(value: float) -> str:
     """Prices and volumes with about six significant digits (compact for the tokenizer)."""
+    if value >= 1e9:
+        return f"{value / 1e9:.2f}B"
     if value >= 1e6:
         return f"{value / 1e6:.2f}M"
     if value >= 100:
