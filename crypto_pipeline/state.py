@@ -152,7 +152,9 @@ class MarketState(BaseModel):
             pf = self.portfolio
             if pf.position_qty > 0:
                 exposure = _fmt(pf.exposure_pct(self.price), 0)
-                lines.append(f"position long {exposure}% of equity, pnl {_pct(pf.unrealized_pnl_pct(self.price))}")
+                lines.append(
+                    f"position long {exposure}% of equity, pnl {_pct(pf.unrealized_pnl_pct(self.price))}"
+                )
             else:
                 lines.append("position flat")
             if not anonymize:
@@ -283,6 +285,7 @@ def market_state_table(
         by="symbol",
         strategy="backward",
         tolerance=2 * Timeframe.parse(price_tf).duration,
+        check_sortedness=False,  # sorted by close time above; polars cannot verify it per group
     )
 
     for tf in available:
@@ -297,6 +300,7 @@ def market_state_table(
             right_on=f"bar_close_{tf}",
             by="symbol",
             strategy="backward",
+            check_sortedness=False,
             tolerance=2 * Timeframe.parse(tf).duration,
         )
     # Indicators are undefined before warm-up (NaN from a ratio of nulls): carry them as nulls.

@@ -60,6 +60,7 @@ class BarStore:
             raise FileNotFoundError(f"{data_dir} holds no bars_<timeframe>.parquet or Alpaca-shaped CSV files")
         self._loaded: dict[Timeframe, dict[str, SymbolBars]] = {}
         self._lock = threading.Lock()
+        self._resampled: dict[tuple[str, int], SymbolBars] = {}
         self._symbols_by_timeframe: dict[Timeframe, frozenset[str]] = {}
 
     @property
@@ -122,6 +123,24 @@ class BarStore:
         if timeframe not in self._sources:
             return None
         return self.load(timeframe).get(symbol)
+
+    def bars_for_duration(self, symbol: str, duration_ns: int) -> SymbolBars | None:
+        """Bars of any duration: recorded when a file has it, else resampled from the coarsest file that
+        divides it (cached). None when the symbol has no file fine enough."""
+        key = (symbol, duration_ns)
+        if key in self._resampled:
+            return self._resampled[key]
+        for timeframe in reversed(self.timeframes):
+            step = timeframe_ns(timeframe)
+            if duration_ns % step or symbol not in self.symbols(timeframe):
+                continue
+            source = self.bars(timeframe, symbol)
+            if source is None:
+                continue
+            found = source if step == duration_ns else resample(source, duration_ns)
+            self._resampled[key] = found
+            return found
+        return None
 
     def finest(self, symbol: str) -> SymbolBars | None:
         """The finest-grained bars that exist for `symbol`: what quotes, books and fills derive from."""

@@ -1,0 +1,133 @@
+"""Starting and stopping the exchange: `run_exchange` (blocking) and `ExchangeServer` (a background
+thread, for tests and `make run`)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import httpx
+import uvicorn
+
+from crypto_pipeline.exchange.app import create_app
+from crypto_pipeline.exchange.config import ExchangeConfig
+from crypto_pipeline.exchange.venue import Venue
+
+START_TIMEOUT_S = 60.0
+
+
+def _bind(config: ExchangeConfig) -> socket.socket:
+    """Bind first, so that port 0 yields a free port we can report before serving."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn(config: ExchangeConfig, venue: Venue) -> uvicorn.Server:
+    app = create_app(config, venue)
+    return uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on", access_log=False)
+    )
+
+
+class ExchangeServer:
+    """The exchange in a background thread; returns from `start()` once it answers HTTP.
+
+    >>> with ExchangeServer(ExchangeConfig(port=0, key="k", secret="s")) as server:
+    ...     TradingClient("k", "s", url_override=server.base_url)
+    """
+
+    def __init__(self, config: ExchangeConfig) -> None:
+        self.config = config
+        self.venue: Venue | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        if self._socket is None:
+            raise RuntimeError("the exchange is not started")
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def base_url(self) -> str:
+        host = self.config.host if self.config.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def data_stream_url(self) -> str:
+        return self.base_url.replace("http://", "ws://", 1) + "/v1beta3/crypto/us"
+
+    @property
+    def trading_stream_url(self) -> str:
+        return self.base_url.replace("http://", "ws://", 1) + "/stream"
+
+    def start(self, wait_for_replay: bool = True) -> ExchangeServer:
+        self.venue = Venue(self.config)
+        self._socket = _bind(self.config)
+        self._server = _uvicorn(self.config, self.venue)
+        self._thread = threading.Thread(target=self._serve, name="exchange-server", daemon=True)
+        self._thread.start()
+        self._wait_until_ready(wait_for_replay)
+        return self
+
+    def _serve(self) -> None:
+        assert self._server is not None and self._socket is not None
+        try:
+            asyncio.run(self._server.serve(sockets=[self._socket]))
+        except BaseException as error:  # reported to the starting thread
+            self._error = error
+
+    def _wait_until_ready(self, wait_for_replay: bool) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._error is not None or (self._thread is not None and not self._thread.is_alive()):
+                raise RuntimeError(f"the exchange failed to start: {self._error!r}")
+            try:
+                health = httpx.get(self.base_url + "/healthz", timeout=1.0).json()
+                if health.get("replay_ready") or not wait_for_replay:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"the exchange did not answer on {self.base_url} within {START_TIMEOUT_S:.0f} s")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        if self._socket is not None:
+            self._socket.close()
+        self._thread = None
+
+    def __enter__(self) -> ExchangeServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def run_exchange(config: ExchangeConfig, announce: Callable[[str], None] | None = None) -> None:
+    """Serve until interrupted (Ctrl-C); `announce` gets the base URL once the port is bound."""
+    venue = Venue(config)
+    sock = _bind(config)
+    if announce is not None:
+        host = config.host if config.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        announce(f"http://{host}:{sock.getsockname()[1]}")
+    try:
+        _uvicorn(config, venue).run(sockets=[sock])
+    finally:
+        sock.close()

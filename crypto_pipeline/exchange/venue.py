@@ -1,0 +1,70 @@
+"""One running exchange: the data, clock, broker, store and stream hubs built from an ExchangeConfig."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from crypto_pipeline.exchange.bars import BarStore
+from crypto_pipeline.exchange.book import SpreadModel
+from crypto_pipeline.exchange.broker import Broker
+from crypto_pipeline.exchange.clock import ReplayClock, to_ns
+from crypto_pipeline.exchange.config import ExchangeConfig
+from crypto_pipeline.exchange.faults import RestFaults
+from crypto_pipeline.exchange.market import MarketData
+from crypto_pipeline.exchange.matching import Fill
+from crypto_pipeline.exchange.records import OrderRecord
+from crypto_pipeline.exchange.replay import Replayer
+from crypto_pipeline.exchange.store import ExchangeStore
+from crypto_pipeline.exchange.streams import Credentials, MarketDataHub, TradeUpdatesHub
+from crypto_pipeline.exchange.views import trade_update_wire
+
+CLOCK_KEY = "clock_ns"
+
+
+class Venue:
+    def __init__(self, config: ExchangeConfig) -> None:
+        if not config.credentials_set:
+            raise ValueError(
+                "the exchange needs API credentials: pass --key/--secret or set ALPACA_API_KEY and ALPACA_SECRET_KEY"
+            )
+        self.config = config
+        self.store = ExchangeStore(config.db_path, reset=config.reset)
+        bars = BarStore(config.data_dir)
+        self.market = MarketData(
+            bars, SpreadModel(config.min_spread_bps, config.spread_range_fraction, config.book_levels)
+        )
+        self.clock = ReplayClock(self._start_ns(bars), config.speed)
+        self.credentials = Credentials(config.key.get_secret_value(), config.secret.get_secret_value())
+        self.data_hub = MarketDataHub(self.credentials, config.faults)
+        self.trade_hub = TradeUpdatesHub(self.credentials, config.faults)
+        self.rest_faults = RestFaults(config.faults)
+        self.broker = Broker(config, self.market, self.clock, self.store, self._publish_trade_update)
+        self.replayer = Replayer(self.market, self.clock, self.broker, self.data_hub)
+        self.data_hub.book_snapshots = self.replayer.book_snapshots
+        self._task: asyncio.Task[None] | None = None
+
+    def _start_ns(self, bars: BarStore) -> int:
+        if self.config.start is not None:
+            return to_ns(self.config.start)
+        saved = None if self.config.reset else self.store.get_meta(CLOCK_KEY)
+        return int(saved) if saved else bars.time_range()[0]
+
+    def _publish_trade_update(
+        self, event: str, order: OrderRecord, at_ns: int, fill: Fill | None, execution_id: str | None
+    ) -> None:
+        position = self.broker.positions.get(order.symbol)
+        update = trade_update_wire(event, order, at_ns, fill, execution_id, position.qty if position else 0.0)
+        self.trade_hub.publish(update)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.replayer.run(), name="replayer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        # Remember where the clock was, so a restart without --start resumes there.
+        self.store.set_meta(CLOCK_KEY, str(self.clock.now_ns()))
+        self.store.close()

@@ -1,0 +1,407 @@
+"""Bar cleaning: bad rows go to quarantine with a reason, good rows come out sorted and unique.
+
+Nothing is dropped silently: every input row ends up either in `CleanResult.clean` or in
+`CleanResult.quarantine` (with `reason`, `stage`, `detected_at`). Rows that merely arrived out of
+time order are kept (re-sorted) and counted, since their data is fine.
+
+The `check_*` functions compute the data-quality checks that the Dagster layer turns into blocking
+asset checks; each returns a `CheckResult` (passed, count, total, a few sample rows) that converts to
+JSON-safe metadata with `to_metadata()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+import polars as pl
+
+from crypto_pipeline.market.schema import (
+    INGESTED_AT,
+    OHLCV_COLUMNS,
+    PRICE_COLUMNS,
+    QUARANTINE_SCHEMA,
+    TIMESTAMP_DTYPE,
+    conform_bars,
+)
+from crypto_pipeline.market.timeframes import Timeframe
+
+SAMPLE_ROWS = 5
+
+
+class Reason(StrEnum):
+    """Why a row was quarantined (stored as the `reason` column). One reason per row: the first that applies."""
+
+    BAD_TIMESTAMP = "bad_timestamp"  # null or unparseable timestamp
+    UNKNOWN_SYMBOL = "unknown_symbol"  # null symbol, or one the caller does not know
+    OUT_OF_RANGE = "out_of_range"  # outside the range that was requested from the source
+    MISALIGNED = "misaligned_timestamp"  # not on the timeframe's grid (intraday timeframes)
+    FUTURE = "future"  # the bar had not closed at `now` (timestamp + duration > now)
+    NON_FINITE = "non_finite"  # null, NaN or infinite open/high/low/close/volume
+    NON_POSITIVE_PRICE = "non_positive_price"  # a price <= 0
+    HIGH_BELOW_LOW = "high_below_low"
+    OHLC_INCONSISTENT = "ohlc_inconsistent"  # open or close outside [low, high]
+    NEGATIVE_VOLUME = "negative_volume"
+    DUPLICATE = "duplicate"  # same (symbol, timestamp) as a later-ingested row, which wins
+
+
+@dataclass(frozen=True)
+class CleanResult:
+    clean: pl.DataFrame  # valid rows, unique per (symbol, timestamp), sorted by symbol then time
+    quarantine: pl.DataFrame  # rejected rows in QUARANTINE_SCHEMA, with `reason`
+    out_of_order: int = 0  # rows whose timestamp was earlier than one already seen for the symbol
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        """Quarantined row counts by reason."""
+        if self.quarantine.is_empty():
+            return {}
+        counts = self.quarantine.group_by("reason").len().sort("reason")
+        return dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _finite(name: str) -> pl.Expr:
+    return pl.col(name).is_finite().fill_null(False)
+
+
+def _reason_expr(
+    timeframe: Timeframe,
+    known_symbols: Iterable[str] | None,
+    now: datetime | None,
+    window: tuple[datetime, datetime] | None,
+    full: bool,
+) -> pl.Expr:
+    """The first reason that applies to a row, or null. `full=False` keeps only the checks a raw
+    store needs (a row must have a key to be stored); value checks wait for the `bars` stage."""
+    ts = pl.col("timestamp")
+    symbol_ok = pl.col("symbol").is_not_null()
+    if known_symbols is not None:
+        symbol_ok = symbol_ok & pl.col("symbol").is_in(list(known_symbols))
+    rules: list[tuple[pl.Expr, Reason]] = [
+        (ts.is_null(), Reason.BAD_TIMESTAMP),
+        (~symbol_ok, Reason.UNKNOWN_SYMBOL),
+    ]
+    if window is not None:
+        rules.append(((ts < window[0]) | (ts >= window[1]), Reason.OUT_OF_RANGE))
+    if full:
+        if timeframe.duration < timedelta(days=1):
+            # Daily bars may be session-aligned by the venue (Alpaca's 2021 daily bars open at 06:00 UTC).
+            step_us = int(timeframe.duration / timedelta(microseconds=1))
+            rules.append(((ts.dt.epoch("us") % step_us) != 0, Reason.MISALIGNED))
+        if now is not None:
+            rules.append((ts + timeframe.duration > _utc(now), Reason.FUTURE))
+        rules += [
+            (~pl.all_horizontal([_finite(c) for c in OHLCV_COLUMNS]), Reason.NON_FINITE),
+            (pl.any_horizontal([pl.col(c) <= 0 for c in PRICE_COLUMNS]), Reason.NON_POSITIVE_PRICE),
+            (pl.col("high") < pl.col("low"), Reason.HIGH_BELOW_LOW),
+            (
+                (pl.min_horizontal("open", "close") < pl.col("low"))
+                | (pl.max_horizontal("open", "close") > pl.col("high")),
+                Reason.OHLC_INCONSISTENT,
+            ),
+            (pl.col("volume") < 0, Reason.NEGATIVE_VOLUME),
+        ]
+    expr = pl.when(rules[0][0]).then(pl.lit(rules[0][1].value))
+    for condition, reason in rules[1:]:
+        expr = expr.when(condition.fill_null(False)).then(pl.lit(reason.value))
+    return expr.otherwise(pl.lit(None, pl.Utf8)).alias("reason")
+
+
+def _to_quarantine(rows: pl.DataFrame, timeframe: Timeframe, stage: str, detected_at: datetime) -> pl.DataFrame:
+    rows = rows.with_columns(
+        pl.lit(timeframe.value).alias("timeframe"),
+        pl.lit(stage).alias("stage"),
+        pl.lit(detected_at, TIMESTAMP_DTYPE).alias("detected_at"),
+    )
+    return rows.select([pl.col(n).cast(t) for n, t in QUARANTINE_SCHEMA.items()])
+
+
+def count_out_of_order(df: pl.DataFrame) -> int:
+    """Rows whose timestamp is earlier than a timestamp already seen for the same symbol (row order)."""
+    if df.height < 2:
+        return 0
+    late = pl.col("timestamp") < pl.col("timestamp").cum_max().shift(1).over("symbol")
+    return int(df.select(late.fill_null(False).sum()).item())
+
+
+def _screen(
+    df: pl.DataFrame,
+    *,
+    timeframe: str | Timeframe,
+    known_symbols: Iterable[str] | None,
+    now: datetime | None,
+    window: tuple[datetime, datetime] | None,
+    stage: str,
+    full: bool,
+) -> CleanResult:
+    tf = Timeframe.parse(timeframe)
+    frame = conform_bars(df, timeframe=tf.value)
+    out_of_order = count_out_of_order(frame)
+    frame = frame.with_row_index("_arrival").with_columns(_reason_expr(tf, known_symbols, now, window, full))
+    bad = frame.filter(pl.col("reason").is_not_null())
+    good = frame.filter(pl.col("reason").is_null())
+
+    # Later data wins: order duplicates by ingestion time (when known), then arrival; keep the last.
+    order = ["symbol", "timestamp", *([INGESTED_AT] if INGESTED_AT in good.columns else []), "_arrival"]
+    good = good.sort(order)
+    superseded = (pl.col("symbol") == pl.col("symbol").shift(-1)) & (
+        pl.col("timestamp") == pl.col("timestamp").shift(-1)
+    )
+    good = good.with_columns(superseded.fill_null(False).alias("_superseded"))
+    duplicates = good.filter("_superseded").with_columns(pl.lit(Reason.DUPLICATE.value).alias("reason"))
+    clean = good.filter(~pl.col("_superseded")).drop("_superseded", "_arrival", "reason")
+
+    detected_at = datetime.now(UTC)
+    quarantine = pl.concat(
+        [
+            _to_quarantine(bad, tf, stage, detected_at),
+            _to_quarantine(duplicates, tf, stage, detected_at),
+        ]
+    )
+    return CleanResult(clean=clean, quarantine=quarantine, out_of_order=out_of_order)
+
+
+def clean_bars(
+    df: pl.DataFrame,
+    *,
+    timeframe: str | Timeframe,
+    known_symbols: Iterable[str] | None = None,
+    now: datetime | None = None,
+    stage: str = "bars",
+) -> CleanResult:
+    """Split bars of one timeframe into clean rows and quarantined rows (see `Reason`).
+
+    - `known_symbols`: rows for other symbols are quarantined (`None`: any non-null symbol).
+    - `now`: bars not closed by then are quarantined as `future` (default: the current time).
+    - duplicates of (symbol, timestamp): the last-ingested row wins (`_ingested_at` when present,
+      then input order); the others are quarantined as `duplicate`. Rows that fail a value check
+      never win over a valid duplicate.
+
+    The clean frame keeps `timeframe` and `_ingested_at` when present and is sorted by (symbol, timestamp).
+    """
+    return _screen(
+        df,
+        timeframe=timeframe,
+        known_symbols=known_symbols,
+        now=datetime.now(UTC) if now is None else now,
+        window=None,
+        stage=stage,
+        full=True,
+    )
+
+
+def screen_raw(
+    df: pl.DataFrame,
+    *,
+    timeframe: str | Timeframe,
+    known_symbols: Iterable[str] | None = None,
+    window: tuple[datetime, datetime] | None = None,
+) -> CleanResult:
+    """The checks a row must pass to be stored in `raw_bars`: a timestamp, a known symbol, inside the
+    requested `window` [start, end), and one row per key (the last one wins). Values are kept as the
+    source sent them; `clean_bars` judges them when building `bars`."""
+    return _screen(
+        df, timeframe=timeframe, known_symbols=known_symbols, now=None, window=window, stage="raw", full=False
+    )
+
+
+# --- gaps ------------------------------------------------------------------------------------------
+
+
+def _series_keys(df: pl.DataFrame) -> list[str]:
+    return ["symbol", "timeframe"] if "timeframe" in df.columns else ["symbol"]
+
+
+def _durations(df: pl.DataFrame, timeframe: str | Timeframe | None) -> pl.Expr:
+    if timeframe is not None:
+        return pl.lit(Timeframe.parse(timeframe).duration)
+    if "timeframe" not in df.columns:
+        raise ValueError("pass `timeframe` or give the frame a `timeframe` column")
+    mapping = {tf.value: tf.duration for tf in Timeframe}
+    return pl.col("timeframe").replace_strict(mapping, return_dtype=pl.Duration("us"))
+
+
+def flag_gaps(df: pl.DataFrame, timeframe: str | Timeframe | None = None) -> pl.DataFrame:
+    """Add `gap_before`: True when the slot one bar before this one (timestamp - duration) holds no
+    bar of the same series in `df`. The first bar of each series in the frame is flagged too
+    (nothing before it is known); give the frame one earlier bar of context to avoid that.
+
+    Sorts by series then time. `timeframe=None` reads each row's `timeframe` column.
+    """
+    keys = _series_keys(df)
+    out = df.sort([*keys, "timestamp"]).with_columns(_durations(df, timeframe).alias("_duration"))
+    previous = pl.col("timestamp").shift(1).over(keys)
+    gap = (previous != pl.col("timestamp") - pl.col("_duration")).fill_null(True)
+    return out.with_columns(gap.alias("gap_before")).drop("_duration")
+
+
+def gap_report(
+    df: pl.DataFrame,
+    timeframe: str | Timeframe | None = None,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> pl.DataFrame:
+    """Per series (symbol, and timeframe when the frame has one): first, last, expected, present,
+    missing, gap_ratio, gaps (runs of missing bars) and max_gap (longest run, as a duration).
+
+    `expected` counts the grid slots from the series' first to last bar, or over [start, end) when
+    given (e.g. one day's partition, so that a symbol that stopped early shows its missing tail).
+    """
+    keys = _series_keys(df)
+    schema = {
+        **{k: pl.Utf8 for k in keys},
+        "first": TIMESTAMP_DTYPE,
+        "last": TIMESTAMP_DTYPE,
+        "expected": pl.Int64,
+        "present": pl.Int64,
+        "missing": pl.Int64,
+        "gap_ratio": pl.Float64,
+        "gaps": pl.Int64,
+        "max_gap": pl.Duration("us"),
+    }
+    valid = df.filter(pl.col("timestamp").is_not_null())
+    if valid.is_empty():
+        return pl.DataFrame(schema=schema)
+    frame = valid.sort([*keys, "timestamp"]).with_columns(_durations(valid, timeframe).alias("_duration"))
+    step = pl.col("timestamp").diff().over(keys)
+    frame = frame.with_columns((step - pl.col("_duration")).alias("_hole"))
+    lo = pl.lit(_utc(start), TIMESTAMP_DTYPE) if start is not None else pl.col("timestamp").min()
+    step_us = pl.col("_duration").first().dt.total_microseconds()
+    hi = pl.lit(_utc(end), TIMESTAMP_DTYPE) if end is not None else pl.col("timestamp").max() + pl.col("_duration").first()
+    report = frame.group_by(keys).agg(
+        pl.col("timestamp").min().alias("first"),
+        pl.col("timestamp").max().alias("last"),
+        ((hi - lo).dt.total_microseconds() // step_us).cast(pl.Int64).alias("expected"),
+        pl.col("timestamp").n_unique().cast(pl.Int64).alias("present"),
+        (pl.col("_hole") > timedelta(0)).sum().cast(pl.Int64).alias("gaps"),
+        pl.col("_hole").max().clip(lower_bound=timedelta(0)).fill_null(timedelta(0)).alias("max_gap"),
+    )
+    report = report.with_columns(pl.max_horizontal(pl.col("expected"), pl.col("present")).alias("expected"))
+    report = report.with_columns((pl.col("expected") - pl.col("present")).alias("missing"))
+    report = report.with_columns((pl.col("missing") / pl.col("expected")).alias("gap_ratio"))
+    return report.select([pl.col(n).cast(t) for n, t in schema.items()]).sort(keys)
+
+
+# --- checks ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One data-quality check: whether it passed, how many rows (or series) offend, a small sample."""
+
+    name: str
+    passed: bool
+    count: int
+    total: int
+    description: str
+    sample: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+    def sample_records(self) -> list[dict[str, str | None]]:
+        """The sample as JSON-safe records (every value rendered as text)."""
+        return [{k: None if v is None else str(v) for k, v in row.items()} for row in self.sample.to_dicts()]
+
+    def to_metadata(self) -> dict[str, object]:
+        """JSON-safe metadata for a Dagster `AssetCheckResult` (wrap values in MetadataValue as wished)."""
+        return {
+            "passed": self.passed,
+            "offending": self.count,
+            "checked": self.total,
+            "description": self.description,
+            "sample": self.sample_records(),
+        }
+
+
+def check_unique(df: pl.DataFrame, keys: Sequence[str] | None = None) -> CheckResult:
+    """No two rows share (symbol, [timeframe,] timestamp)."""
+    keys = list(keys) if keys is not None else [*_series_keys(df), "timestamp"]
+    dup = df.filter(pl.struct(keys).is_duplicated()) if df.height else df
+    return CheckResult(
+        name="unique_key",
+        passed=dup.is_empty(),
+        count=dup.height,
+        total=df.height,
+        description=f"rows sharing ({', '.join(keys)}) with another row",
+        sample=dup.sort(keys).head(SAMPLE_ROWS),
+    )
+
+
+def check_ohlc(df: pl.DataFrame) -> CheckResult:
+    """Every price is finite and > 0, low <= min(open, close), max(open, close) <= high, volume >= 0."""
+    ok = (
+        pl.all_horizontal([_finite(c) for c in OHLCV_COLUMNS])
+        & pl.all_horizontal([pl.col(c) > 0 for c in PRICE_COLUMNS])
+        & (pl.col("low") <= pl.min_horizontal("open", "close"))
+        & (pl.max_horizontal("open", "close") <= pl.col("high"))
+        & (pl.col("volume") >= 0)
+    ).fill_null(False)
+    bad = df.filter(~ok)
+    return CheckResult(
+        name="ohlc_consistent",
+        passed=bad.is_empty(),
+        count=bad.height,
+        total=df.height,
+        description="rows with non-finite or non-positive prices, open/close outside [low, high] or volume < 0",
+        sample=bad.head(SAMPLE_ROWS),
+    )
+
+
+def check_monotonic(df: pl.DataFrame) -> CheckResult:
+    """Within each series, timestamps strictly increase in row order (no repeats, nothing out of order)."""
+    keys = _series_keys(df)
+    not_after = pl.col("timestamp") <= pl.col("timestamp").shift(1).over(keys)
+    bad = df.filter(not_after.fill_null(False)) if df.height else df
+    return CheckResult(
+        name="monotonic_time",
+        passed=bad.is_empty(),
+        count=bad.height,
+        total=df.height,
+        description="rows whose timestamp is not after the previous row of the same series",
+        sample=bad.head(SAMPLE_ROWS),
+    )
+
+
+def check_gaps(
+    df: pl.DataFrame,
+    timeframe: str | Timeframe | None = None,
+    *,
+    max_gap_ratio: float = 0.02,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> CheckResult:
+    """Each series misses at most `max_gap_ratio` of its expected bars (see `gap_report`)."""
+    report = gap_report(df, timeframe, start=start, end=end)
+    over = report.filter(pl.col("gap_ratio") > max_gap_ratio).sort("gap_ratio", descending=True)
+    return CheckResult(
+        name="gap_ratio",
+        passed=over.is_empty(),
+        count=over.height,
+        total=report.height,
+        description=f"series missing more than {max_gap_ratio:.2%} of their expected bars",
+        sample=(over if not over.is_empty() else report.sort("gap_ratio", descending=True)).head(SAMPLE_ROWS),
+    )
+
+
+def check_quarantine(quarantine: pl.DataFrame, total_rows: int, *, max_ratio: float = 0.0) -> CheckResult:
+    """Quarantined rows are at most `max_ratio` of the rows seen; the sample counts them by reason."""
+    by_reason = (
+        quarantine.group_by("reason").len().sort("len", descending=True)
+        if not quarantine.is_empty()
+        else pl.DataFrame(schema={"reason": pl.Utf8, "len": pl.UInt32})
+    )
+    seen = max(total_rows, quarantine.height)
+    ratio = quarantine.height / seen if seen else 0.0
+    return CheckResult(
+        name="quarantine_ratio",
+        passed=ratio <= max_ratio,
+        count=quarantine.height,
+        total=seen,
+        description=f"rows quarantined (tolerated: {max_ratio:.2%} of rows seen)",
+        sample=by_reason,
+    )

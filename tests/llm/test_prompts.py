@@ -1,0 +1,71 @@
+"""Prompts: versioned, shared system prompt; user prompt from the state; nothing after `state.at`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from crypto_pipeline.llm.decision import Action
+from crypto_pipeline.llm.prompts import (
+    PROMPT_VERSION,
+    SYSTEM_PROMPT,
+    RecentTrade,
+    build_messages,
+    build_user_prompt,
+    prompt_hash,
+)
+from crypto_pipeline.state import MarketState, Portfolio
+
+
+def test_system_prompt_states_the_schema_and_the_spot_rule() -> None:
+    for word in ('"action"', '"confidence"', '"position_size_pct"', '"stop_loss_pct"', '"take_profit_pct"',
+                 '"reasoning"', "no shorts"):
+        assert word in SYSTEM_PROMPT
+    for action in Action:
+        assert f'"{action.value}"' in SYSTEM_PROMPT
+    assert PROMPT_VERSION.startswith("decision-v")
+
+
+def test_user_prompt_is_the_state_encoding() -> None:
+    state = MarketState.example()
+    assert build_user_prompt(state) == state.to_prompt()
+    assert build_user_prompt(state, anonymize=True) == state.to_prompt(anonymize=True)
+
+
+def test_recent_trades_after_the_decision_time_are_never_shown() -> None:
+    state = MarketState.example()
+    past = RecentTrade(at=state.at - timedelta(hours=5), side="BUY", price=66000.0)
+    closed = RecentTrade(at=state.at - timedelta(hours=1), side="SELL", price=67400.0, realized_pnl_pct=2.1)
+    future = RecentTrade(at=state.at + timedelta(minutes=1), side="SELL", price=99999.0)
+    text = build_user_prompt(state, recent_trades=[future, closed, past])
+    assert "recent trades:" in text
+    assert "66000" in text and "pnl +2.10%" in text
+    assert "99999" not in text
+    # Oldest first, so the model reads them in the order they happened.
+    assert text.index("BUY @ 66000") < text.index("SELL @ 67400")
+
+
+def test_portfolio_argument_replaces_the_states_portfolio() -> None:
+    state = MarketState.example().model_copy(update={"portfolio": None})
+    flat = build_user_prompt(state)
+    with_book = build_user_prompt(state, portfolio=Portfolio(position_qty=0.1, avg_entry_price=60000.0,
+                                                             cash=1000.0, equity=8000.0))
+    assert with_book != flat
+    assert with_book == state.with_portfolio(
+        Portfolio(position_qty=0.1, avg_entry_price=60000.0, cash=1000.0, equity=8000.0)
+    ).to_prompt()
+
+
+def test_anonymized_trades_show_no_price_or_date() -> None:
+    state = MarketState.example()
+    trade = RecentTrade(at=state.at - timedelta(hours=2), side="BUY", price=66123.0, realized_pnl_pct=None)
+    text = build_user_prompt(state, recent_trades=[trade], anonymize=True)
+    assert "66123" not in text and "BTC" not in text
+    assert "recent trades: BUY" in text
+
+
+def test_prompt_hash_changes_with_either_prompt_and_is_stable() -> None:
+    user = MarketState.example().to_prompt()
+    assert prompt_hash(user) == prompt_hash(user)
+    assert prompt_hash(user) != prompt_hash(user + " ")
+    assert prompt_hash(user) != prompt_hash(user, system_prompt=SYSTEM_PROMPT + " ")
+    assert [m["role"] for m in build_messages(user)] == ["system", "user"]
