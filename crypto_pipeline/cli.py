@@ -19,11 +19,21 @@ def exchange_command(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback unless told otherwise)."),
     port: int = typer.Option(8765, help="Port for REST and both websockets (0 picks a free one)."),
     data: str = typer.Option("", "--data", help="Directory of recorded bars (default: the shared 2024 set)."),
-    start: str = typer.Option("", help="Replay clock start, UTC (e.g. 2024-06-01); the data's end serves all history."),
-    speed: float = typer.Option(1.0, help="Market seconds per wall second; 0 replays as fast as clients read."),
-    key: str = typer.Option("", envvar="ALPACA_API_KEY", show_envvar=True, help="API key clients must present."),
+    start: str = typer.Option(
+        "", help="Replay clock start, UTC (e.g. 2024-06-01); the data's end serves all history."
+    ),
+    speed: float = typer.Option(
+        1.0, help="Market seconds per wall second; 0 replays as fast as clients read."
+    ),
+    key: str = typer.Option(
+        "", envvar="ALPACA_API_KEY", show_envvar=True, help="API key clients must present."
+    ),
     secret: str = typer.Option(
-        "", envvar="ALPACA_SECRET_KEY", show_envvar=True, show_default=False, help="API secret clients must present."
+        "",
+        envvar="ALPACA_SECRET_KEY",
+        show_envvar=True,
+        show_default=False,
+        help="API secret clients must present.",
     ),
     db: str = typer.Option("", "--db", help="SQLite file for account, orders, fills and positions."),
     reset: bool = typer.Option(False, "--reset", help="Start a fresh account (drops the SQLite state)."),
@@ -52,7 +62,9 @@ def exchange_command(
         "maker_fee_bps": maker_fee_bps,
         "taker_fee_bps": taker_fee_bps,
     }
-    options.update({name: value for name, value in (("data_dir", data), ("start", start), ("db_path", db)) if value})
+    options.update(
+        {name: value for name, value in (("data_dir", data), ("start", start), ("db_path", db)) if value}
+    )
     try:
         codes = [int(code) for code in rest_error_codes.split(",") if code.strip()]
         options["faults"] = FaultConfig(
@@ -67,12 +79,17 @@ def exchange_command(
         console.print(f"[red]invalid exchange option:[/red] {error}")
         raise typer.Exit(2) from None
     if not config.credentials_set:
-        console.print("[red]the exchange needs keys:[/red] pass --key/--secret or set ALPACA_API_KEY/ALPACA_SECRET_KEY")
+        console.print(
+            "[red]the exchange needs keys:[/red] pass --key/--secret or set ALPACA_API_KEY/ALPACA_SECRET_KEY"
+        )
         raise typer.Exit(2)
+
     def announce(base: str) -> None:
         stream = base.replace("http://", "ws://", 1)
         console.print(f"[bold]local Alpaca-compatible exchange[/bold] replaying {config.data_dir}")
-        console.print(f"  REST         {base}\n  market data  {stream}/v1beta3/crypto/us\n  trade updates {stream}/stream")
+        console.print(
+            f"  REST         {base}\n  market data  {stream}/v1beta3/crypto/us\n  trade updates {stream}/stream"
+        )
         console.print("  alpaca-py (keys from the environment, never pasted):")
         keys = 'os.environ["ALPACA_API_KEY"], os.environ["ALPACA_SECRET_KEY"]'
         for line in (
@@ -90,6 +107,103 @@ def exchange_command(
     except (OSError, FileNotFoundError, ValueError) as error:
         console.print(f"[red]the exchange could not start:[/red] {error}")
         raise typer.Exit(1) from None
+
+
+# --- decide: one LLM decision on a recorded market state -------------------------------------
+@app.command("decide")
+def decide_command(
+    symbol: str = typer.Option("BTC/USDT", help="Symbol of the recorded data, e.g. BTC/USDT."),
+    at: str = typer.Option(
+        ..., help="Decision time, UTC (e.g. 2024-06-01T12:00): the state sees bars closed by then."
+    ),
+    provider: str = typer.Option("local", help="local | rule | openai | swarm (local + rule)."),
+    model: str = typer.Option(
+        "", help="local: a Hugging Face folder, hub id or .gguf file (default: embedded SmolLM2)."
+    ),
+    adapter: str = typer.Option(
+        "", help="local: LoRA adapter folder or MLflow URI (models:/name/1, models:/name@champion)."
+    ),
+    constrained: bool = typer.Option(True, help="local: force the output to the decision grammar."),
+    base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="openai: the server's base URL."),
+    openai_model: str = typer.Option("gpt-4o-mini", help="openai: the model name the server expects."),
+    api_key_env: str = typer.Option(
+        "OPENAI_API_KEY", help="openai: the environment variable holding the key."
+    ),
+) -> None:
+    """Print the market state, the prompt and the decision of one provider at one time."""
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.table import Table
+
+    from crypto_pipeline.llm.prompts import SYSTEM_PROMPT, build_user_prompt
+    from crypto_pipeline.llm.provider import decide_safely
+    from crypto_pipeline.state import build_market_state_from_recorded
+
+    console = Console()
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        console.print(f"[red]invalid --at {at!r}:[/red] expected an ISO time such as 2024-06-01T12:00")
+        raise typer.Exit(2) from None
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    choices = ("local", "rule", "openai", "swarm")
+    if provider not in choices:
+        console.print(f"[red]unknown --provider {provider!r}:[/red] expected one of {', '.join(choices)}")
+        raise typer.Exit(2)
+    try:
+        state = build_market_state_from_recorded(symbol, when)
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]no market state:[/red] {error}")
+        raise typer.Exit(1) from None
+
+    def make(kind: str):  # noqa: ANN202 - a DecisionProvider, imported lazily
+        if kind == "rule":
+            from crypto_pipeline.llm.rule_based import RuleBased
+
+            return RuleBased()
+        if kind == "openai":
+            from crypto_pipeline.llm.openai_compat import OpenAICompatible
+
+            return OpenAICompatible(base_url, openai_model, api_key_env=api_key_env)
+        from crypto_pipeline.llm.local import LocalLLM
+
+        return LocalLLM(model or None, adapter=adapter or None, constrained=constrained, batch_size=1)
+
+    if provider == "swarm":
+        from crypto_pipeline.llm.swarm import Swarm
+
+        chosen = Swarm([make("local"), make("rule")], quorum=0.5)
+    else:
+        chosen = make(provider)
+
+    console.print(
+        Panel(
+            state.model_dump_json(indent=2, exclude_none=True),
+            title=f"state {symbol} @ {when:%Y-%m-%d %H:%M}Z",
+        )
+    )
+    console.print(
+        Panel(f"[dim]{SYSTEM_PROMPT}[/dim]\n\n{build_user_prompt(state)}", title="prompt (system, user)")
+    )
+    with console.status(f"asking {chosen.name}..."):
+        [decision] = decide_safely(chosen, [state])
+    table = Table(title=f"decision by {decision.provider or chosen.name}", show_header=False)
+    shown = decision.model_dump(exclude={"votes", "raw_text"}, exclude_none=True)
+    for field, value in shown.items():
+        table.add_row(field, str(value.value if hasattr(value, "value") else value))
+    for vote in decision.votes:
+        table.add_row(
+            f"vote {vote.member}",
+            f"{vote.action.value} conf {vote.confidence:.0f} weight {vote.weight:.2f}"
+            + ("" if vote.valid else f" invalid: {vote.error}"),
+        )
+    if decision.raw_text:
+        table.add_row("model text", decision.raw_text)
+    console.print(table)
+    if not decision.valid:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,9 @@ def create_app(config: ExchangeConfig, venue: Venue | None = None) -> FastAPI:
         if not key or not secret:
             return JSONResponse({"code": 40110000, "message": "request is not authorized"}, status_code=401)
         if not v.credentials.valid(key, secret):
-            return JSONResponse({"code": 40310000, "message": "forbidden: invalid API key or secret"}, status_code=403)
+            return JSONResponse(
+                {"code": 40310000, "message": "forbidden: invalid API key or secret"}, status_code=403
+            )
         return await call_next(request)
 
     @app.get("/healthz", include_in_schema=False)
@@ -82,7 +84,12 @@ def create_app(config: ExchangeConfig, venue: Venue | None = None) -> FastAPI:
         now = _venue(request).clock.now_ns()
         next_day = now - now % DAY_NS + DAY_NS
         # Crypto trades around the clock: always open; the next session bounds are the next UTC day.
-        return {"timestamp": rfc3339(now), "is_open": True, "next_open": rfc3339(next_day), "next_close": rfc3339(next_day + DAY_NS)}
+        return {
+            "timestamp": rfc3339(now),
+            "is_open": True,
+            "next_open": rfc3339(next_day),
+            "next_close": rfc3339(next_day + DAY_NS),
+        }
 
     @app.get("/v2/account")
     async def account(request: Request) -> dict[str, object]:
@@ -183,10 +190,16 @@ def create_app(config: ExchangeConfig, venue: Venue | None = None) -> FastAPI:
         body = []
         for symbol, status, outcome in results:
             if isinstance(outcome, AlpacaError):
-                detail: dict[str, object] = {"code": outcome.code, "message": outcome.message, "symbol": symbol}
+                detail: dict[str, object] = {
+                    "code": outcome.code,
+                    "message": outcome.message,
+                    "symbol": symbol,
+                }
                 body.append({"order_id": None, "status": status, "symbol": symbol, "body": detail})
             else:
-                body.append({"order_id": outcome.id, "status": status, "symbol": symbol, "body": order_wire(outcome)})
+                body.append(
+                    {"order_id": outcome.id, "status": status, "symbol": symbol, "body": order_wire(outcome)}
+                )
         return JSONResponse(body, status_code=207)
 
     # --- crypto market data API -------------------------------------------------------------------

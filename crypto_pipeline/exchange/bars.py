@@ -57,7 +57,9 @@ class BarStore:
             if timeframe is not None:
                 self._sources.setdefault(timeframe, []).append(path)
         if not self._sources:
-            raise FileNotFoundError(f"{data_dir} holds no bars_<timeframe>.parquet or Alpaca-shaped CSV files")
+            raise FileNotFoundError(
+                f"{data_dir} holds no bars_<timeframe>.parquet or Alpaca-shaped CSV files"
+            )
         self._loaded: dict[Timeframe, dict[str, SymbolBars]] = {}
         self._lock = threading.Lock()
         self._resampled: dict[tuple[str, int], SymbolBars] = {}
@@ -159,7 +161,9 @@ class BarStore:
                 .collect()
             )
             firsts.append(int(stats["first"].dt.epoch("ns")[0]))
-            lasts.append(int(stats["last"].dt.epoch("ns")[0]) + int(timeframe.duration.total_seconds()) * NS_PER_S)
+            lasts.append(
+                int(stats["last"].dt.epoch("ns")[0]) + int(timeframe.duration.total_seconds()) * NS_PER_S
+            )
         return min(firsts), max(lasts)
 
 

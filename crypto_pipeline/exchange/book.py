@@ -82,7 +82,9 @@ class SpreadModel:
     def spread_fraction(self, bar: BarView) -> float:
         if bar.close <= 0:
             return self.min_spread_bps / 10_000
-        return max(self.min_spread_bps / 10_000, self.spread_range_fraction * (bar.high - bar.low) / bar.close)
+        return max(
+            self.min_spread_bps / 10_000, self.spread_range_fraction * (bar.high - bar.low) / bar.close
+        )
 
     def level_size(self, bar: BarView, level: int) -> float:
         return (level + 1) * TOP_LEVEL_VOLUME_SHARE * bar.volume

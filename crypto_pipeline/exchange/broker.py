@@ -17,6 +17,7 @@ from crypto_pipeline.exchange.matching import (
     QTY_DECIMALS,
     Fill,
     FillTerms,
+    add_qty,
     fill_against_bar,
     fill_against_quote,
     floor_qty,
@@ -109,7 +110,8 @@ class Broker:
         if symbol not in self._min_sizes:
             store = self.market.store
             bars: SymbolBars | None = next(
-                (store.bars(tf, symbol) for tf in reversed(store.timeframes) if symbol in store.symbols(tf)), None
+                (store.bars(tf, symbol) for tf in reversed(store.timeframes) if symbol in store.symbols(tf)),
+                None,
             )
             price = float(bars.close[0]) if bars is not None and len(bars.close) else 1.0
             exponent = math.floor(math.log10(1.0 / price)) if price > 0 else 0
@@ -173,7 +175,9 @@ class Broker:
             if _decimals(body.get("qty")) > QTY_DECIMALS:
                 raise unprocessable(f"qty must have at most {QTY_DECIMALS} decimal places")
             if qty < self.min_order_size(symbol):
-                raise unprocessable(f"qty must be >= {self.min_order_size(symbol):g} (minimum order size of {symbol})")
+                raise unprocessable(
+                    f"qty must be >= {self.min_order_size(symbol):g} (minimum order size of {symbol})"
+                )
         if notional is not None and notional <= 0:
             raise unprocessable("notional must be > 0")
         client_order_id = str(body.get("client_order_id") or uuid.uuid4())
@@ -196,12 +200,16 @@ class Broker:
             needed = order_notional * (1 + self.terms.taker_fee_bps / 10_000)
             available = self.buying_power()
             if needed > available + 1e-9:
-                raise forbidden(f"insufficient balance for USD (requested: {needed:.2f}, available: {available:.2f})")
+                raise forbidden(
+                    f"insufficient balance for USD (requested: {needed:.2f}, available: {available:.2f})"
+                )
         else:
             held = self.sellable_qty(symbol)
             if working_qty > held + 1e-12:
                 base = symbol.split("/")[0]
-                raise forbidden(f"insufficient balance for {base} (requested: {working_qty:g}, available: {held:g})")
+                raise forbidden(
+                    f"insufficient balance for {base} (requested: {working_qty:g}, available: {held:g})"
+                )
 
         order = OrderRecord(
             id=str(uuid.uuid4()),
@@ -284,23 +292,27 @@ class Broker:
         position = self.positions.setdefault(order.symbol, PositionRecord(order.symbol, order.asset_id))
         if order.side == "buy":
             self.account.cash -= notional + fee
-            position.qty = floor_qty(position.qty + qty)
+            position.qty = add_qty(position.qty, qty)
             position.cost_basis += notional
         else:
             self.account.cash += notional - fee
             cost_share = position.cost_basis * (qty / position.qty) if position.qty else 0.0
-            position.qty = floor_qty(position.qty - qty)
+            position.qty = add_qty(position.qty, -qty)
             position.cost_basis = max(0.0, position.cost_basis - cost_share) if position.qty > 0 else 0.0
         previous = order.filled_qty
-        order.filled_qty = floor_qty(previous + qty)
-        order.filled_avg_price = ((order.filled_avg_price or 0.0) * previous + fill.price * qty) / order.filled_qty
+        order.filled_qty = add_qty(previous, qty)
+        order.filled_avg_price = (
+            (order.filled_avg_price or 0.0) * previous + fill.price * qty
+        ) / order.filled_qty
         order.fees_paid += fee
         order.updated_at_ns = now
-        complete = order.remaining_qty <= 10**-QTY_DECIMALS / 2
+        complete = order.remaining_qty < 10**-QTY_DECIMALS
         order.status = "filled" if complete else "partially_filled"
         if complete:
             order.filled_at_ns = now
-        record = FillRecord(str(uuid.uuid4()), order.id, order.symbol, order.side, qty, fill.price, fee, fill.liquidity, now)
+        record = FillRecord(
+            str(uuid.uuid4()), order.id, order.symbol, order.side, qty, fill.price, fee, fill.liquidity, now
+        )
         self.store.save(account=self.account, orders=[order], fills=[record], positions=[position])
         if position.qty <= 0:
             self.positions.pop(order.symbol, None)
@@ -356,8 +368,12 @@ class Broker:
     def sellable_qty(self, symbol: str) -> float:
         position = self.positions.get(symbol)
         held = position.qty if position else 0.0
-        pending = sum(o.remaining_qty for o in self.orders.values() if o.is_open and o.side == "sell" and o.symbol == symbol)
-        return max(0.0, floor_qty(held - pending))
+        pending = sum(
+            o.remaining_qty
+            for o in self.orders.values()
+            if o.is_open and o.side == "sell" and o.symbol == symbol
+        )
+        return max(0.0, add_qty(held, -pending))
 
     def mark_price(self, symbol: str) -> float | None:
         bar = self.market.last_bar(symbol, self.clock.now_ns())
@@ -373,14 +389,18 @@ class Broker:
             raise not_found("position does not exist")
         return position
 
-    def close_position(self, raw_symbol: str, qty: float | None = None, percentage: float | None = None) -> OrderRecord:
+    def close_position(
+        self, raw_symbol: str, qty: float | None = None, percentage: float | None = None
+    ) -> OrderRecord:
         position = self.get_position(raw_symbol)
         if percentage is not None:
             if not 0 < percentage <= 100:
                 raise unprocessable("percentage must be in (0, 100]")
             qty = floor_qty(position.qty * percentage / 100)
         qty = position.qty if qty is None else qty
-        return self.submit({"symbol": position.symbol, "qty": qty, "side": "sell", "type": "market", "time_in_force": "gtc"})
+        return self.submit(
+            {"symbol": position.symbol, "qty": qty, "side": "sell", "type": "market", "time_in_force": "gtc"}
+        )
 
     def close_all(self, cancel_orders: bool) -> list[tuple[str, int, OrderRecord | AlpacaError]]:
         if cancel_orders:

@@ -14,9 +14,13 @@ from crypto_pipeline.config import REPO_ROOT, SHARED_MARKET_DATA
 class FaultConfig(BaseModel):
     """Fault injection for resilience drills; everything is off by default."""
 
-    drop_ws_every_messages: int = Field(default=0, ge=0, description="Close each data stream after N messages.")
+    drop_ws_every_messages: int = Field(
+        default=0, ge=0, description="Close each data stream after N messages."
+    )
     drop_ws_every_seconds: float = Field(default=0.0, ge=0, description="Close each stream after S seconds.")
-    rest_error_rate: float = Field(default=0.0, ge=0, le=1, description="Share of REST calls answered in error.")
+    rest_error_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of REST calls answered in error."
+    )
     rest_error_codes: list[int] = Field(default_factory=lambda: [429, 500, 504])
     latency_ms: float = Field(default=0.0, ge=0, description="Delay added to every REST answer.")
 
@@ -31,7 +35,10 @@ class FaultConfig(BaseModel):
     @property
     def any_active(self) -> bool:
         return bool(
-            self.drop_ws_every_messages or self.drop_ws_every_seconds or self.rest_error_rate or self.latency_ms
+            self.drop_ws_every_messages
+            or self.drop_ws_every_seconds
+            or self.rest_error_rate
+            or self.latency_ms
         )
 
 
@@ -43,16 +50,16 @@ class ExchangeConfig(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535, description="0 picks a free port.")
     data_dir: Path = Field(default=SHARED_MARKET_DATA / "binance-spot-2024")
-    capture_dir: Path | None = Field(
-        default=SHARED_MARKET_DATA / "binance-ws-sample-20240808",
-        description="Raw websocket capture replayed (trades, quotes, book) while the clock is inside its window.",
-    )
     start: datetime | None = Field(
-        default=None, description="Replay clock start (UTC); None resumes the saved clock or starts at the data."
+        default=None,
+        description="Replay clock start (UTC); None resumes the saved clock or starts at the data.",
     )
-    speed: float = Field(default=1.0, ge=0, description="Market seconds per wall second; 0 = as fast as read.")
+    speed: float = Field(
+        default=1.0, ge=0, description="Market seconds per wall second; 0 = as fast as read."
+    )
     key: SecretStr = Field(
-        default=SecretStr(""), validation_alias=AliasChoices("key", "ALPACA_API_KEY", "CRYPTO_PIPELINE_EXCHANGE_KEY")
+        default=SecretStr(""),
+        validation_alias=AliasChoices("key", "ALPACA_API_KEY", "CRYPTO_PIPELINE_EXCHANGE_KEY"),
     )
     secret: SecretStr = Field(
         default=SecretStr(""),
@@ -66,11 +73,15 @@ class ExchangeConfig(BaseSettings):
     taker_fee_bps: float = Field(default=25.0, ge=0)
     # Spread/book model for symbols that only have bars (see docs/exchange.md).
     min_spread_bps: float = Field(default=1.0, ge=0)
-    spread_range_fraction: float = Field(default=0.05, ge=0, description="Spread as a share of the bar's range.")
+    spread_range_fraction: float = Field(
+        default=0.05, ge=0, description="Spread as a share of the bar's range."
+    )
     book_levels: int = Field(default=10, ge=1, le=50)
     # Slippage/participation model: price impact grows linearly with size / bar volume.
     impact_coefficient: float = Field(default=0.1, ge=0, description="Price impact at 100% of bar volume.")
-    max_participation: float = Field(default=0.1, gt=0, le=1, description="Largest share of a bar one order fills.")
+    max_participation: float = Field(
+        default=0.1, gt=0, le=1, description="Largest share of a bar one order fills."
+    )
     faults: FaultConfig = Field(default_factory=FaultConfig)
 
     @field_validator("start", mode="before")

@@ -209,7 +209,9 @@ class MarketData:
                 if len(taken) < len(indices):
                     next_token = _encode_token(symbol, int(bars.ts[indices[len(taken)]]))
                 else:
-                    next_token = self._token_after(ordered, symbol, duration_ns, start_ns, end_ns, now_ns, descending)
+                    next_token = self._token_after(
+                        ordered, symbol, duration_ns, start_ns, end_ns, now_ns, descending
+                    )
                 break
         return {"bars": page, "next_page_token": next_token}
 

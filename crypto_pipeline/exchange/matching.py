@@ -12,6 +12,7 @@ Pure functions of the order and the market, so the rules can be read and tested 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
 
 from crypto_pipeline.exchange.book import BarView, DerivedQuote
 
@@ -37,10 +38,17 @@ class Fill:
     liquidity: str
 
 
+_QUANTUM = Decimal(1).scaleb(-QTY_DECIMALS)
+
+
 def floor_qty(qty: float) -> float:
-    """Round down to Alpaca's 9 decimals (never sell more than asked or held)."""
-    scale = 10**QTY_DECIMALS
-    return int(qty * scale + 1e-6) / scale
+    """Round down to Alpaca's 9 decimals (never sell more than asked or held); decimal, not binary."""
+    return float(Decimal(repr(qty)).quantize(_QUANTUM, rounding=ROUND_DOWN))
+
+
+def add_qty(a: float, b: float) -> float:
+    """Sum of two 9-decimal quantities, exact at 9 decimals (binary floats drift at the 1e-9 digit)."""
+    return round(a + b, QTY_DECIMALS)
 
 
 def capacity(bar: BarView, terms: FillTerms) -> float:

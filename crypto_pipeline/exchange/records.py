@@ -48,7 +48,7 @@ class OrderRecord:
 
     @property
     def remaining_qty(self) -> float:
-        return max(0.0, self.working_qty - self.filled_qty)
+        return max(0.0, round(self.working_qty - self.filled_qty, 9))
 
 
 @dataclass

@@ -86,7 +86,10 @@ class Replayer:
         return completed
 
     def _messages(self, completed: list[BarView]) -> list[Message]:
-        wanted = {channel: self.hub.wanted(channel) for channel in ("bars", "dailyBars", "quotes", "trades", "orderbooks")}
+        wanted = {
+            channel: self.hub.wanted(channel)
+            for channel in ("bars", "dailyBars", "quotes", "trades", "orderbooks")
+        }
         everyone = {channel: "*" in symbols for channel, symbols in wanted.items()}
 
         def asked(channel: str, symbol: str) -> bool:
@@ -120,9 +123,7 @@ class Replayer:
                 )
             if asked("trades", symbol):
                 trade = self.market.latest_trade(bar)
-                messages.append(
-                    ("trades", symbol, {**trade, "T": "t", "S": symbol, "t": _ts(bar.known_ns)})
-                )
+                messages.append(("trades", symbol, {**trade, "T": "t", "S": symbol, "t": _ts(bar.known_ns)}))
             if asked("orderbooks", symbol):
                 messages.append(("orderbooks", symbol, self.book_message(bar)))
         return messages

@@ -23,7 +23,9 @@ START_TIMEOUT_S = 60.0
 def _bind(config: ExchangeConfig) -> socket.socket:
     """Bind first, so that port 0 yields a free port we can report before serving."""
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio only turns Nagle off (TCP_NODELAY) for sockets that do, and with Nagle
+    # on every keep-alive round trip waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))
     sock.set_inheritable(True)

@@ -50,7 +50,9 @@ class ExchangeStore:
         return AccountRecord(*row) if row else None
 
     def load_orders(self) -> list[OrderRecord]:
-        rows = self._db.execute(f"SELECT {', '.join(_ORDER_COLUMNS)} FROM orders ORDER BY created_at_ns").fetchall()
+        rows = self._db.execute(
+            f"SELECT {', '.join(_ORDER_COLUMNS)} FROM orders ORDER BY created_at_ns"
+        ).fetchall()
         orders = []
         for row in rows:
             values = dict(zip(_ORDER_COLUMNS, row, strict=True))

@@ -225,7 +225,8 @@ class TradeUpdatesHub:
             return
         data = first.get("data") if isinstance(first.get("data"), dict) else {}
         authorized = first.get("action") in ("authenticate", "auth") and self.credentials.valid(
-            data.get("key_id"), data.get("secret_key")  # type: ignore[union-attr]
+            data.get("key_id"),
+            data.get("secret_key"),  # type: ignore[union-attr]
         )
         status = "authorized" if authorized else "unauthorized"
         reply = {"stream": "authorization", "data": {"action": "authenticate", "status": status}}
@@ -244,7 +245,9 @@ class TradeUpdatesHub:
                 if message.get("action") == "listen" and isinstance(streams, list):
                     listener.listening = "trade_updates" in streams
                     chosen = ["trade_updates"] if listener.listening else []
-                    listener.queue.put_nowait(json.dumps({"stream": "listening", "data": {"streams": chosen}}))
+                    listener.queue.put_nowait(
+                        json.dumps({"stream": "listening", "data": {"streams": chosen}})
+                    )
         except (WebSocketDisconnect, RuntimeError, ValueError):
             pass
         finally:

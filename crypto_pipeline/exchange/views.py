@@ -72,7 +72,9 @@ def position_wire(position: PositionRecord, price: float | None) -> dict[str, ob
         "unrealized_pl": decimal_str(unrealized),
         "unrealized_plpc": decimal_str(unrealized / position.cost_basis if position.cost_basis else 0.0),
         "unrealized_intraday_pl": decimal_str(unrealized),
-        "unrealized_intraday_plpc": decimal_str(unrealized / position.cost_basis if position.cost_basis else 0.0),
+        "unrealized_intraday_plpc": decimal_str(
+            unrealized / position.cost_basis if position.cost_basis else 0.0
+        ),
         "current_price": decimal_str(price),
         "lastday_price": decimal_str(price),
         "change_today": "0",
@@ -81,7 +83,9 @@ def position_wire(position: PositionRecord, price: float | None) -> dict[str, ob
 
 def account_wire(broker: Broker) -> dict[str, object]:
     account = broker.account
-    long_value = sum(p.qty * (broker.mark_price(p.symbol) or p.avg_entry_price) for p in broker.positions.values())
+    long_value = sum(
+        p.qty * (broker.mark_price(p.symbol) or p.avg_entry_price) for p in broker.positions.values()
+    )
     equity = account.cash + long_value
     buying_power = broker.buying_power()
     return {
@@ -125,7 +129,12 @@ def account_wire(broker: Broker) -> dict[str, object]:
 
 
 def trade_update_wire(
-    event: str, order: OrderRecord, at_ns: int, fill: Fill | None, execution_id: str | None, position_qty: float
+    event: str,
+    order: OrderRecord,
+    at_ns: int,
+    fill: Fill | None,
+    execution_id: str | None,
+    position_qty: float,
 ) -> dict[str, object]:
     data: dict[str, object] = {"event": event, "timestamp": rfc3339(at_ns), "order": order_wire(order)}
     if fill is not None:

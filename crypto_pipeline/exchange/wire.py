@@ -67,4 +67,13 @@ def parse_time(value: str, field: str) -> int:
     return int(moment.timestamp()) * NS_PER_S + moment.microsecond * 1000
 
 
-__all__ = ["AlpacaError", "decimal_str", "forbidden", "from_ns", "not_found", "parse_time", "rfc3339", "unprocessable"]
+__all__ = [
+    "AlpacaError",
+    "decimal_str",
+    "forbidden",
+    "from_ns",
+    "not_found",
+    "parse_time",
+    "rfc3339",
+    "unprocessable",
+]

@@ -43,7 +43,7 @@ def _bounded_number_rule(upper: float) -> str:
     if top != upper or top % 10 or not 20 <= top <= 100:
         raise ValueError(f"grammar supports upper bounds that are multiples of 10 in [20, 100], got {upper}")
     tens = top // 10
-    two_digits = '[1-9] [0-9]' if tens == 10 else f'[1-{tens - 1}] [0-9]'
+    two_digits = "[1-9] [0-9]" if tens == 10 else f"[1-{tens - 1}] [0-9]"
     return f'"{top}" | {two_digits} decimal? | [0-9] decimal?'
 
 

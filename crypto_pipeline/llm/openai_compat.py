@@ -118,7 +118,9 @@ class OpenAICompatible:
             reason = f"{describe_error(last) if last else 'failed'} after {self.max_attempts} attempts"
             return TradeDecision.invalid(f"endpoint unavailable: {reason}", latency_ms=_ms(started), **meta)
         except Exception as exc:  # noqa: BLE001 - bad responses become an invalid HOLD, never an exception
-            return TradeDecision.invalid(f"endpoint error: {describe_error(exc)}", latency_ms=_ms(started), **meta)
+            return TradeDecision.invalid(
+                f"endpoint error: {describe_error(exc)}", latency_ms=_ms(started), **meta
+            )
         prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
         completion_tokens = _int_or_none(usage.get("completion_tokens"))
         return parse_decision(text).with_meta(
@@ -150,7 +152,11 @@ class OpenAICompatible:
         for attempt in retrying:
             with attempt:
                 response = self._client.post("/v1/chat/completions", json=payload)
-                if response.status_code == 400 and "response_format" in payload and _mentions_json_mode(response):
+                if (
+                    response.status_code == 400
+                    and "response_format" in payload
+                    and _mentions_json_mode(response)
+                ):
                     # The server has no JSON mode: remember, and ask again without it.
                     self.json_mode = False
                     payload.pop("response_format")
@@ -181,4 +187,3 @@ def _int_or_none(value: Any) -> int | None:
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1e3
-

@@ -51,6 +51,8 @@ def decide_safely(provider: DecisionProvider, states: list[MarketState]) -> list
         return failed_decisions(states, f"provider {name} raised {describe_error(exc)}", provider=name)
     if len(decisions) != len(states):
         return failed_decisions(
-            states, f"provider {name} returned {len(decisions)} decisions for {len(states)} states", provider=name
+            states,
+            f"provider {name} returned {len(decisions)} decisions for {len(states)} states",
+            provider=name,
         )
     return decisions

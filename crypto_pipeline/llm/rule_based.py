@@ -38,7 +38,9 @@ class RuleBased:
         try:
             return [self._decide_one(state) for state in states]
         except Exception as exc:  # noqa: BLE001 - a malformed state must not stop the trading loop
-            return failed_decisions(states, f"rule-based failed: {type(exc).__name__}: {exc}", provider=self.name)
+            return failed_decisions(
+                states, f"rule-based failed: {type(exc).__name__}: {exc}", provider=self.name
+            )
 
     def _decide_one(self, state: MarketState) -> TradeDecision:
         started = time.perf_counter()

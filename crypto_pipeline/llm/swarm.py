@@ -131,15 +131,21 @@ class Swarm:
         answers: dict[str, list[TradeDecision]] = {}
         for member in self.members:
             try:
-                answers[member.name] = futures[member.name].result(timeout=max(0.0, deadline - time.monotonic()))
+                answers[member.name] = futures[member.name].result(
+                    timeout=max(0.0, deadline - time.monotonic())
+                )
             except FutureTimeout:
                 answers[member.name] = [
-                    TradeDecision.invalid(f"timeout after {self.timeout_s:g}s", provider=member.name, **state_meta(s))
+                    TradeDecision.invalid(
+                        f"timeout after {self.timeout_s:g}s", provider=member.name, **state_meta(s)
+                    )
                     for s in states
                 ]
         return answers
 
-    def _consensus(self, state: MarketState, member_decisions: list[TradeDecision], wall_ms: float) -> TradeDecision:
+    def _consensus(
+        self, state: MarketState, member_decisions: list[TradeDecision], wall_ms: float
+    ) -> TradeDecision:
         votes = tuple(
             MemberVote(
                 member=m.name,
@@ -173,12 +179,18 @@ class Swarm:
 
         total_weight = sum(v.weight for v in votes)  # absent members count: they did not agree
         support = {a: sum(v.weight for v, _ in valid if v.action is a) for a in Action}
-        winner = max(Action, key=lambda a: (support[a], a is Action.HOLD))  # ties go to HOLD
+        winner = max(Action, key=lambda a: support[a])
         share = support[winner] / total_weight if total_weight > 0 else 0.0
         tally = " ".join(f"{a.value} {support[a] / total_weight:.2f}" for a in Action if support[a])
+        tied = [a for a in Action if a is not winner and support[a] == support[winner]]
+        if tied:
+            return TradeDecision(action=Action.HOLD, confidence=0.0, reasoning=f"tie ({tally})", **meta)
         if share < self.quorum:
             return TradeDecision(
-                action=Action.HOLD, confidence=0.0, reasoning=f"no quorum ({tally}; need {self.quorum:.2f})", **meta
+                action=Action.HOLD,
+                confidence=0.0,
+                reasoning=f"no quorum ({tally}; need {self.quorum:.2f})",
+                **meta,
             )
         agreeing = [d for v, d in valid if v.action is winner]
         weights = [v.weight for v, _ in valid if v.action is winner]
@@ -195,12 +207,16 @@ class Swarm:
         )
 
 
-def _run_member(member: DecisionProvider, states: list[MarketState], future: Future[list[TradeDecision]]) -> None:
+def _run_member(
+    member: DecisionProvider, states: list[MarketState], future: Future[list[TradeDecision]]
+) -> None:
     try:
         future.set_result(decide_safely(member, states))
     except BaseException as exc:  # noqa: BLE001 - even a KeyboardInterrupt-like failure must reach the vote
         reason = f"member {member.name} failed: {describe_error(exc)}"
-        future.set_result([TradeDecision.invalid(reason, provider=member.name, **state_meta(s)) for s in states])
+        future.set_result(
+            [TradeDecision.invalid(reason, provider=member.name, **state_meta(s)) for s in states]
+        )
 
 
 def _weighted_mean(values: list[float], weights: list[float]) -> float:

@@ -94,6 +94,24 @@ def to_utc_timestamps(column: pl.Series) -> pl.Series:
     )
 
 
+def _already_conformed(df: pl.DataFrame, symbol: str | None, timeframe: str | None, keep: Sequence[str]) -> bool:
+    """Frames from our own sources are already in shape; re-casting 1.6M rows is not free."""
+    if symbol is not None and "symbol" not in df.columns:
+        return False
+    expected = [("symbol", pl.Utf8)]
+    if timeframe is not None or "timeframe" in df.columns:
+        if timeframe is not None and (
+            "timeframe" not in df.columns or df.get_column("timeframe").ne(timeframe).any()
+        ):
+            return False
+        expected.append(("timeframe", pl.Utf8))
+    expected += [(name, BAR_SCHEMA[name]) for name in BAR_SCHEMA if name != "symbol"]
+    expected += [(name, df.schema[name]) for name in keep if name in df.columns and name != "timeframe"]
+    if INGESTED_AT in df.columns and df.schema[INGESTED_AT] != TIMESTAMP_DTYPE:
+        return False
+    return list(df.schema.items()) == expected
+
+
 def conform_bars(
     df: pl.DataFrame,
     *,
@@ -111,6 +129,8 @@ def conform_bars(
 
     Raises UserInputError when a required column is missing altogether.
     """
+    if _already_conformed(df, symbol, timeframe, keep):
+        return df
     renames = {wire: ours for wire, ours in ALPACA_WIRE_NAMES.items() if wire in df.columns and ours not in df.columns}
     if renames:
         df = df.rename(renames)

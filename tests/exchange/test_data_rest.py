@@ -39,14 +39,19 @@ def test_bars_paginate_over_several_pages_and_match_the_recorded_data(
     start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 5, 1, tzinfo=UTC)
     before = exchange.venue.rest_faults.calls
     bars = data_client.get_crypto_bars(
-        CryptoBarsRequest(symbol_or_symbols=["BTC/USDT", "ETH/USDT"], timeframe=TimeFrame(5, TimeFrameUnit.Minute), start=start, end=end)
+        CryptoBarsRequest(
+            symbol_or_symbols=["BTC/USDT", "ETH/USDT"],
+            timeframe=TimeFrame(5, TimeFrameUnit.Minute),
+            start=start,
+            end=end,
+        )
     ).data
     pages = exchange.venue.rest_faults.calls - before
     for symbol in ("BTC/USDT", "ETH/USDT"):
         expected = recorded("5m", symbol, start, end)
         got = bars[symbol]
         assert len(got) == expected.height > 30_000
-        assert [b.timestamp for b in got[:: 997]] == expected["timestamp"].to_list()[:: 997]
+        assert [b.timestamp for b in got[::997]] == expected["timestamp"].to_list()[::997]
         assert [b.close for b in got[-50:]] == expected["close"].to_list()[-50:]
     assert pages >= 7  # ~70k bars at 10,000 a page
 
@@ -57,7 +62,11 @@ def test_bars_honour_limit_and_descending_sort(data_client: CryptoHistoricalData
     bars = data_client.get_crypto_bars(request).data["SOL/USDT"]
     assert len(bars) == 25 and bars[0].timestamp == start
     request = CryptoBarsRequest(
-        symbol_or_symbols="SOL/USDT", timeframe=TimeFrame.Hour, start=start, end=start + timedelta(hours=9), sort="desc"
+        symbol_or_symbols="SOL/USDT",
+        timeframe=TimeFrame.Hour,
+        start=start,
+        end=start + timedelta(hours=9),
+        sort="desc",
     )
     bars = data_client.get_crypto_bars(request).data["SOL/USDT"]
     assert [b.timestamp for b in bars] == [start + timedelta(hours=h) for h in range(9, -1, -1)]
@@ -96,12 +105,20 @@ def test_timeframes_missing_from_the_files_are_resampled_from_finer_bars(
 ) -> None:
     start, end = datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 2, 3, tzinfo=UTC)
     bars = data_client.get_crypto_bars(
-        CryptoBarsRequest(symbol_or_symbols="ETH/USDT", timeframe=TimeFrame(2, TimeFrameUnit.Hour), start=start, end=end)
+        CryptoBarsRequest(
+            symbol_or_symbols="ETH/USDT", timeframe=TimeFrame(2, TimeFrameUnit.Hour), start=start, end=end
+        )
     ).data["ETH/USDT"]
     expected = (
         recorded("1h", "ETH/USDT", start, end + timedelta(hours=1))
         .group_by_dynamic("timestamp", every="2h")
-        .agg(pl.col("open").first(), pl.col("high").max(), pl.col("low").min(), pl.col("close").last(), pl.col("volume").sum())
+        .agg(
+            pl.col("open").first(),
+            pl.col("high").max(),
+            pl.col("low").min(),
+            pl.col("close").last(),
+            pl.col("volume").sum(),
+        )
         .filter(pl.col("timestamp") <= end)
     )
     assert len(bars) == expected.height == 25
@@ -125,13 +142,17 @@ def test_latest_quote_trade_bar_and_orderbook_follow_the_spread_model(
         assert (quote.ask_price - quote.bid_price) / bar.close >= 1e-4 * 0.999  # at least 1 bp
         assert trades[symbol].price > 0 and trades[symbol].size > 0
         assert len(book.bids) == len(book.asks) == 10
-        assert [level.price for level in book.bids] == sorted((level.price for level in book.bids), reverse=True)
+        assert [level.price for level in book.bids] == sorted(
+            (level.price for level in book.bids), reverse=True
+        )
         assert [level.price for level in book.asks] == sorted(level.price for level in book.asks)
         assert book.bids[0].price < book.asks[0].price
 
 
 def test_snapshots_carry_latest_values_and_daily_bars(data_client: CryptoHistoricalDataClient) -> None:
-    snapshot = data_client.get_crypto_snapshot(CryptoSnapshotRequest(symbol_or_symbols=["ETH/USDT"]))["ETH/USDT"]
+    snapshot = data_client.get_crypto_snapshot(CryptoSnapshotRequest(symbol_or_symbols=["ETH/USDT"]))[
+        "ETH/USDT"
+    ]
     assert snapshot.latest_trade is not None and snapshot.latest_quote is not None
     assert snapshot.minute_bar is not None and snapshot.previous_daily_bar is not None
     assert snapshot.previous_daily_bar.timestamp.hour == 0
@@ -144,11 +165,15 @@ def test_data_calls_with_missing_or_wrong_keys_are_refused(exchange: ExchangeSer
         CryptoHistoricalDataClient(url_override=exchange.base_url).get_crypto_latest_bar(request)
     assert missing.value.status_code == 401
     with pytest.raises(APIError) as wrong:
-        CryptoHistoricalDataClient(KEY, "not-the-secret", url_override=exchange.base_url).get_crypto_latest_bar(request)
+        CryptoHistoricalDataClient(
+            KEY, "not-the-secret", url_override=exchange.base_url
+        ).get_crypto_latest_bar(request)
     assert wrong.value.status_code == 403 and wrong.value.code == 40310000
 
 
-def test_an_invalid_timeframe_is_a_422_with_alpacas_error_body(data_client: CryptoHistoricalDataClient) -> None:
+def test_an_invalid_timeframe_is_a_422_with_alpacas_error_body(
+    data_client: CryptoHistoricalDataClient,
+) -> None:
     request = CryptoBarsRequest(symbol_or_symbols="BTC/USDT", timeframe=TimeFrame(1, TimeFrameUnit.Week))
     with pytest.raises(APIError) as error:
         data_client.get_crypto_bars(request)

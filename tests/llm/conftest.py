@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,13 @@ def tiny_model(smollm2_tokenizer: Any) -> Any:
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.fixture(scope="session")
+def states() -> Callable[[int], list[MarketState]]:
+    """`states(n)`: n distinct, realistic states derived from the fixed example (no market data needed)."""
+    return varied_states
+
+
 def varied_states(n: int) -> list[MarketState]:
-    """`n` distinct, realistic states derived from the fixed example (no market data needed)."""
     base = MarketState.example()
     symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
     states = []

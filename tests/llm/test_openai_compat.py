@@ -17,7 +17,9 @@ from crypto_pipeline.llm.prompts import PROMPT_VERSION, SYSTEM_PROMPT
 from crypto_pipeline.llm.provider import DecisionProvider
 from crypto_pipeline.state import MarketState
 
-ANSWER = '{"action": "BUY", "confidence": 70, "position_size_pct": 10, "stop_loss_pct": 2, "take_profit_pct": 5}'
+ANSWER = (
+    '{"action": "BUY", "confidence": 70, "position_size_pct": 10, "stop_loss_pct": 2, "take_profit_pct": 5}'
+)
 Handler = Callable[[dict[str, Any], int], tuple[int, dict[str, Any] | str, float]]
 
 
@@ -25,7 +27,9 @@ def _completion(content: str, prompt_tokens: int = 400, completion_tokens: int =
     return {
         "id": "cmpl-1",
         "model": "served-model-2024",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
     }
 
@@ -59,7 +63,7 @@ class FakeServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _H)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -81,8 +85,9 @@ def _provider(server: FakeServer, **kwargs: Any) -> OpenAICompatible:
 def test_decides_and_counts_tokens_and_cost(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_LLM_KEY", "sk-secret-123")
     state = MarketState.example()
-    with _provider(server, api_key_env="TEST_LLM_KEY", usd_per_1m_prompt_tokens=1.0,
-                   usd_per_1m_completion_tokens=2.0) as provider:
+    with _provider(
+        server, api_key_env="TEST_LLM_KEY", usd_per_1m_prompt_tokens=1.0, usd_per_1m_completion_tokens=2.0
+    ) as provider:
         assert isinstance(provider, DecisionProvider)
         [d] = provider.decide([state])
     assert d.valid and d.action is Action.BUY and d.confidence == 70
@@ -99,7 +104,9 @@ def test_decides_and_counts_tokens_and_cost(server: FakeServer, monkeypatch: pyt
 
 
 def test_server_errors_are_retried_then_succeed(server: FakeServer) -> None:
-    server.handler = lambda body, n: (500, {"error": "boom"}, 0.0) if n < 3 else (200, _completion(ANSWER), 0.0)
+    server.handler = lambda body, n: (
+        (500, {"error": "boom"}, 0.0) if n < 3 else (200, _completion(ANSWER), 0.0)
+    )
     with _provider(server) as provider:
         [d] = provider.decide([MarketState.example()])
     assert d.valid and d.action is Action.BUY
@@ -147,7 +154,9 @@ def test_falls_back_when_the_server_has_no_json_mode(server: FakeServer) -> None
 
 
 def test_malformed_bodies_and_bad_text_are_invalid_holds(server: FakeServer) -> None:
-    server.handler = lambda body, n: (200, "not json", 0.0) if n == 1 else (200, _completion("I think BUY"), 0.0)
+    server.handler = lambda body, n: (
+        (200, "not json", 0.0) if n == 1 else (200, _completion("I think BUY"), 0.0)
+    )
     with _provider(server, concurrency=1) as provider:
         a, b = provider.decide([MarketState.example(), MarketState.example()])
     assert not a.valid and "endpoint error" in a.error

@@ -17,8 +17,15 @@ from crypto_pipeline.state import MarketState, Portfolio
 
 
 def test_system_prompt_states_the_schema_and_the_spot_rule() -> None:
-    for word in ('"action"', '"confidence"', '"position_size_pct"', '"stop_loss_pct"', '"take_profit_pct"',
-                 '"reasoning"', "no shorts"):
+    for word in (
+        '"action"',
+        '"confidence"',
+        '"position_size_pct"',
+        '"stop_loss_pct"',
+        '"take_profit_pct"',
+        '"reasoning"',
+        "no shorts",
+    ):
         assert word in SYSTEM_PROMPT
     for action in Action:
         assert f'"{action.value}"' in SYSTEM_PROMPT
@@ -47,12 +54,16 @@ def test_recent_trades_after_the_decision_time_are_never_shown() -> None:
 def test_portfolio_argument_replaces_the_states_portfolio() -> None:
     state = MarketState.example().model_copy(update={"portfolio": None})
     flat = build_user_prompt(state)
-    with_book = build_user_prompt(state, portfolio=Portfolio(position_qty=0.1, avg_entry_price=60000.0,
-                                                             cash=1000.0, equity=8000.0))
+    with_book = build_user_prompt(
+        state, portfolio=Portfolio(position_qty=0.1, avg_entry_price=60000.0, cash=1000.0, equity=8000.0)
+    )
     assert with_book != flat
-    assert with_book == state.with_portfolio(
-        Portfolio(position_qty=0.1, avg_entry_price=60000.0, cash=1000.0, equity=8000.0)
-    ).to_prompt()
+    assert (
+        with_book
+        == state.with_portfolio(
+            Portfolio(position_qty=0.1, avg_entry_price=60000.0, cash=1000.0, equity=8000.0)
+        ).to_prompt()
+    )
 
 
 def test_anonymized_trades_show_no_price_or_date() -> None:

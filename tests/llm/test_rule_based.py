@@ -15,12 +15,20 @@ FLAT = Portfolio(cash=10_000.0, equity=10_000.0)
 LONG = Portfolio(position_qty=0.05, avg_entry_price=60_000.0, cash=6_000.0, equity=10_000.0)
 
 
-def _state(rsi: float | None, ema_spread: float | None, above_50: float | None = 1.0,
-           portfolio: Portfolio | None = FLAT, atr: float | None = 0.5) -> MarketState:
+def _state(
+    rsi: float | None,
+    ema_spread: float | None,
+    above_50: float | None = 1.0,
+    portfolio: Portfolio | None = FLAT,
+    atr: float | None = 0.5,
+) -> MarketState:
     at = datetime(2024, 6, 1, 12, tzinfo=UTC)
-    one_hour = TimeframeIndicators(bar_close=at, rsi_14=rsi, ema_9_vs_21_pct=ema_spread,
-                                   close_vs_ema_50_pct=above_50, atr_pct=atr)
-    return MarketState(symbol="BTC/USDT", at=at, price=67_000.0, timeframes={"1h": one_hour}, portfolio=portfolio)
+    one_hour = TimeframeIndicators(
+        bar_close=at, rsi_14=rsi, ema_9_vs_21_pct=ema_spread, close_vs_ema_50_pct=above_50, atr_pct=atr
+    )
+    return MarketState(
+        symbol="BTC/USDT", at=at, price=67_000.0, timeframes={"1h": one_hour}, portfolio=portfolio
+    )
 
 
 def test_is_a_decision_provider() -> None:

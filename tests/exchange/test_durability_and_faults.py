@@ -1,0 +1,107 @@
+"""A restart loses nothing, --reset starts afresh, and every fault mode does what it says."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from alpaca.common.exceptions import APIError
+from alpaca.data.historical.crypto import CryptoHistoricalDataClient
+from alpaca.data.live.crypto import CryptoDataStream
+from alpaca.data.requests import CryptoLatestBarRequest
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
+from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
+
+from .conftest import KEY, SECRET, running, wait_for
+from .test_streams import Collector
+
+
+def test_a_restart_loses_no_account_order_or_position_and_reset_starts_fresh(
+    start_exchange, tmp_path
+) -> None:
+    db = tmp_path / "durable.sqlite"
+    first = start_exchange(db_path=db, speed=1.0)
+    client = TradingClient(KEY, SECRET, paper=True, url_override=first.base_url)
+    client.submit_order(
+        MarketOrderRequest(symbol="ETH/USDT", qty=1.5, side=OrderSide.BUY, time_in_force=TimeInForce.GTC)
+    )
+    resting = client.submit_order(
+        LimitOrderRequest(
+            symbol="BTC/USDT", qty=0.01, side=OrderSide.BUY, time_in_force=TimeInForce.GTC, limit_price=1000
+        )
+    )
+    account_before = client.get_account()
+    orders_before = {o.id: o.status for o in client.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL))}
+    first.stop()
+
+    second = start_exchange(db_path=db, speed=1.0)
+    client = TradingClient(KEY, SECRET, paper=True, url_override=second.base_url)
+    assert client.get_account().id == account_before.id
+    assert client.get_account().cash == account_before.cash
+    assert {
+        o.id: o.status for o in client.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL))
+    } == orders_before
+    assert float(client.get_open_position("ETH/USDT").qty) == 1.5
+    client.cancel_order_by_id(resting.id)  # the resting order is still live after the restart
+    second.stop()
+
+    fresh = start_exchange(db_path=db, speed=1.0, reset=True)
+    client = TradingClient(KEY, SECRET, paper=True, url_override=fresh.base_url)
+    assert client.get_account().id != account_before.id
+    assert (
+        client.get_all_positions() == []
+        and client.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL)) == []
+    )
+
+
+def test_injected_500s_reach_the_client_as_api_errors(start_exchange) -> None:
+    server = start_exchange(faults={"rest_error_rate": 1.0, "rest_error_codes": [500]})
+    client = TradingClient(KEY, SECRET, paper=True, url_override=server.base_url)
+    with pytest.raises(APIError) as error:
+        client.get_account()
+    assert error.value.status_code == 500
+    assert server.venue.broker.orders == {}
+
+
+@pytest.mark.parametrize("status", [429, 504])
+def test_injected_429_and_504_are_retried_by_the_client_and_then_succeed(start_exchange, status: int) -> None:
+    # every second call fails: the client's built-in retry (3 s wait) gets the next one through
+    server = start_exchange(faults={"rest_error_rate": 0.5, "rest_error_codes": [status]})
+    client = TradingClient(KEY, SECRET, paper=True, url_override=server.base_url)
+    client.get_clock()  # call 1 succeeds; the next call is the faulted one
+    started = time.monotonic()
+    assert client.get_account().status == "ACTIVE"
+    assert time.monotonic() - started >= 2.5
+    assert server.venue.rest_faults.injected == 1
+
+
+def test_injected_latency_slows_every_rest_call(start_exchange) -> None:
+    server = start_exchange(faults={"latency_ms": 300})
+    client = CryptoHistoricalDataClient(KEY, SECRET, url_override=server.base_url)
+    started = time.monotonic()
+    client.get_crypto_latest_bar(CryptoLatestBarRequest(symbol_or_symbols="BTC/USDT"))
+    assert time.monotonic() - started >= 0.3
+
+
+def test_dropped_data_streams_are_reconnected_by_the_client(start_exchange) -> None:
+    server = start_exchange(speed=3600.0, faults={"drop_ws_every_messages": 20})
+    stream = CryptoDataStream(KEY, SECRET, url_override=server.data_stream_url)
+    got = Collector()
+    stream.subscribe_bars(got.handler("bars"), "*")
+    with running(stream):
+        hub = server.venue.data_hub
+        wait_for(lambda: hub.drops >= 2 and hub.connections >= 3 and got.count("bars") > 40, timeout=30)
+
+
+def test_data_streams_are_dropped_after_the_configured_seconds(start_exchange) -> None:
+    server = start_exchange(speed=3600.0, faults={"drop_ws_every_seconds": 0.5})
+    stream = CryptoDataStream(KEY, SECRET, url_override=server.data_stream_url)
+    got = Collector()
+    stream.subscribe_bars(got.handler("bars"), "BTC/USDT")
+    with running(stream):
+        wait_for(
+            lambda: server.venue.data_hub.drops >= 1 and server.venue.data_hub.connections >= 2, timeout=20
+        )
+        before = got.count("bars")
+        wait_for(lambda: got.count("bars") > before, timeout=20)

@@ -1,0 +1,44 @@
+"""`crypto-pipeline decide` on the recorded market data (runs whenever ../shared/market-data exists)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from crypto_pipeline.cli import app
+from crypto_pipeline.config import SHARED_MARKET_DATA
+
+runner = CliRunner()
+needs_data = pytest.mark.skipif(not SHARED_MARKET_DATA.exists(), reason="recorded market data not present")
+
+
+@needs_data
+def test_decide_prints_state_prompt_and_decision() -> None:
+    result = runner.invoke(
+        app,
+        ["decide", "--symbol", "BTC/USDT", "--at", "2024-06-01T12:00", "--provider", "rule"],
+        terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    assert "state BTC/USDT @ 2024-06-01 12:00Z" in result.output
+    assert "swing trader" in result.output and "tf rsi" in result.output  # system + user prompt
+    assert "decision by rule-based" in result.output and "ema-rsi-v1" in result.output
+
+
+def test_bad_time_is_one_clear_error() -> None:
+    result = runner.invoke(app, ["decide", "--at", "yesterday"])
+    assert result.exit_code == 2
+    assert "invalid --at 'yesterday'" in result.output
+
+
+def test_unknown_provider_is_one_clear_error() -> None:
+    result = runner.invoke(app, ["decide", "--at", "2024-06-01T12:00", "--provider", "gpt5"])
+    assert result.exit_code == 2 and "unknown --provider 'gpt5'" in result.output
+
+
+@needs_data
+def test_unknown_symbol_is_one_clear_error() -> None:
+    result = runner.invoke(
+        app, ["decide", "--symbol", "NOPE/USDT", "--at", "2024-06-01T12:00", "--provider", "rule"]
+    )
+    assert result.exit_code == 1 and "no market state" in result.output
