@@ -1,6 +1,9 @@
-"""Turn the library's data-quality checks into Dagster asset-check results and metadata."""
+"""Turn the library's reports and data-quality checks into Dagster metadata and asset-check results."""
 
 from __future__ import annotations
+
+import dataclasses
+from datetime import date, datetime
 
 import dagster as dg
 import polars as pl
@@ -8,25 +11,47 @@ import polars as pl
 from crypto_pipeline.market import clean
 
 
-def _result(name: str, outcome: clean.CheckOutcome) -> dg.AssetCheckResult:
-    metadata: dict[str, object] = {"violations": outcome.count}
-    if outcome.sample is not None and outcome.sample.height:
-        metadata["sample"] = dg.MetadataValue.md(outcome.sample.head(10).to_pandas().to_markdown(index=False))
+def check_result(check_name: str, outcome: clean.CheckResult) -> dg.AssetCheckResult:
+    metadata: dict[str, object] = {
+        "offending": outcome.count,
+        "checked": outcome.total,
+        "description": outcome.description,
+    }
+    if outcome.sample.height:
+        metadata["sample"] = dg.MetadataValue.json(outcome.sample_records())
     return dg.AssetCheckResult(
-        check_name=name, passed=outcome.passed, metadata=metadata, severity=dg.AssetCheckSeverity.ERROR
+        check_name=check_name, passed=outcome.passed, metadata=metadata, severity=dg.AssetCheckSeverity.ERROR
     )
 
 
 def check_results_for_bars(
-    df: pl.DataFrame, base_timeframe: str, max_gap_ratio: float
+    df: pl.DataFrame, base_timeframe: str, max_gap_ratio: float, start: datetime, end: datetime
 ) -> list[dg.AssetCheckResult]:
-    base = df.filter(pl.col("timeframe") == base_timeframe) if "timeframe" in df.columns else df
+    base = df.filter(pl.col("timeframe") == base_timeframe)
     return [
-        _result("unique_symbol_timestamp", clean.check_unique(df)),
-        _result("ohlc_consistent", clean.check_ohlc(df)),
-        _result("monotonic_time", clean.check_monotonic(df)),
-        _result("gap_ratio", clean.check_gaps(base, base_timeframe, max_gap_ratio)),
+        check_result("unique_symbol_timestamp", clean.check_unique(df)),
+        check_result("ohlc_consistent", clean.check_ohlc(df)),
+        check_result("monotonic_time", clean.check_monotonic(df)),
+        check_result(
+            "gap_ratio",
+            clean.check_gaps(base, base_timeframe, max_gap_ratio=max_gap_ratio, start=start, end=end),
+        ),
     ]
+
+
+def report_metadata(report: object) -> dict[str, object]:
+    """A library report dataclass as Dagster metadata (numbers stay numbers, the rest becomes JSON/text)."""
+    metadata: dict[str, object] = {}
+    for name, value in dataclasses.asdict(report).items():
+        if isinstance(value, bool | int | float | str):
+            metadata[name] = value
+        elif isinstance(value, datetime | date):
+            metadata[name] = value.isoformat()
+        else:
+            metadata[name] = dg.MetadataValue.json(value)
+    if hasattr(report, "summary"):
+        metadata["summary"] = dg.MetadataValue.md(f"```\n{report.summary()}\n```")
+    return metadata
 
 
 def warehouse_metadata(df: pl.DataFrame) -> dict[str, object]:

@@ -1,19 +1,19 @@
 """Dagster resources: the warehouse and the market-data source, configured from `Settings`."""
 
-from __future__ import annotations
-
 import dagster as dg
-from crypto_pipeline.market.sources import AlpacaSource, BarSource, RecordedSource
-from crypto_pipeline.warehouse import Warehouse
 from pydantic import Field
 
 from crypto_pipeline.config import get_settings
+from crypto_pipeline.market.sources import AlpacaSource, BarSource, RecordedSource
+from crypto_pipeline.warehouse import Warehouse
+
+_SETTINGS = get_settings()  # defaults shown in the launchpad; override per run
 
 
 class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB + hive-partitioned Parquet warehouse."""
 
-    root: str = Field(default_factory=lambda: str(get_settings().warehouse_dir))
+    root: str = Field(default=str(_SETTINGS.warehouse_dir))
 
     def get(self) -> Warehouse:
         return Warehouse(self.root)
@@ -22,9 +22,9 @@ class WarehouseResource(dg.ConfigurableResource):
 class MarketDataSourceResource(dg.ConfigurableResource):
     """Where raw bars come from: recorded Parquet files, or Alpaca (or the local exchange) via alpaca-py."""
 
-    kind: str = Field(default_factory=lambda: get_settings().source, description="'recorded' or 'alpaca'.")
-    data_dir: str = Field(default_factory=lambda: str(get_settings().market_data_dir))
-    url_override: str | None = Field(default_factory=lambda: get_settings().alpaca_data_url)
+    kind: str = Field(default=_SETTINGS.source, description="'recorded' or 'alpaca'.")
+    data_dir: str = Field(default=str(_SETTINGS.market_data_dir))
+    url_override: str | None = Field(default=_SETTINGS.alpaca_data_url)
     api_key: str | None = None
     secret_key: str | None = None
 

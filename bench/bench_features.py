@@ -7,14 +7,17 @@ Run: ``.venv/bin/python bench/bench_features.py [--quick]``
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import talib
 
-from bench._common import BenchResult, best_of, print_table
-from crypto_pipeline.config import SHARED_MARKET_DATA
-from crypto_pipeline.features import FEATURE_COLUMNS, compute_features
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import BenchResult, best_of, print_table  # noqa: E402
+from crypto_pipeline.config import SHARED_MARKET_DATA  # noqa: E402
+from crypto_pipeline.features import FEATURE_COLUMNS, compute_features  # noqa: E402
 
 BARS_1H = SHARED_MARKET_DATA / "binance-spot-2024" / "bars_1h.parquet"
 QUICK_SYMBOLS = 20
@@ -64,14 +67,18 @@ def talib_reference(bars: pl.DataFrame) -> pl.DataFrame:
         ratio[168:] = volume[168:] / (week_volume[167:-1] / 168)
         out["volume_vs_avg_7d"][rows] = ratio
         typical = (high + low + close) / 3
-        out["vwap_distance"][rows] = close / (_trailing_sum(typical * volume, 24) / _trailing_sum(volume, 24)) - 1
+        out["vwap_distance"][rows] = (
+            close / (_trailing_sum(typical * volume, 24) / _trailing_sum(volume, 24)) - 1
+        )
     return bars.with_columns(pl.DataFrame(out))
 
 
 def run(quick: bool = False) -> list[BenchResult]:
     bars = pl.read_parquet(BARS_1H).sort("symbol", "timestamp")
     if quick:
-        bars = bars.filter(pl.col("symbol").is_in(bars["symbol"].unique().sort().head(QUICK_SYMBOLS).implode()))
+        bars = bars.filter(
+            pl.col("symbol").is_in(bars["symbol"].unique().sort().head(QUICK_SYMBOLS).implode())
+        )
     ours = best_of(lambda: compute_features(bars, "1h"))
     reference = best_of(lambda: talib_reference(bars))
     symbols = bars["symbol"].n_unique()

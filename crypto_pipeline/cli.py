@@ -13,6 +13,98 @@ app = typer.Typer(help="Train, judge and run a locally hosted LLM that trades cr
 # --- commands are added below, one block each; edit only your own block ---------------------
 
 
+# --- data: ingest bars into the warehouse, and show what it holds ---------------------------
+@app.command("ingest")
+def ingest_command(
+    symbols: str = typer.Option("", help="Comma-separated symbols, e.g. BTC/USDT,ETH/USDT (default: settings)."),
+    start: str = typer.Option("", help="First UTC day (YYYY-MM-DD) or an ISO datetime (default: settings)."),
+    end: str = typer.Option("", help="Last UTC day, included (YYYY-MM-DD), or an ISO datetime, excluded."),
+    timeframe: str = typer.Option("", help="Base timeframe to ingest, e.g. 5m (default: settings)."),
+    source: str = typer.Option("", help="recorded | alpaca (default: settings)."),
+    data_dir: str = typer.Option("", "--data-dir", help="recorded: folder of bars_<tf>.parquet or Alpaca CSVs."),
+    url: str = typer.Option("", help="alpaca: url_override, e.g. the local exchange http://127.0.0.1:8765."),
+    build: bool = typer.Option(True, "--build/--raw-only", help="Also build clean, resampled bars."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Fetch bars into raw_bars, then build clean bars (base + resampled timeframes). Idempotent."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.errors import SourceError, UserInputError
+    from crypto_pipeline.ingest import build_bars, ingest_raw
+    from crypto_pipeline.market.sources import make_source
+    from crypto_pipeline.warehouse import Warehouse
+
+    console, errors = Console(), Console(stderr=True)
+    settings = Settings()  # read now, so that environment changes between calls count
+    try:
+        bar_source = make_source(
+            settings, kind=source or None, data_dir=Path(data_dir) if data_dir else None, url=url or None
+        )
+        warehouse = Warehouse(settings.warehouse_dir)
+        chosen = symbols or ",".join(settings.symbols)
+        base = timeframe or settings.base_timeframe
+        first, last = start or settings.start, end or settings.end
+        report = ingest_raw(bar_source, warehouse, chosen, base, first, last, progress=progress)
+        console.print(report.summary(), markup=False)
+        if build:
+            built = build_bars(warehouse, chosen, base, settings.timeframes, first, last, progress=progress)
+            console.print(built.summary(), markup=False)
+    except UserInputError as error:
+        errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except SourceError as error:
+        errors.print(f"[red]source failed:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"warehouse: {warehouse.root}  (crypto-pipeline info, or duckdb {warehouse.duckdb_path})")
+
+
+@app.command("info")
+def info_command(
+    table: str = typer.Option("", help="Only this table: raw_bars, bars, features, market_states."),
+) -> None:
+    """What the warehouse holds: symbols, timeframes, ranges, rows, gaps and quarantined rows."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.warehouse import Warehouse
+
+    console = Console()
+    settings = Settings()
+    warehouse = Warehouse(settings.warehouse_dir)
+    summary = warehouse.info()
+    if table:
+        summary = summary.filter(summary["table"] == table)
+    if summary.is_empty():
+        console.print(f"nothing stored in {warehouse.root}{f' for {table}' if table else ''}; run: crypto-pipeline ingest")
+        return
+    view = Table(title=f"warehouse {warehouse.root}")
+    for name, justify in [
+        ("table", "left"), ("symbol", "left"), ("timeframe", "left"), ("first (UTC)", "left"), ("last (UTC)", "left"),
+        ("rows", "right"), ("days", "right"), ("missing", "right"), ("gap", "right"), ("quarantined", "right"),
+    ]:  # fmt: skip
+        view.add_column(name, justify=justify, no_wrap=name not in ("first (UTC)", "last (UTC)"))  # type: ignore[arg-type]
+    for row in summary.iter_rows(named=True):
+        view.add_row(
+            row["table"],
+            row["symbol"],
+            row["timeframe"],
+            f"{row['first']:%Y-%m-%d %H:%M}",
+            f"{row['last']:%Y-%m-%d %H:%M}",
+            f"{row['rows']:,}",
+            f"{row['days']:,}",
+            f"{row['missing']:,}",
+            f"{row['gap_ratio']:.2%}",
+            f"{row['quarantined']:,}",
+            style="red" if row["quarantined"] or row["gap_ratio"] > settings.max_gap_ratio else None,
+        )
+    console.print(view)
+
+
 # --- exchange: the local Alpaca-compatible paper exchange -----------------------------------
 @app.command("exchange")
 def exchange_command(

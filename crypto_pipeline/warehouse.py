@@ -211,16 +211,17 @@ class Warehouse:
     def _split(self, df: pl.DataFrame) -> dict[tuple[str, date], pl.DataFrame]:
         if df.is_empty():
             return {}
-        timeframes = df.get_column("timeframe").unique().to_list()
-        if len(timeframes) == 1:  # the usual case; splitting on one key is about twice as fast
-            parts = df.drop("timeframe").partition_by([PARTITION_DATE], as_dict=True, maintain_order=True)
-            tf = str(timeframes[0])
-            return {
-                (tf, day): part.with_columns(pl.lit(tf).alias("timeframe")).select(df.columns).drop(PARTITION_DATE)
-                for (day,), part in parts.items()
-            }
-        parts = df.partition_by(["timeframe", PARTITION_DATE], as_dict=True, maintain_order=True)
-        return {(str(tf), day): part.drop(PARTITION_DATE) for (tf, day), part in parts.items()}
+        # A stable sort then zero-copy slices: measured faster than partition_by, which hashes and
+        # gathers every group (and is several times slower still on (string, date) pairs).
+        keys = ["timeframe", PARTITION_DATE]
+        ordered = df.sort(keys, maintain_order=True)
+        runs = ordered.group_by(keys, maintain_order=True).len()
+        out: dict[tuple[str, date], pl.DataFrame] = {}
+        offset = 0
+        for tf, day, n in runs.iter_rows():
+            out[(str(tf), day)] = ordered.slice(offset, n).drop(PARTITION_DATE)
+            offset += n
+        return out
 
     def _run(
         self,
@@ -289,6 +290,8 @@ class Warehouse:
             new = _unique_sorted(new, key)
             if existing is None:
                 return new
+            if _same_values(new, existing):  # re-ingesting what is stored: keep the stored rows
+                return existing
             new = _carry_meta(new, existing, key)
             kept = existing.join(new.select(key), on=key, how="anti", nulls_equal=True)
             return _sorted(pl.concat([kept, new], how="diagonal_relaxed"), key)
@@ -330,15 +333,16 @@ class Warehouse:
             in_scope = in_scope & scope
 
         def merge(existing: pl.DataFrame | None, new: pl.DataFrame | None) -> pl.DataFrame:
-            new = (
-                new.unique(subset=key, keep="last", maintain_order=True)
-                if new is not None
-                else pl.DataFrame(schema=prepared.drop(PARTITION_DATE).schema)
-            )
+            if new is None:
+                new = pl.DataFrame(schema=prepared.drop(PARTITION_DATE).schema)
             if existing is None:
-                return _sorted(new, key)
+                return _unique_sorted(new, key)
+            new = _unique_sorted(new, key)
+            replaced = in_scope.fill_null(False)
+            if _same_values(new, existing.filter(replaced)):  # a rebuild that produced the same rows
+                return existing
             new = _carry_meta(new, existing, key)
-            kept = existing.filter(~in_scope.fill_null(False))
+            kept = existing.filter(~replaced)
             merged = pl.concat([kept, new], how="diagonal_relaxed")
             # A kept row with a new row's key (possible when the scope leaves it out) yields to the new one.
             return _sorted(merged.unique(subset=key, keep="last", maintain_order=True), key)
@@ -629,6 +633,14 @@ def _unique_sorted(df: pl.DataFrame, key: Sequence[str]) -> pl.DataFrame:
 def _sorted(df: pl.DataFrame, key: Sequence[str]) -> pl.DataFrame:
     order = [c for c in ("symbol", "timestamp") if c in key] + [c for c in key if c not in ("symbol", "timestamp")]
     return df.sort(order, nulls_last=True, maintain_order=True)
+
+
+def _same_values(new: pl.DataFrame, stored: pl.DataFrame) -> bool:
+    """Same rows in the same order, ignoring bookkeeping columns (both are sorted by key)."""
+    if new.height != stored.height or set(new.columns) != set(stored.columns):
+        return False
+    values = [c for c in new.columns if c not in META_COLUMNS]
+    return new.select(values).equals(stored.select(values))
 
 
 def _carry_meta(new: pl.DataFrame, existing: pl.DataFrame, key: Sequence[str]) -> pl.DataFrame:

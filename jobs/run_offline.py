@@ -16,6 +16,7 @@ from rich.console import Console
 from crypto_pipeline.config import get_settings
 
 console = Console()
+_SUMMARY_KEYS = ("rows_fetched", "rows_stored", "rows", "warm_rows", "states", "quarantined")
 
 
 def run_market_data(first_day: str, last_day: str) -> dg.ExecuteInProcessResult:
@@ -34,17 +35,25 @@ def main() -> int:
     console.print(f"symbols: {', '.join(settings.symbols)}  days: {settings.start} .. {settings.end}")
     started = time.perf_counter()
     result = run_market_data(settings.start, settings.end)
+    partitions: dict[str, int] = {}
+    shown: dict[str, dict] = {}
     for event in result.all_events:
         if event.event_type_value == "ASSET_MATERIALIZATION":
             mat = event.event_specific_data.materialization
-            shown = {k: v.value for k, v in mat.metadata.items() if k in ("rows", "states", "quarantined", "warm_rows")}
-            console.print(f"  [green]materialized[/] {mat.asset_key.to_user_string():<14} {shown}")
+            key = mat.asset_key.to_user_string()
+            partitions[key] = partitions.get(key, 0) + 1
+            # One run covers every partition, so each partition's event carries the run's totals.
+            shown[key] = {k: v.value for k, v in mat.metadata.items() if k in _SUMMARY_KEYS}
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             ev = event.event_specific_data
             mark = "[green]passed[/]" if ev.passed else "[red]FAILED[/]"
             console.print(f"  check {ev.asset_key.to_user_string()}.{ev.check_name}: {mark}")
-    console.print(f"market_data job: {'[green]success' if result.success else '[red]failure'}[/] "
-                  f"in {time.perf_counter() - started:.0f} s")
+    for key, count in partitions.items():
+        console.print(f"  [green]materialized[/] {key:<14} {count} daily partitions  {shown[key]}")
+    console.print(
+        f"market_data job: {'[green]success' if result.success else '[red]failure'}[/] "
+        f"in {time.perf_counter() - started:.0f} s"
+    )
     if not result.success:
         return 1
     from crypto_pipeline.cli import app

@@ -36,6 +36,7 @@ class Replayer:
         self.series: dict[str, SymbolBars] = {}
         self._heap: list[tuple[int, str, int]] = []  # (known at, symbol, bar index)
         self.bars_replayed = 0
+        self.step_errors = 0
         self.ready = asyncio.Event()
 
     def _load(self) -> None:
@@ -67,12 +68,19 @@ class Replayer:
                 self.clock.advance_to(self._heap[0][0])
             else:
                 await asyncio.sleep(TICK_S)
-            now = self.clock.now_ns()
-            completed = self._pop_completed(now)
-            if self.broker.orders:
-                self.broker.on_clock(now)
-            if completed and self.hub.subscribers:
-                await self.hub.broadcast(self._messages(completed))
+            try:
+                await self._step()
+            except Exception:  # one bad step must not stop the market: log it and go on
+                self.step_errors += 1
+                log.exception("replay step failed at %s", self.clock.now())
+
+    async def _step(self) -> None:
+        now = self.clock.now_ns()
+        completed = self._pop_completed(now)
+        if self.broker.orders:
+            self.broker.on_clock(now)
+        if completed and self.hub.subscribers:
+            await self.hub.broadcast(self._messages(completed))
 
     def _pop_completed(self, now: int) -> list[BarView]:
         completed: list[BarView] = []

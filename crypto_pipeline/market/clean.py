@@ -259,10 +259,14 @@ def flag_gaps(df: pl.DataFrame, timeframe: str | Timeframe | None = None) -> pl.
     Sorts by series then time. `timeframe=None` reads each row's `timeframe` column.
     """
     keys = _series_keys(df)
-    out = df.sort([*keys, "timestamp"]).with_columns(_durations(df, timeframe).alias("_duration"))
-    previous = pl.col("timestamp").shift(1).over(keys)
-    gap = (previous != pl.col("timestamp") - pl.col("_duration")).fill_null(True)
-    return out.with_columns(gap.alias("gap_before")).drop("_duration")
+    if "timeframe" in keys and df.get_column("timeframe").n_unique() <= 1:
+        keys = ["symbol"]  # one timeframe: the symbol alone identifies the series
+    out = df if keys == ["symbol"] and is_sorted_by_symbol_time(df) else df.sort([*keys, "timestamp"])
+    # On sorted rows the previous bar of the series is the previous row, if it has the same key.
+    same_series = pl.all_horizontal([pl.col(k) == pl.col(k).shift(1) for k in keys])
+    previous = pl.when(same_series).then(pl.col("timestamp").shift(1))
+    gap = (previous != pl.col("timestamp") - _durations(df, timeframe)).fill_null(True)
+    return out.with_columns(gap.alias("gap_before"))
 
 
 def gap_report(

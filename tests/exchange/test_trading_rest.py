@@ -123,7 +123,8 @@ def test_an_order_larger_than_the_bar_allows_fills_partially_then_over_later_bar
     )
     ask = quote(data_client, "ACA/USDT").ask_price
     assert float(small.filled_avg_price) == pytest.approx(ask, rel=0.002)
-    trading.close_position("ACA/USDT")
+    closing = trading.close_position("ACA/USDT")
+    wait_for(lambda: trading.get_order_by_id(closing.id).status == OrderStatus.FILLED, timeout=20)
 
 
 def test_orders_are_listed_by_status_and_canceled_singly_or_all(
@@ -162,7 +163,8 @@ def test_positions_close_partly_singly_and_all_at_once(trading: TradingClient) -
     assert float(trading.get_open_position("XRPUSDT").qty) == pytest.approx(50)
     results = trading.close_all_positions(cancel_orders=True)
     assert {r.symbol for r in results} >= {"XRP/USDT", "LINK/USDT"} and all(r.status == 200 for r in results)
-    assert trading.get_all_positions() == []
+    # close orders are market gtc orders: a big one may need more than one bar to fill
+    wait_for(lambda: trading.get_all_positions() == [], timeout=20)
     assert rejection(lambda: trading.get_open_position("XRP/USDT")).status_code == 404
 
 
