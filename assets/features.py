@@ -12,9 +12,10 @@ from assets.resources import WarehouseResource
 from crypto_pipeline.config import get_settings
 from crypto_pipeline.features import compute_features, warmup_bars
 
-_SETTINGS = get_settings()  # defaults shown in the launchpad; override per run
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.state import STATE_TIMEFRAMES, market_state_table, states_from_table
+
+_SETTINGS = get_settings()  # defaults shown in the launchpad; override per run
 
 
 class FeaturesConfig(dg.Config):
