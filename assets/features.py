@@ -11,7 +11,6 @@ from assets.partitions import DAILY_PARTITIONS, SINGLE_RUN_BACKFILL
 from assets.resources import WarehouseResource
 from crypto_pipeline.config import get_settings
 from crypto_pipeline.features import compute_features, warmup_bars
-
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.state import STATE_TIMEFRAMES, market_state_table, states_from_table
 
