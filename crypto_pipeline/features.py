@@ -171,7 +171,6 @@ def _validate_columns(bars: pl.DataFrame) -> None:
             f"bars column(s) {keys_with_nulls} contain nulls; every bar needs a symbol and a timestamp"
         )
     taken = [name for name in (*FEATURE_COLUMNS, "warm") if name in bars.columns]
-    taken += [name for name in bars.columns if name.startswith(_TMP)]
     if taken:
         raise ValueError(f"bars already hold feature/internal column(s) {taken}; drop them first")
 
@@ -203,18 +202,19 @@ def infer_timeframe(bars: pl.DataFrame) -> Timeframe:
     return by_duration[distinct[0]]
 
 
-def _ordered_and_checked(bars: pl.DataFrame, timeframe: Timeframe) -> pl.DataFrame:
+def _ordered_and_checked(bars: pl.DataFrame, timeframe: Timeframe) -> tuple[pl.DataFrame, bool]:
     """`bars` sorted by (symbol, timestamp), sorting only when needed (stored bars usually are), after
-    rejecting duplicate bars and bars closer together than the timeframe."""
+    rejecting duplicate bars and bars closer together than the timeframe; and whether the series are
+    regular (consecutive bars of a symbol exactly one timeframe apart)."""
     symbol, ts = pl.col("symbol").cast(pl.String), pl.col("timestamp")
     same_symbol = symbol == symbol.shift(1)
     probe = (symbol > symbol.shift(1)) | (same_symbol & (ts > ts.shift(1)))
     in_order = bars.height < 2 or bool(bars.select(probe.slice(1).all()).item())
     ordered = bars if in_order else bars.sort("symbol", "timestamp", maintain_order=True)
     step = pl.when(same_symbol).then(ts - ts.shift(1))
-    shortest = ordered.select(step.min()).item()
+    shortest, longest = ordered.select(step.min().alias("shortest"), step.max().alias("longest")).row(0)
     if shortest is None or shortest >= timeframe.duration:
-        return ordered
+        return ordered, longest is None or longest == timeframe.duration
     example = ordered.filter(step == shortest).row(0, named=True)
     if shortest == timedelta(0):
         raise ValueError(
@@ -227,16 +227,13 @@ def _ordered_and_checked(bars: pl.DataFrame, timeframe: Timeframe) -> pl.DataFra
 
 
 # --- computation -----------------------------------------------------------------------------------
+#
+# Everything runs on a narrow working frame sorted by (symbol, timestamp). Per-symbol state (recursive
+# averages, rolling windows) is computed with `.over("symbol")`, so a value never depends on another
+# symbol's rows: results are bit-identical whether or not other symbols or later bars are present.
 
-_TMP = "__feat_"  # prefix of the working columns, dropped before returning
-
-
-def _tmp(name: str) -> pl.Expr:
-    return pl.col(f"{_TMP}{name}")
-
-
-_IDX = _tmp("idx")  # bar number within its symbol, 0 for the first bar
-_CLOSE, _HIGH, _LOW, _VOLUME = (_tmp(name) for name in ("close", "high", "low", "volume"))
+_IDX = pl.col("idx")  # bar number within its symbol, 0 for the first bar
+_CLOSE, _HIGH, _LOW, _VOLUME = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume")
 
 
 def _per_symbol(expr: pl.Expr) -> pl.Expr:
@@ -248,24 +245,37 @@ def _safe_ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
     return pl.when(denominator != 0).then(numerator / denominator)
 
 
-def _spans(bars: int, timeframe: Timeframe) -> pl.Expr:
+@dataclass(frozen=True)
+class _Layout:
+    """Where each symbol's bars lie in the sorted working frame."""
+
+    starts: pl.Series  # row of each symbol's first bar
+    lengths: pl.Series  # bars per symbol
+    regular: bool  # no gaps: `bars` rows back is always `bars` timeframes back
+
+    @classmethod
+    def of(cls, work: pl.DataFrame, *, regular: bool) -> _Layout:
+        starts = work.select(pl.arg_where(_IDX == 0)).to_series()
+        lengths = pl.concat([starts, pl.Series([work.height], dtype=starts.dtype)]).diff().slice(1)
+        return cls(starts, lengths, regular)
+
+    def first_rows(self, count: int) -> pl.Series:
+        """Rows of the first `count` bars of every symbol (fewer for shorter symbols)."""
+        ends = self.starts + self.lengths.clip(upper_bound=count)
+        return pl.select(pl.int_ranges(self.starts, ends).explode().drop_nulls()).to_series()
+
+    def rows_at(self, bar: int) -> pl.Series:
+        """Row of bar number `bar` of every symbol that has one."""
+        return self.starts.filter(self.lengths > bar) + bar
+
+
+def _spans(bars: int, timeframe: Timeframe, layout: _Layout) -> pl.Expr:
     """True where this row and the row `bars` earlier of the same symbol are exactly `bars` steps apart."""
-    return (_IDX >= bars) & (
+    enough_history = _IDX >= bars
+    if layout.regular or bars == 0:
+        return enough_history
+    return enough_history & (
         pl.col("timestamp") - pl.col("timestamp").shift(bars) == timeframe.duration * bars
-    )
-
-
-def _trailing_sum(cumulative: pl.Expr, bars: int) -> pl.Expr:
-    """Sum of the last `bars` values, from a per-symbol cumulative sum; null until the window is full.
-
-    Differences of one running sum make every window O(1); the sums restart per symbol, so a value never
-    depends on another symbol's rows (which keeps results bit-identical when later rows are cut off).
-    """
-    return (
-        pl.when(_IDX >= bars)
-        .then(cumulative - cumulative.shift(bars))
-        .when(_IDX == bars - 1)
-        .then(cumulative)
     )
 
 
@@ -286,40 +296,39 @@ class _Smoother:
         The sum runs in bar order like TA-Lib's and, being a per-symbol running sum, gives the same bits
         whatever the other symbols and the memory layout (a SIMD ``sum`` would not)."""
         in_window = _IDX.is_between(self.seed_at - self.window + 1, self.seed_at)
-        values = pl.when(in_window).then(_tmp(self.source))
+        values = pl.when(in_window).then(pl.col(self.source))
         complete = _per_symbol(values.is_not_null().cum_sum()) == self.window
         mean = _per_symbol(values.cum_sum()) / self.window
         return pl.when((_IDX == self.seed_at) & complete).then(mean).alias(self.name)
 
+    def smoothed(self) -> pl.Expr:
+        """The average, from the input `seeded_input` built (polars' ``ewm_mean(adjust=False)`` starts at its
+        first non-null value, which is the seed, and then runs TA-Lib's recursion)."""
+        return pl.col(self.name).ewm_mean(alpha=self.alpha, adjust=False, ignore_nulls=True)
 
-def _seeded_inputs(work: pl.DataFrame, smoothers: Sequence[_Smoother]) -> list[pl.Series]:
-    """Each smoother's input: null before its seed bar, the seed on it, the source values after it.
 
-    polars' ``ewm_mean(adjust=False)`` starts at its first non-null input, so smoothing these inputs per
-    symbol reproduces TA-Lib's seeded recursion, vectorised. The seeds (one number per symbol) come from the
-    first bars of each symbol and are scattered onto their rows, which is far cheaper than a full window.
+def _smooth(work: pl.DataFrame, layout: _Layout, smoothers: Sequence[_Smoother]) -> pl.DataFrame:
+    """`work` plus each smoother's average as column `name`.
+
+    Each input is its source with the bars before the seed set to null and the seed (one number per symbol,
+    from the first bars only) scattered onto the seed bar: two cheap writes instead of a windowed pass.
     """
-    first_bars = work.filter(_IDX <= max(s.seed_at for s in smoothers)).with_columns(
-        s.seed() for s in smoothers
-    )
-    starts = work.select(pl.arg_where(_IDX == 0)).to_series()
-    lengths = pl.concat([starts, pl.Series([work.height], dtype=starts.dtype)]).diff().slice(1)
-    inputs = work.select(pl.when(_IDX > s.seed_at).then(_tmp(s.source)).alias(s.name) for s in smoothers)
-    columns = []
+    first_bars = work.gather(layout.first_rows(max(s.seed_at for s in smoothers) + 1))
+    seeds = first_bars.with_columns(s.seed() for s in smoothers)
+    inputs = []
     for smoother in smoothers:
-        seed_rows = starts.filter(lengths > smoother.seed_at) + smoother.seed_at
-        seeds = first_bars.filter(_IDX == smoother.seed_at)[smoother.name]
-        column = inputs[smoother.name].clone()
-        column.scatter(seed_rows, seeds)
-        columns.append(column)
-    return columns
-
-
-def _smoothed(work: pl.DataFrame, smoothers: Sequence[_Smoother]) -> pl.DataFrame:
-    work = work.with_columns(_seeded_inputs(work, smoothers))
-    return work.with_columns(
-        _per_symbol(pl.col(s.name).ewm_mean(alpha=s.alpha, adjust=False, ignore_nulls=True))
-        for s in smoothers
+        values = work[smoother.source].clone().rename(smoother.name)
+        values.scatter(layout.first_rows(smoother.seed_at), None)
+        values.scatter(
+            layout.rows_at(smoother.seed_at), seeds.filter(_IDX == smoother.seed_at)[smoother.name]
+        )
+        inputs.append(values)
+    averages = pl.struct(s.smoothed() for s in smoothers).alias("averages")
+    return (
+        work.with_columns(inputs)
+        .with_columns(_per_symbol(averages))
+        .drop(s.name for s in smoothers)
+        .unnest("averages")
     )
 
 
@@ -345,173 +354,144 @@ def compute_features(
     if bars.height == 0:
         empty = [pl.lit(None, pl.Float64).alias(name) for name in FEATURE_COLUMNS]
         return bars.with_columns(*empty, pl.lit(False).alias("warm"))
-    ordered = _ordered_and_checked(bars, tf)
+    ordered, regular = _ordered_and_checked(bars, tf)
 
-    work = ordered.with_columns(
-        _per_symbol(pl.int_range(pl.len(), dtype=pl.Int64)).alias(f"{_TMP}idx"),
-        *(
-            pl.col(name).cast(pl.Float64).fill_nan(None).alias(f"{_TMP}{name}")
-            for name in _PRICE_VOLUME_COLUMNS
-        ),
+    work = ordered.select(
+        "symbol",
+        "timestamp",
+        _per_symbol(pl.int_range(pl.len(), dtype=pl.Int32)).alias("idx"),
+        # NaN is a missing value here: null, which every feature below skips or propagates.
+        *(pl.col(name).cast(pl.Float64).fill_nan(None) for name in ("high", "low", "close", "volume")),
+        *([pl.col("vwap").cast(pl.Float64).fill_nan(None)] if "vwap" in bars.columns else []),
     )
-    work = work.with_columns(_bar_inputs(ordered))
-    work = _smoothed(work, _price_smoothers())
-    work = work.with_columns((_tmp("macd_fast") - _tmp("macd_slow")).alias(f"{_TMP}macd_line"))
-    signal = _Smoother(
-        "macd_signal", "macd_line", seed_at=_MACD_LOOKBACK, window=MACD_SIGNAL, alpha=2.0 / (MACD_SIGNAL + 1)
+    layout = _Layout.of(work, regular=regular)
+    previous_close = work["close"].shift(1).rename("previous_close")
+    previous_close.scatter(layout.starts, None)  # a symbol's first bar has no previous close
+    work = work.with_columns(previous_close).with_columns(_bar_inputs(has_vwap="vwap" in bars.columns))
+    work = _smooth(work, layout, _price_smoothers())
+    work = work.with_columns((pl.col("macd_fast") - pl.col("macd_slow")).alias("macd_line"))
+    work = _smooth(
+        work,
+        layout,
+        [
+            _Smoother(
+                "macd_signal",
+                "macd_line",
+                seed_at=_MACD_LOOKBACK,
+                window=MACD_SIGNAL,
+                alpha=2.0 / (MACD_SIGNAL + 1),
+            )
+        ],
     )
-    work = _smoothed(work, [signal])
-    has_missing = _has_missing_values(work)
-    work = work.with_columns(_running_sums(count_missing=has_missing))
-    work = work.with_columns(_features(tf, warm_table, has_missing=has_missing))
-    return work.select(*bars.columns, *FEATURE_COLUMNS, "warm")
+    work = work.with_columns(_per_symbol(_windows(tf)).alias("windows")).unnest("windows")
+    features = work.select(_features(tf, layout, warm_table)).select(*FEATURE_COLUMNS, "warm")
+    return pl.concat([ordered, features], how="horizontal")
 
 
-def _bar_inputs(bars: pl.DataFrame) -> list[pl.Expr]:
-    """Per-bar inputs: change, gain, loss, true range, log return (null on bar 0), traded value."""
-    previous_close = pl.when(_IDX >= 1).then(_CLOSE.shift(1))
-    change = _CLOSE - previous_close
-    true_range = pl.max_horizontal(
-        _HIGH - _LOW, (_HIGH - previous_close).abs(), (_LOW - previous_close).abs()
-    )
-    price = typical = (_HIGH + _LOW + _CLOSE) / 3.0
-    if "vwap" in bars.columns:
-        price = pl.coalesce(pl.col("vwap").cast(pl.Float64).fill_nan(None), typical)
+def _bar_inputs(*, has_vwap: bool) -> list[pl.Expr]:
+    """Per-bar inputs: gain, loss, true range, log return (null on a symbol's first bar), traded value."""
+    previous = pl.col("previous_close")
+    typical = (_HIGH + _LOW + _CLOSE) / 3.0
+    price = pl.coalesce(pl.col("vwap"), typical) if has_vwap else typical
     return [
-        change.clip(lower_bound=0.0).alias(f"{_TMP}gain"),
-        (-change).clip(lower_bound=0.0).alias(f"{_TMP}loss"),
-        # TA-Lib gives bar 0 no true range: it has no previous close.
-        pl.when(_IDX >= 1).then(true_range).alias(f"{_TMP}true_range"),
-        pl.when((_CLOSE > 0) & (previous_close > 0))
-        .then((_CLOSE / previous_close).log())
-        .alias(f"{_TMP}log_return"),
-        (price * _VOLUME).alias(f"{_TMP}traded_value"),
+        (_CLOSE - previous).clip(lower_bound=0.0).alias("gain"),
+        (previous - _CLOSE).clip(lower_bound=0.0).alias("loss"),
+        # TA-Lib's max(high - low, |high - prev|, |low - prev|) for high >= low, in two passes.
+        (pl.max_horizontal(_HIGH, previous) - pl.min_horizontal(_LOW, previous)).alias("true_range"),
+        pl.when((_CLOSE > 0) & (previous > 0)).then((_CLOSE / previous).log()).alias("log_return"),
+        (price * _VOLUME).alias("traded_value"),
     ]
 
 
 def _price_smoothers() -> list[_Smoother]:
-    smoothers = [
-        _Smoother(f"ema_{n}", "close", seed_at=n - 1, window=n, alpha=2.0 / (n + 1)) for n in EMA_PERIODS
-    ]
+    smoothers = [_Smoother(f"ema_{n}", "close", n - 1, n, 2.0 / (n + 1)) for n in EMA_PERIODS]
     for n in RSI_PERIODS:
         # The changes of bars 1..n seed the averages at bar n (bar 0 has no change).
-        smoothers.append(_Smoother(f"{_TMP}avg_gain_{n}", "gain", seed_at=n, window=n, alpha=1.0 / n))
-        smoothers.append(_Smoother(f"{_TMP}avg_loss_{n}", "loss", seed_at=n, window=n, alpha=1.0 / n))
+        smoothers += [
+            _Smoother(f"avg_gain_{n}", "gain", n, n, 1.0 / n),
+            _Smoother(f"avg_loss_{n}", "loss", n, n, 1.0 / n),
+        ]
     # TA-Lib seeds the fast EMA where the slow one starts, so both MACD averages begin at bar MACD_SLOW - 1.
-    for name, n in (("macd_fast", MACD_FAST), ("macd_slow", MACD_SLOW)):
-        smoothers.append(
-            _Smoother(f"{_TMP}{name}", "close", seed_at=MACD_SLOW - 1, window=n, alpha=2.0 / (n + 1))
-        )
-    smoothers.append(
-        _Smoother(
-            f"atr_{ATR_PERIOD}", "true_range", seed_at=ATR_PERIOD, window=ATR_PERIOD, alpha=1.0 / ATR_PERIOD
-        )
-    )
+    smoothers += [
+        _Smoother(f"macd_{name}", "close", MACD_SLOW - 1, n, 2.0 / (n + 1))
+        for name, n in (("fast", MACD_FAST), ("slow", MACD_SLOW))
+    ]
+    # As in TA-Lib, bar 0 has no true range (no previous close): ATR averages bars 1..14 first.
+    smoothers.append(_Smoother(f"atr_{ATR_PERIOD}", "true_range", ATR_PERIOD, ATR_PERIOD, 1.0 / ATR_PERIOD))
     return smoothers
 
 
-def _has_missing_values(work: pl.DataFrame) -> bool:
-    return any(
-        work[f"{_TMP}{name}"].null_count() for name in ("close", "high", "low", "volume", "traded_value")
-    )
-
-
-_WINDOWED_INPUTS = ("volume", "traded_value", "log_return", "log_return_sq")
-
-
-def _missing_inputs() -> dict[str, pl.Expr]:
-    """What makes a bar unusable for each windowed feature: the volatility needs positive closes, the volume
-    ratio volumes, the VWAP traded values (price and volume)."""
-    return {
-        "close": _CLOSE.is_null() | (_CLOSE <= 0),
-        "volume": _VOLUME.is_null(),
-        "traded_value": _tmp("traded_value").is_null(),
-    }
-
-
-def _running_sums(*, count_missing: bool) -> list[pl.Expr]:
-    """Per-symbol running sums behind the windowed features, with missing values counted as zero; when the
-    input has missing values, running counts of them let the windows that contain one come out null."""
-    inputs = {
-        "volume": _VOLUME,
-        "traded_value": _tmp("traded_value"),
-        "log_return": _tmp("log_return"),
-        "log_return_sq": _tmp("log_return") ** 2,
-    }
-    exprs = [
-        _per_symbol(expr.fill_null(0.0).cum_sum()).alias(f"{_TMP}sum_{name}") for name, expr in inputs.items()
+def _windows(timeframe: Timeframe) -> pl.Expr:
+    """The rolling windows, as one struct so that a single per-symbol pass computes them all. A window that
+    holds a missing value gives null (polars' default ``min_samples`` = window)."""
+    day_bars, week_bars = _span_bars(timeframe, DAY), timeframe.bars_per(WEEK)
+    windows = [
+        _CLOSE.rolling_mean(BB_PERIOD).alias("bb_mean"),
+        _CLOSE.rolling_std(BB_PERIOD, ddof=0).alias("bb_std"),
+        _VOLUME.rolling_mean(week_bars).alias("volume_mean_7d"),
     ]
-    if count_missing:
-        exprs += [
-            _per_symbol(missing.cast(pl.Int64).cum_sum()).alias(f"{_TMP}missing_{name}")
-            for name, missing in _missing_inputs().items()
+    if day_bars is not None:
+        windows += [
+            pl.col("traded_value").rolling_sum(day_bars).alias("traded_value_24h"),
+            _VOLUME.rolling_sum(day_bars).alias("volume_24h"),
         ]
-    return exprs
+        if day_bars >= 2:
+            windows.append(pl.col("log_return").rolling_std(day_bars, ddof=1).alias("log_return_std_24h"))
+    return pl.struct(windows)
 
 
-def _features(timeframe: Timeframe, warm_table: Mapping[str, int], *, has_missing: bool) -> list[pl.Expr]:
+def _features(timeframe: Timeframe, layout: _Layout, warm_table: Mapping[str, int]) -> list[pl.Expr]:
     exprs: list[pl.Expr] = []
     for n in RSI_PERIODS:
-        avg_gain, avg_loss = _tmp(f"avg_gain_{n}"), _tmp(f"avg_loss_{n}")
+        avg_gain, avg_loss = pl.col(f"avg_gain_{n}"), pl.col(f"avg_loss_{n}")
         exprs.append((100.0 * _safe_ratio(avg_gain, avg_gain + avg_loss)).alias(f"rsi_{n}"))
-    line = _tmp("macd_line")
+    line = pl.col("macd_line")
     exprs += [
         pl.when(_IDX >= _MACD_LOOKBACK).then(line).alias("macd"),
+        pl.col("macd_signal"),
         (line - pl.col("macd_signal")).alias("macd_hist"),
+        *(pl.col(f"ema_{n}") for n in EMA_PERIODS),
+        pl.col(f"atr_{ATR_PERIOD}"),
     ]
-
-    # Bollinger bands need a numerically careful variance of prices: polars' rolling kernels, per symbol.
-    mean = _per_symbol(_CLOSE.rolling_mean(BB_PERIOD))
-    std = _per_symbol(_CLOSE.rolling_std(BB_PERIOD, ddof=0))
+    # %B = (close - lower) / (upper - lower) with lower = mean - k * std and upper - lower = 2k * std.
+    band_width = 2.0 * BB_STDDEVS * pl.col("bb_std")
     exprs.append(
-        _safe_ratio(_CLOSE - (mean - BB_STDDEVS * std), 2.0 * BB_STDDEVS * std).alias(f"bb_pctb_{BB_PERIOD}")
+        _safe_ratio(_CLOSE - pl.col("bb_mean") + 0.5 * band_width, band_width).alias(f"bb_pctb_{BB_PERIOD}")
     )
 
     day_bars, hour_bars = _span_bars(timeframe, DAY), _span_bars(timeframe, HOUR)
     week_bars = timeframe.bars_per(WEEK)
     null = pl.lit(None, pl.Float64)
 
-    def clean(name: str, rows: int) -> pl.Expr:
-        """No missing `name` in the last `rows` bars (always true when the input has no missing value)."""
-        return _trailing_sum(_tmp(f"missing_{name}"), rows) == 0 if has_missing else pl.lit(True)
-
     def simple_return(bars: int | None) -> pl.Expr:
         if bars is None:
             return null
-        return pl.when(_spans(bars, timeframe)).then(_safe_ratio(_CLOSE, _CLOSE.shift(bars)) - 1.0)
+        return pl.when(_spans(bars, timeframe, layout)).then(_safe_ratio(_CLOSE, _CLOSE.shift(bars)) - 1.0)
 
-    exprs += [simple_return(hour_bars).alias("ret_1h"), simple_return(day_bars).alias("ret_24h")]
-
-    sums = {name: _tmp(f"sum_{name}") for name in _WINDOWED_INPUTS}
     if day_bars is not None and day_bars >= 2:
-        s1 = _trailing_sum(sums["log_return"], day_bars)
-        s2 = _trailing_sum(sums["log_return_sq"], day_bars)
-        variance = ((s2 - s1 * s1 / day_bars) / (day_bars - 1)).clip(lower_bound=0.0)
-        annualised = variance.sqrt() * math.sqrt(YEAR / timeframe.duration)
-        returns_clean = _spans(day_bars, timeframe) & clean("close", day_bars + 1)
-        exprs.append(pl.when(returns_clean).then(annualised).alias("realized_vol_24h"))
+        annualised = pl.col("log_return_std_24h") * math.sqrt(YEAR / timeframe.duration)
+        realized_vol = pl.when(_spans(day_bars, timeframe, layout)).then(annualised)
     else:
-        exprs.append(null.alias("realized_vol_24h"))
-
-    previous_week_volume = _trailing_sum(sums["volume"], week_bars).shift(1)
+        realized_vol = null
+    exprs += [
+        realized_vol.alias("realized_vol_24h"),
+        simple_return(hour_bars).alias("ret_1h"),
+        simple_return(day_bars).alias("ret_24h"),
+    ]
+    previous_week_mean = pl.col("volume_mean_7d").shift(1)
     exprs.append(
-        pl.when(_spans(week_bars, timeframe) & clean("volume", week_bars + 1))
-        .then(_safe_ratio(_VOLUME * week_bars, previous_week_volume))
+        pl.when(_spans(week_bars, timeframe, layout))
+        .then(_safe_ratio(_VOLUME, previous_week_mean))
         .alias("volume_vs_avg_7d")
     )
-
     if day_bars is not None:
-        vwap_24h = _safe_ratio(
-            _trailing_sum(sums["traded_value"], day_bars), _trailing_sum(sums["volume"], day_bars)
-        )
-        exprs.append(
-            pl.when(_spans(day_bars - 1, timeframe) & clean("traded_value", day_bars))
-            .then(_safe_ratio(_CLOSE, vwap_24h) - 1.0)
-            .alias("vwap_distance")
+        vwap_24h = _safe_ratio(pl.col("traded_value_24h"), pl.col("volume_24h"))
+        vwap_distance = pl.when(_spans(day_bars - 1, timeframe, layout)).then(
+            _safe_ratio(_CLOSE, vwap_24h) - 1.0
         )
     else:
-        exprs.append(null.alias("vwap_distance"))
-
+        vwap_distance = null
+    exprs.append(vwap_distance.alias("vwap_distance"))
     exprs.append((_IDX >= max(warm_table.values(), default=0)).alias("warm"))
     return exprs
 
@@ -538,7 +518,7 @@ def join_higher_timeframes(
         if name not in base.columns:
             raise ValueError(f"base is missing column {name!r}")
     ts_dtype = base.schema["timestamp"]
-    close_key = f"{_TMP}close_time"
+    close_key = "__higher_close_time__"
     result = base.sort("symbol", "timestamp", maintain_order=True).with_columns(
         (pl.col("timestamp") + base_tf.duration).alias(close_key)
     )
