@@ -16,12 +16,16 @@ app = typer.Typer(help="Train, judge and run a locally hosted LLM that trades cr
 # --- data: ingest bars into the warehouse, and show what it holds ---------------------------
 @app.command("ingest")
 def ingest_command(
-    symbols: str = typer.Option("", help="Comma-separated symbols, e.g. BTC/USDT,ETH/USDT (default: settings)."),
+    symbols: str = typer.Option(
+        "", help="Comma-separated symbols, e.g. BTC/USDT,ETH/USDT (default: settings)."
+    ),
     start: str = typer.Option("", help="First UTC day (YYYY-MM-DD) or an ISO datetime (default: settings)."),
     end: str = typer.Option("", help="Last UTC day, included (YYYY-MM-DD), or an ISO datetime, excluded."),
     timeframe: str = typer.Option("", help="Base timeframe to ingest, e.g. 5m (default: settings)."),
     source: str = typer.Option("", help="recorded | alpaca (default: settings)."),
-    data_dir: str = typer.Option("", "--data-dir", help="recorded: folder of bars_<tf>.parquet or Alpaca CSVs."),
+    data_dir: str = typer.Option(
+        "", "--data-dir", help="recorded: folder of bars_<tf>.parquet or Alpaca CSVs."
+    ),
     url: str = typer.Option("", help="alpaca: url_override, e.g. the local exchange http://127.0.0.1:8765."),
     build: bool = typer.Option(True, "--build/--raw-only", help="Also build clean, resampled bars."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -80,7 +84,9 @@ def info_command(
     if table:
         summary = summary.filter(summary["table"] == table)
     if summary.is_empty():
-        console.print(f"nothing stored in {warehouse.root}{f' for {table}' if table else ''}; run: crypto-pipeline ingest")
+        console.print(
+            f"nothing stored in {warehouse.root}{f' for {table}' if table else ''}; run: crypto-pipeline ingest"
+        )
         return
     view = Table(title=f"warehouse {warehouse.root}")
     for name, justify in [

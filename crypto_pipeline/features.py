@@ -202,19 +202,18 @@ def infer_timeframe(bars: pl.DataFrame) -> Timeframe:
     return by_duration[distinct[0]]
 
 
-def _ordered_and_checked(bars: pl.DataFrame, timeframe: Timeframe) -> tuple[pl.DataFrame, bool]:
-    """`bars` sorted by (symbol, timestamp), sorting only when needed (stored bars usually are), after
-    rejecting duplicate bars and bars closer together than the timeframe; and whether the series are
-    regular (consecutive bars of a symbol exactly one timeframe apart)."""
-    symbol, ts = pl.col("symbol").cast(pl.String), pl.col("timestamp")
-    same_symbol = symbol == symbol.shift(1)
-    probe = (symbol > symbol.shift(1)) | (same_symbol & (ts > ts.shift(1)))
-    in_order = bars.height < 2 or bool(bars.select(probe.slice(1).all()).item())
-    ordered = bars if in_order else bars.sort("symbol", "timestamp", maintain_order=True)
-    step = pl.when(same_symbol).then(ts - ts.shift(1))
+def _sorted(bars: pl.DataFrame) -> pl.DataFrame:
+    return bars.sort("symbol", "timestamp", maintain_order=True)
+
+
+def _step_check(ordered: pl.DataFrame, timeframe: Timeframe) -> tuple[timedelta | None, timedelta | None]:
+    """Shortest and longest step between consecutive bars of a symbol; rejects duplicates and bars closer
+    together than the timeframe (a negative step means the rows are not in time order)."""
+    same_symbol = pl.col("symbol") == pl.col("symbol").shift(1)
+    step = pl.when(same_symbol).then(pl.col("timestamp").diff())
     shortest, longest = ordered.select(step.min().alias("shortest"), step.max().alias("longest")).row(0)
-    if shortest is None or shortest >= timeframe.duration:
-        return ordered, longest is None or longest == timeframe.duration
+    if shortest is None or shortest < timedelta(0) or shortest >= timeframe.duration:
+        return shortest, longest
     example = ordered.filter(step == shortest).row(0, named=True)
     if shortest == timedelta(0):
         raise ValueError(
@@ -226,11 +225,24 @@ def _ordered_and_checked(bars: pl.DataFrame, timeframe: Timeframe) -> tuple[pl.D
     )
 
 
+def _ordered_and_checked(bars: pl.DataFrame, timeframe: Timeframe) -> tuple[pl.DataFrame, bool]:
+    """`bars` sorted by (symbol, timestamp), sorting only when needed (stored bars usually are sorted), and
+    whether every symbol's bars are exactly one timeframe apart (no gaps)."""
+    ordered = bars if bars["symbol"].is_sorted() else _sorted(bars)
+    shortest, longest = _step_check(ordered, timeframe)
+    if shortest is not None and shortest < timedelta(0):
+        ordered = _sorted(bars)
+        shortest, longest = _step_check(ordered, timeframe)
+    return ordered, longest is None or longest == timeframe.duration
+
+
 # --- computation -----------------------------------------------------------------------------------
 #
 # Everything runs on a narrow working frame sorted by (symbol, timestamp). Per-symbol state (recursive
 # averages, rolling windows) is computed with `.over("symbol")`, so a value never depends on another
 # symbol's rows: results are bit-identical whether or not other symbols or later bars are present.
+# Speed comes from few passes over the data: all per-symbol kernels run in one `with_columns` (one grouping),
+# and their inputs hold no nulls on clean data (polars' kernels take a faster path then).
 
 _IDX = pl.col("idx")  # bar number within its symbol, 0 for the first bar
 _CLOSE, _HIGH, _LOW, _VOLUME = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume")
@@ -251,7 +263,7 @@ class _Layout:
 
     starts: pl.Series  # row of each symbol's first bar
     lengths: pl.Series  # bars per symbol
-    regular: bool  # no gaps: `bars` rows back is always `bars` timeframes back
+    regular: bool  # no gaps: `n` rows back is always `n` timeframes back
 
     @classmethod
     def of(cls, work: pl.DataFrame, *, regular: bool) -> _Layout:
@@ -259,14 +271,13 @@ class _Layout:
         lengths = pl.concat([starts, pl.Series([work.height], dtype=starts.dtype)]).diff().slice(1)
         return cls(starts, lengths, regular)
 
-    def first_rows(self, count: int) -> pl.Series:
-        """Rows of the first `count` bars of every symbol (fewer for shorter symbols)."""
-        ends = self.starts + self.lengths.clip(upper_bound=count)
-        return pl.select(pl.int_ranges(self.starts, ends).explode().drop_nulls()).to_series()
-
-    def rows_at(self, bar: int) -> pl.Series:
-        """Row of bar number `bar` of every symbol that has one."""
-        return self.starts.filter(self.lengths > bar) + bar
+    def first_rows(self, count: int) -> tuple[pl.Series, pl.Series]:
+        """Rows of the first `count` bars of every symbol (fewer for short symbols), and each row's symbol
+        number."""
+        counts = self.lengths.clip(upper_bound=count)
+        rows = pl.select(pl.int_ranges(self.starts, self.starts + counts).explode()).to_series()
+        owners = pl.select(pl.int_range(len(counts)).repeat_by(counts).explode()).to_series()
+        return rows, owners
 
 
 def _spans(bars: int, timeframe: Timeframe, layout: _Layout) -> pl.Expr:
@@ -274,9 +285,7 @@ def _spans(bars: int, timeframe: Timeframe, layout: _Layout) -> pl.Expr:
     enough_history = _IDX >= bars
     if layout.regular or bars == 0:
         return enough_history
-    return enough_history & (
-        pl.col("timestamp") - pl.col("timestamp").shift(bars) == timeframe.duration * bars
-    )
+    return enough_history & (pl.col("timestamp") - pl.col("timestamp").shift(bars) == timeframe.duration * bars)
 
 
 @dataclass(frozen=True)
@@ -301,35 +310,63 @@ class _Smoother:
         mean = _per_symbol(values.cum_sum()) / self.window
         return pl.when((_IDX == self.seed_at) & complete).then(mean).alias(self.name)
 
-    def smoothed(self) -> pl.Expr:
-        """The average, from the input `seeded_input` built (polars' ``ewm_mean(adjust=False)`` starts at its
-        first non-null value, which is the seed, and then runs TA-Lib's recursion)."""
-        return pl.col(self.name).ewm_mean(alpha=self.alpha, adjust=False, ignore_nulls=True)
+    def average(self) -> pl.Expr:
+        """The average over the seeded input (see `_seeded_inputs`); bars before the seed are masked later."""
+        return _per_symbol(pl.col(self.name).ewm_mean(alpha=self.alpha, adjust=False, ignore_nulls=True))
+
+    def ready(self) -> pl.Expr:
+        return _IDX >= self.seed_at
 
 
-def _smooth(work: pl.DataFrame, layout: _Layout, smoothers: Sequence[_Smoother]) -> pl.DataFrame:
-    """`work` plus each smoother's average as column `name`.
+def _seeded_inputs(work: pl.DataFrame, layout: _Layout, smoothers: Sequence[_Smoother]) -> list[pl.Series]:
+    """Each smoother's input, named after it: the source, with the bars up to the seed bar replaced by the
+    seed (one number per symbol, from its first bars).
 
-    Each input is its source with the bars before the seed set to null and the seed (one number per symbol,
-    from the first bars only) scattered onto the seed bar: two cheap writes instead of a windowed pass.
+    polars' ``ewm_mean(adjust=False)`` then stays at the seed until the seed bar and runs TA-Lib's recursion
+    after it. Writing the seed over the first bars, rather than nulls before it, keeps the input free of
+    nulls; a symbol too short for its seed, or with a missing value in the window, gets nulls there instead.
     """
-    first_bars = work.gather(layout.first_rows(max(s.seed_at for s in smoothers) + 1))
-    seeds = first_bars.with_columns(s.seed() for s in smoothers)
+    deepest = max(s.seed_at for s in smoothers) + 1
+    first_rows, _ = layout.first_rows(deepest)
+    seeds = work.gather(first_rows).with_columns(s.seed() for s in smoothers)
+    has_seed_bar = layout.lengths > pl.Series([s.seed_at for s in smoothers])  # placeholder, replaced below
+    del has_seed_bar
+    symbols = pl.int_range(len(layout.starts), eager=True)
     inputs = []
     for smoother in smoothers:
+        per_symbol = pl.Series(smoother.name, [None] * len(layout.starts), dtype=pl.Float64)
+        on_seed_bar = seeds.filter(_IDX == smoother.seed_at)[smoother.name]
+        per_symbol.scatter(symbols.filter(layout.lengths > smoother.seed_at), on_seed_bar)
+        rows, owners = layout.first_rows(smoother.seed_at + 1)
         values = work[smoother.source].clone().rename(smoother.name)
-        values.scatter(layout.first_rows(smoother.seed_at), None)
-        values.scatter(
-            layout.rows_at(smoother.seed_at), seeds.filter(_IDX == smoother.seed_at)[smoother.name]
-        )
+        values.scatter(rows, per_symbol.gather(owners))
         inputs.append(values)
-    averages = pl.struct(s.smoothed() for s in smoothers).alias("averages")
-    return (
-        work.with_columns(inputs)
-        .with_columns(_per_symbol(averages))
-        .drop(s.name for s in smoothers)
-        .unnest("averages")
+    return inputs
+
+
+def _prepare(ordered: pl.DataFrame, *, regular: bool) -> tuple[pl.DataFrame, _Layout]:
+    """The working frame: keys, bar number, Float64 inputs (NaN as null) and the per-bar derived inputs."""
+    inputs = [name for name in ("high", "low", "close", "volume", "vwap") if name in ordered.columns]
+
+    def as_float(name: str) -> pl.Expr:
+        column = ordered[name]
+        value = pl.col(name).cast(pl.Float64)
+        # NaN is a missing value here; checking first spares a copy of clean columns.
+        return value.fill_nan(None) if column.dtype.is_float() and column.is_nan().any() else value
+
+    new_symbol = pl.col("symbol") != pl.col("symbol").shift(1, fill_value="")
+    row = pl.int_range(pl.len(), dtype=pl.Int32)
+    work = ordered.select(
+        "symbol",
+        "timestamp",
+        (row - pl.when(new_symbol).then(row).forward_fill()).alias("idx"),
+        *(as_float(name) for name in inputs),
     )
+    layout = _Layout.of(work, regular=regular)
+    previous_close = work["close"].shift(1).rename("previous_close")
+    previous_close.scatter(layout.starts, None)  # a symbol's first bar has no previous close
+    work = work.with_columns(previous_close).with_columns(_bar_inputs(work, has_vwap="vwap" in inputs))
+    return work, layout
 
 
 def compute_features(
@@ -355,62 +392,46 @@ def compute_features(
         empty = [pl.lit(None, pl.Float64).alias(name) for name in FEATURE_COLUMNS]
         return bars.with_columns(*empty, pl.lit(False).alias("warm"))
     ordered, regular = _ordered_and_checked(bars, tf)
+    work, layout = _prepare(ordered, regular=regular)
 
-    work = ordered.select(
-        "symbol",
-        "timestamp",
-        _per_symbol(pl.int_range(pl.len(), dtype=pl.Int32)).alias("idx"),
-        # NaN is a missing value here: null, which every feature below skips or propagates.
-        *(pl.col(name).cast(pl.Float64).fill_nan(None) for name in ("high", "low", "close", "volume")),
-        *([pl.col("vwap").cast(pl.Float64).fill_nan(None)] if "vwap" in bars.columns else []),
-    )
-    layout = _Layout.of(work, regular=regular)
-    previous_close = work["close"].shift(1).rename("previous_close")
-    previous_close.scatter(layout.starts, None)  # a symbol's first bar has no previous close
-    work = work.with_columns(previous_close).with_columns(_bar_inputs(has_vwap="vwap" in bars.columns))
-    work = _smooth(work, layout, _price_smoothers())
-    work = work.with_columns((pl.col("macd_fast") - pl.col("macd_slow")).alias("macd_line"))
-    work = _smooth(
-        work,
-        layout,
-        [
-            _Smoother(
-                "macd_signal",
-                "macd_line",
-                seed_at=_MACD_LOOKBACK,
-                window=MACD_SIGNAL,
-                alpha=2.0 / (MACD_SIGNAL + 1),
-            )
-        ],
-    )
-    work = work.with_columns(_per_symbol(_windows(tf)).alias("windows")).unnest("windows")
-    features = work.select(_features(tf, layout, warm_table)).select(*FEATURE_COLUMNS, "warm")
-    return pl.concat([ordered, features], how="horizontal")
+    smoothers = _price_smoothers()
+    work = work.with_columns(_seeded_inputs(work, layout, smoothers))
+    work = work.with_columns(*(s.average() for s in smoothers), *_windows(tf))
+    fast, slow = smoothers[-3], smoothers[-2]
+    line = pl.when(slow.ready()).then(pl.col(fast.name) - pl.col(slow.name))
+    work = work.with_columns(line.alias("macd_line"))
+    signal = _Smoother("macd_signal", "macd_line", _MACD_LOOKBACK, MACD_SIGNAL, 2.0 / (MACD_SIGNAL + 1))
+    work = work.with_columns(_seeded_inputs(work, layout, [signal])).with_columns(signal.average())
+    features = work.select(_features(tf, layout, warm_table, [*smoothers, signal]))
+    return pl.concat([ordered, features.select(*FEATURE_COLUMNS, "warm")], how="horizontal")
 
 
-def _bar_inputs(*, has_vwap: bool) -> list[pl.Expr]:
-    """Per-bar inputs: gain, loss, true range, log return (null on a symbol's first bar), traded value."""
-    previous = pl.col("previous_close")
+def _bar_inputs(work: pl.DataFrame, *, has_vwap: bool) -> list[pl.Expr]:
+    """Per-bar inputs: gain, loss, true range, log return, traded value. On a symbol's first bar (no previous
+    close) they are placeholders that no feature reads; they are not null so that windows stay null-free."""
+    previous = pl.col("previous_close").fill_null(_CLOSE)
     typical = (_HIGH + _LOW + _CLOSE) / 3.0
     price = pl.coalesce(pl.col("vwap"), typical) if has_vwap else typical
+    positive_prices = (work["close"].min() or 0.0) > 0
+    log_return = (_CLOSE / previous).log()
     return [
         (_CLOSE - previous).clip(lower_bound=0.0).alias("gain"),
         (previous - _CLOSE).clip(lower_bound=0.0).alias("loss"),
         # TA-Lib's max(high - low, |high - prev|, |low - prev|) for high >= low, in two passes.
         (pl.max_horizontal(_HIGH, previous) - pl.min_horizontal(_LOW, previous)).alias("true_range"),
-        pl.when((_CLOSE > 0) & (previous > 0)).then((_CLOSE / previous).log()).alias("log_return"),
+        (log_return if positive_prices else pl.when((_CLOSE > 0) & (previous > 0)).then(log_return)).alias(
+            "log_return"
+        ),
         (price * _VOLUME).alias("traded_value"),
     ]
 
 
 def _price_smoothers() -> list[_Smoother]:
+    """The recursive averages of the bar inputs; the last three are the MACD fast and slow EMAs and the ATR."""
     smoothers = [_Smoother(f"ema_{n}", "close", n - 1, n, 2.0 / (n + 1)) for n in EMA_PERIODS]
     for n in RSI_PERIODS:
         # The changes of bars 1..n seed the averages at bar n (bar 0 has no change).
-        smoothers += [
-            _Smoother(f"avg_gain_{n}", "gain", n, n, 1.0 / n),
-            _Smoother(f"avg_loss_{n}", "loss", n, n, 1.0 / n),
-        ]
+        smoothers += [_Smoother(f"avg_gain_{n}", "gain", n, n, 1.0 / n), _Smoother(f"avg_loss_{n}", "loss", n, n, 1.0 / n)]
     # TA-Lib seeds the fast EMA where the slow one starts, so both MACD averages begin at bar MACD_SLOW - 1.
     smoothers += [
         _Smoother(f"macd_{name}", "close", MACD_SLOW - 1, n, 2.0 / (n + 1))

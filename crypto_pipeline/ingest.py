@@ -68,7 +68,11 @@ def resolve_range(start: DateLike, end: DateLike) -> tuple[datetime, datetime]:
     """[start, end) in UTC. Days cover whole days, end day included; datetimes are exact (naive = UTC)."""
     first, last = _parse_bound(start, "start"), _parse_bound(end, "end")
     lo = _as_utc(first) if isinstance(first, datetime) else datetime.combine(first, datetime.min.time(), UTC)
-    hi = _as_utc(last) if isinstance(last, datetime) else datetime.combine(last, datetime.min.time(), UTC) + DAY
+    hi = (
+        _as_utc(last)
+        if isinstance(last, datetime)
+        else datetime.combine(last, datetime.min.time(), UTC) + DAY
+    )
     if lo >= hi:
         raise UserInputError(f"start {first} is not before end {last}: the range is empty")
     return lo, hi
@@ -76,7 +80,9 @@ def resolve_range(start: DateLike, end: DateLike) -> tuple[datetime, datetime]:
 
 def normalize_symbols(symbols: Sequence[str] | str) -> list[str]:
     """Upper-cased, stripped, de-duplicated symbols from a list or a comma-separated string."""
-    items = symbols.split(",") if isinstance(symbols, str) else [p for s in symbols for p in str(s).split(",")]
+    items = (
+        symbols.split(",") if isinstance(symbols, str) else [p for s in symbols for p in str(s).split(",")]
+    )
     cleaned = list(dict.fromkeys(s.strip().upper() for s in items if s.strip()))
     if not cleaned:
         raise UserInputError("no symbols given: pass at least one, e.g. BTC/USDT")
@@ -162,7 +168,9 @@ class IngestReport:
             f"{self.partitions_unchanged} unchanged",
         ]
         if self.quarantined:
-            lines.append("quarantined: " + ", ".join(f"{r} {n:,}" for r, n in sorted(self.quarantined.items())))
+            lines.append(
+                "quarantined: " + ", ".join(f"{r} {n:,}" for r, n in sorted(self.quarantined.items()))
+            )
         if self.out_of_order:
             lines.append(f"{self.out_of_order:,} row(s) arrived out of time order (kept, re-sorted)")
         if self.empty_symbols:
@@ -289,7 +297,9 @@ class BuildReport:
             f"{self.partitions_deleted} removed",
         ]
         if self.quarantined:
-            lines.append("quarantined: " + ", ".join(f"{r} {n:,}" for r, n in sorted(self.quarantined.items())))
+            lines.append(
+                "quarantined: " + ", ".join(f"{r} {n:,}" for r, n in sorted(self.quarantined.items()))
+            )
         return "\n".join(lines)
 
 
@@ -329,7 +339,9 @@ def derive_bars(
     """Clean base bars -> `bars` rows for the base and every target timeframe (with `bar_count` and
     `gap_before`). Coarser timeframes are chained from the finest one that divides them, which gives
     the same values as aggregating the base bars directly, for a fraction of the work."""
-    base_rows = clean.with_columns(pl.lit(base.value).alias("timeframe"), pl.lit(1, pl.Int32).alias("bar_count"))
+    base_rows = clean.with_columns(
+        pl.lit(base.value).alias("timeframe"), pl.lit(1, pl.Int32).alias("bar_count")
+    )
     built: dict[Timeframe, pl.DataFrame] = {base: base_rows}
     for tf in targets:
         source_tf = max(
@@ -375,7 +387,9 @@ def build_bars(
     day_hi = datetime.combine(last_day, datetime.min.time(), UTC) + DAY
     chunks = _chunks(day_lo, day_hi, _days_per_chunk(base, len(wanted), max_chunk_rows))
     with _progress(progress) as bar:
-        task = bar.add_task(f"build bars {'/'.join(tf.value for tf in timeframes)}", total=(day_hi - day_lo).days)
+        task = bar.add_task(
+            f"build bars {'/'.join(tf.value for tf in timeframes)}", total=(day_hi - day_lo).days
+        )
         for chunk_lo, chunk_hi in chunks:
             raw = warehouse.read("raw_bars", wanted, [base.value], start=chunk_lo - DAY, end=chunk_hi + DAY)
             context = raw.filter(pl.col("timestamp") < chunk_hi)
@@ -412,4 +426,3 @@ def _reason_counts(quarantine: pl.DataFrame) -> dict[str, int]:
         return {}
     counts = quarantine.group_by("reason").len()
     return dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))
-

@@ -69,7 +69,18 @@ TABLE_SCHEMAS: dict[str, pl.Schema] = {
 }
 # Quarantine keeps every distinct bad row: the same key can be rejected for different values.
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "quarantine": ("stage", "symbol", "timeframe", "timestamp", "reason", "open", "high", "low", "close", "volume"),
+    "quarantine": (
+        "stage",
+        "symbol",
+        "timeframe",
+        "timestamp",
+        "reason",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+    ),
 }
 # Bookkeeping columns: not compared when deciding whether a row changed, kept from the stored row if not.
 META_COLUMNS: tuple[str, ...] = (INGESTED_AT, "detected_at")
@@ -102,9 +113,18 @@ class WriteReport:
 
 @dataclass(frozen=True)
 class _Job:
+    """One partition to rewrite, with the positions of its new rows in the prepared frame."""
+
     timeframe: str
     day: date
-    new: pl.DataFrame | None
+    source: pl.DataFrame | None = None
+    rows: pl.Series | None = None
+
+    def new(self) -> pl.DataFrame | None:
+        # Gathered in the worker thread, so that splitting the batch runs in parallel too.
+        if self.source is None or self.rows is None:
+            return None
+        return self.source[self.rows].drop(PARTITION_DATE)
 
 
 class Warehouse:
@@ -185,7 +205,9 @@ class Warehouse:
                 )
             else:
                 df = df.with_columns(pl.lit(stamp, TIMESTAMP_DTYPE).alias(INGESTED_AT))
-            nulls = df.select(pl.any_horizontal(pl.col("symbol", "timeframe", "timestamp").is_null()).sum()).item()
+            nulls = df.select(
+                pl.any_horizontal(pl.col("symbol", "timeframe", "timestamp").is_null()).sum()
+            ).item()
             if nulls:
                 raise ValueError(
                     f"{nulls} row(s) for {table!r} lack a symbol, timeframe or timestamp; quarantine them instead"
@@ -204,24 +226,34 @@ class Warehouse:
             if extra:
                 raise ValueError(f"unexpected column(s) for {table!r}: {', '.join(extra)}")
             df = df.with_columns(
-                [pl.col(n).cast(t) if n in df.columns else pl.lit(None, t).alias(n) for n, t in schema.items()]
+                [
+                    pl.col(n).cast(t) if n in df.columns else pl.lit(None, t).alias(n)
+                    for n, t in schema.items()
+                ]
             ).select([*schema, PARTITION_DATE])
         return df
 
-    def _split(self, df: pl.DataFrame) -> dict[tuple[str, date], pl.DataFrame]:
+    def _split(self, df: pl.DataFrame) -> dict[tuple[str, date], pl.Series]:
+        """Row positions per (timeframe, day). Measured on the 2024 5m set: grouping positions and
+        gathering them per partition is ~3x faster than partition_by or sort-and-slice, and the
+        gathers run in the worker threads."""
         if df.is_empty():
             return {}
-        # A stable sort then zero-copy slices: measured faster than partition_by, which hashes and
-        # gathers every group (and is several times slower still on (string, date) pairs).
-        keys = ["timeframe", PARTITION_DATE]
-        ordered = df.sort(keys, maintain_order=True)
-        runs = ordered.group_by(keys, maintain_order=True).len()
-        out: dict[tuple[str, date], pl.DataFrame] = {}
-        offset = 0
-        for tf, day, n in runs.iter_rows():
-            out[(str(tf), day)] = ordered.slice(offset, n).drop(PARTITION_DATE)
-            offset += n
-        return out
+        single = df.get_column("timeframe").n_unique() == 1
+        keys = [PARTITION_DATE] if single else ["timeframe", PARTITION_DATE]  # a string key costs ~5x
+        groups = (
+            df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), *keys)
+            .group_by(keys, maintain_order=True)
+            .agg("_row")
+        )
+        positions = groups.get_column("_row")  # iterating a list column yields Series, not Python lists
+        if single:
+            tf = str(df.get_column("timeframe")[0])
+            return {(tf, day): rows for day, rows in zip(groups[PARTITION_DATE], positions, strict=True)}
+        return {
+            (str(tf), day): rows
+            for tf, day, rows in zip(groups["timeframe"], groups[PARTITION_DATE], positions, strict=True)
+        }
 
     def _run(
         self,
@@ -235,7 +267,7 @@ class Warehouse:
         def work(job: _Job) -> tuple[str, Path, int]:
             path = self.partition_path(table, job.timeframe, job.day)
             existing = pl.read_parquet(path) if path.is_file() else None
-            merged = merge(existing, job.new)
+            merged = merge(existing, job.new())
             if existing is not None and merged.equals(existing):
                 return "unchanged", path, merged.height
             if merged.is_empty():
@@ -296,7 +328,7 @@ class Warehouse:
             kept = existing.join(new.select(key), on=key, how="anti", nulls_equal=True)
             return _sorted(pl.concat([kept, new], how="diagonal_relaxed"), key)
 
-        jobs = [_Job(tf, day, part) for (tf, day), part in self._split(prepared).items()]
+        jobs = [_Job(tf, day, prepared, rows) for (tf, day), rows in self._split(prepared).items()]
         report = self._run(table, jobs, merge, progress)
         report.rows_given = df.height
         return report
@@ -349,9 +381,12 @@ class Warehouse:
 
         parts = self._split(prepared)
         existing = {
-            (tf, day) for tf, day, _ in self.partitions(table, timeframes=timeframes, first_day=first_day, last_day=last_day)
+            (tf, day)
+            for tf, day, _ in self.partitions(
+                table, timeframes=timeframes, first_day=first_day, last_day=last_day
+            )
         }
-        jobs = [_Job(tf, day, parts.get((tf, day))) for tf, day in sorted(existing | set(parts))]
+        jobs = [_Job(tf, day, prepared, parts.get((tf, day))) for tf, day in sorted(existing | set(parts))]
         report = self._run(table, jobs, merge, progress)
         report.rows_given = df.height
         return report
@@ -371,7 +406,12 @@ class Warehouse:
     ) -> list[str]:
         first_day = _utc(start).date() if start is not None else None
         last_day = (_utc(end) - timedelta(microseconds=1)).date() if end is not None else None
-        return [str(p) for _, _, p in self.partitions(table, timeframes=timeframes, first_day=first_day, last_day=last_day)]
+        return [
+            str(p)
+            for _, _, p in self.partitions(
+                table, timeframes=timeframes, first_day=first_day, last_day=last_day
+            )
+        ]
 
     def scan(
         self,
@@ -385,10 +425,16 @@ class Warehouse:
         files = self._files(table, timeframes, start, end)
         schema = TABLE_SCHEMAS.get(table)
         if not files:
-            return pl.LazyFrame(schema=schema or {"symbol": pl.Utf8, "timeframe": pl.Utf8, "timestamp": TIMESTAMP_DTYPE})
+            return pl.LazyFrame(
+                schema=schema or {"symbol": pl.Utf8, "timeframe": pl.Utf8, "timestamp": TIMESTAMP_DTYPE}
+            )
         if schema is not None:
             return pl.scan_parquet(
-                files, schema=schema, missing_columns="insert", extra_columns="ignore", hive_partitioning=False
+                files,
+                schema=schema,
+                missing_columns="insert",
+                extra_columns="ignore",
+                hive_partitioning=False,
             )
         # Tables written by others may gain columns over time: align every file by name.
         return pl.concat([pl.scan_parquet(f, hive_partitioning=False) for f in files], how="diagonal_relaxed")
@@ -424,7 +470,9 @@ class Warehouse:
         if end is not None:
             filters.append(pl.col("timestamp") < _utc(end))
         if as_of is not None:
-            closes = pl.col("timestamp") + pl.col("timeframe").replace_strict(_DURATIONS, return_dtype=pl.Duration("us"))
+            closes = pl.col("timestamp") + pl.col("timeframe").replace_strict(
+                _DURATIONS, return_dtype=pl.Duration("us")
+            )
             filters.append(closes <= as_of)
             if INGESTED_AT in lazy.collect_schema().names():
                 filters.append(pl.col(INGESTED_AT) <= as_of)
@@ -449,7 +497,11 @@ class Warehouse:
         if not files:
             return pl.DataFrame(schema=QUARANTINE_SCHEMA)
         lazy = pl.scan_parquet(
-            files, schema=QUARANTINE_SCHEMA, missing_columns="insert", extra_columns="ignore", hive_partitioning=False
+            files,
+            schema=QUARANTINE_SCHEMA,
+            missing_columns="insert",
+            extra_columns="ignore",
+            hive_partitioning=False,
         )
         ts = pl.col("timestamp")
         if symbols is not None:
@@ -464,7 +516,9 @@ class Warehouse:
             lazy = lazy.filter((ts < _utc(end)) | ts.is_null())
         return lazy.sort("symbol", "timeframe", "timestamp", nulls_last=True).collect(engine="in-memory")
 
-    def last_timestamps(self, table: str, timeframe: str, symbols: Sequence[str], before: datetime) -> dict[str, datetime]:
+    def last_timestamps(
+        self, table: str, timeframe: str, symbols: Sequence[str], before: datetime
+    ) -> dict[str, datetime]:
         """Per symbol, the newest timestamp stored strictly before `before` (symbols without one are absent)."""
         frame = (
             self.scan(table, timeframes=[timeframe], end=before)
@@ -495,7 +549,11 @@ class Warehouse:
             self.scan("quarantine")
             .group_by("stage", "symbol", "timeframe")
             .agg(pl.len().cast(pl.Int64).alias("quarantined"))
-            .with_columns(pl.col("stage").replace_strict({"raw": "raw_bars", "bars": "bars"}, default=pl.col("stage")).alias("table"))
+            .with_columns(
+                pl.col("stage")
+                .replace_strict({"raw": "raw_bars", "bars": "bars"}, default=pl.col("stage"))
+                .alias("table")
+            )
             .drop("stage")
             .collect()
         )
@@ -504,7 +562,11 @@ class Warehouse:
             if table == "quarantine" or not self.partitions(table):
                 continue
             lazy = self.scan(table).select("symbol", "timeframe", "timestamp")
-            step = pl.col("timeframe").replace_strict(_DURATIONS, return_dtype=pl.Duration("us"), default=None).first()
+            step = (
+                pl.col("timeframe")
+                .replace_strict(_DURATIONS, return_dtype=pl.Duration("us"), default=None)
+                .first()
+            )
             summary = (
                 lazy.group_by("symbol", "timeframe")
                 .agg(
@@ -529,16 +591,22 @@ class Warehouse:
         out = pl.concat(frames, how="diagonal_relaxed").join(
             quarantine, on=["table", "symbol", "timeframe"], how="left"
         )
-        out = out.with_columns(
-            pl.max_horizontal("expected", "rows").alias("expected"),
-            pl.col("quarantined").fill_null(0),
-        ).with_columns(
-            (pl.col("expected") - pl.col("rows")).alias("missing"),
-        ).with_columns((pl.col("missing") / pl.col("expected")).alias("gap_ratio"))
+        out = (
+            out.with_columns(
+                pl.max_horizontal("expected", "rows").alias("expected"),
+                pl.col("quarantined").fill_null(0),
+            )
+            .with_columns(
+                (pl.col("expected") - pl.col("rows")).alias("missing"),
+            )
+            .with_columns((pl.col("missing") / pl.col("expected")).alias("gap_ratio"))
+        )
         order = {name: i for i, name in enumerate(TABLES)}
         out = out.with_columns(pl.col("table").replace_strict(order, return_dtype=pl.Int32).alias("_order"))
         tf_order = {tf.value: i for i, tf in enumerate(Timeframe)}
-        out = out.with_columns(pl.col("timeframe").replace_strict(tf_order, default=99, return_dtype=pl.Int32).alias("_tf"))
+        out = out.with_columns(
+            pl.col("timeframe").replace_strict(tf_order, default=99, return_dtype=pl.Int32).alias("_tf")
+        )
         return out.sort("_order", "symbol", "_tf").select([pl.col(n).cast(t) for n, t in schema.items()])
 
     # --- DuckDB --------------------------------------------------------------------------------
@@ -631,7 +699,9 @@ def _unique_sorted(df: pl.DataFrame, key: Sequence[str]) -> pl.DataFrame:
 
 
 def _sorted(df: pl.DataFrame, key: Sequence[str]) -> pl.DataFrame:
-    order = [c for c in ("symbol", "timestamp") if c in key] + [c for c in key if c not in ("symbol", "timestamp")]
+    order = [c for c in ("symbol", "timestamp") if c in key] + [
+        c for c in key if c not in ("symbol", "timestamp")
+    ]
     return df.sort(order, nulls_last=True, maintain_order=True)
 
 
@@ -652,7 +722,11 @@ def _carry_meta(new: pl.DataFrame, existing: pl.DataFrame, key: Sequence[str]) -
     values = [c for c in new.columns if c not in key and c not in meta and c in existing.columns]
     old = existing.select([*key, *values, *meta]).rename({c: f"{c}__old" for c in (*values, *meta)})
     joined = new.join(old, on=list(key), how="left", nulls_equal=True)
-    same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"{c}__old")) for c in values]) if values else pl.lit(True)
+    same = (
+        pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"{c}__old")) for c in values])
+        if values
+        else pl.lit(True)
+    )
     same = same & pl.col(f"{meta[0]}__old").is_not_null()
     return joined.with_columns(
         [pl.when(same).then(pl.col(f"{m}__old")).otherwise(pl.col(m)).alias(m) for m in meta]

@@ -66,7 +66,9 @@ def _faulty(real: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
         Reason.MISALIGNED: _row(real, 60, timestamp=t[60] + timedelta(minutes=2)),
         Reason.FUTURE: _row(real, 70, timestamp=NOW + timedelta(days=1)),
         Reason.UNKNOWN_SYMBOL: _row(real, 80, symbol="DOGE/USDT"),
-        Reason.BAD_TIMESTAMP: _row(real, 90).with_columns(pl.lit(None, real.schema["timestamp"]).alias("timestamp")),
+        Reason.BAD_TIMESTAMP: _row(real, 90).with_columns(
+            pl.lit(None, real.schema["timestamp"]).alias("timestamp")
+        ),
     }
     zero_price = _row(real, 100, open=0.0)
     replaced = {10, 20, 30, 40, 50, 60, 70, 80, 90, 100}
@@ -166,7 +168,10 @@ def test_gap_report_over_a_fixed_window_counts_a_missing_tail(real: pl.DataFrame
 def test_checks_fail_on_injected_faults_with_counts_and_json_safe_samples(real: pl.DataFrame) -> None:
     broken = pl.concat([real, real.slice(3, 2)])  # two duplicated rows, appended out of order
     broken = broken.with_columns(
-        pl.when(pl.int_range(pl.len()) == 11).then(pl.col("high") * 0.5).otherwise(pl.col("high")).alias("high")
+        pl.when(pl.int_range(pl.len()) == 11)
+        .then(pl.col("high") * 0.5)
+        .otherwise(pl.col("high"))
+        .alias("high")
     )
     unique, ohlc, monotonic = check_unique(broken), check_ohlc(broken), check_monotonic(broken)
     assert (unique.passed, unique.count) == (False, 4)

@@ -23,7 +23,9 @@ START, END = datetime(2024, 4, 1, tzinfo=UTC), datetime(2024, 5, 1, tzinfo=UTC)
 def _recorded(tf: str, symbols: list[str] = SYMBOLS) -> pl.DataFrame:
     frame = (
         pl.scan_parquet(BINANCE / f"bars_{tf}.parquet")
-        .filter(pl.col("symbol").is_in(symbols) & (pl.col("timestamp") >= START) & (pl.col("timestamp") < END))
+        .filter(
+            pl.col("symbol").is_in(symbols) & (pl.col("timestamp") >= START) & (pl.col("timestamp") < END)
+        )
         .collect()
     )
     return conform_bars(frame)
@@ -47,7 +49,9 @@ def test_resampled_5m_bars_equal_binances_own_bars_where_every_5m_bar_exists(
     assert complete.height >= 0.99 * theirs.height
     for column in ("open", "high", "low", "close"):
         assert (complete[column] == complete[f"{column}_binance"]).all(), column
-    volume_error = ((complete["volume"] - complete["volume_binance"]).abs() / complete["volume_binance"]).max()
+    volume_error = (
+        (complete["volume"] - complete["volume_binance"]).abs() / complete["volume_binance"]
+    ).max()
     assert volume_error < 1e-9  # the same sum, added in another order
 
 

@@ -113,7 +113,9 @@ def _reason_expr(
     return expr.otherwise(pl.lit(None, pl.Utf8)).alias("reason")
 
 
-def _to_quarantine(rows: pl.DataFrame, timeframe: Timeframe, stage: str, detected_at: datetime) -> pl.DataFrame:
+def _to_quarantine(
+    rows: pl.DataFrame, timeframe: Timeframe, stage: str, detected_at: datetime
+) -> pl.DataFrame:
     rows = rows.with_columns(
         pl.lit(timeframe.value).alias("timeframe"),
         pl.lit(stage).alias("stage"),
@@ -136,7 +138,9 @@ def count_out_of_order(df: pl.DataFrame) -> int:
     if df.height < 2:
         return 0
     # Cheap test first: the usual frame is in order, and then no running maximum is needed.
-    step_back = (pl.col("timestamp") < pl.col("timestamp").shift(1)) & (pl.col("symbol") == pl.col("symbol").shift(1))
+    step_back = (pl.col("timestamp") < pl.col("timestamp").shift(1)) & (
+        pl.col("symbol") == pl.col("symbol").shift(1)
+    )
     if not df.select(step_back.fill_null(False).any()).item():
         late_symbols = df.select(pl.col("symbol").rle_id().n_unique() != pl.col("symbol").n_unique()).item()
         if not late_symbols:
@@ -302,7 +306,11 @@ def gap_report(
     frame = frame.with_columns((step - pl.col("_duration")).alias("_hole"))
     lo = pl.lit(_utc(start), TIMESTAMP_DTYPE) if start is not None else pl.col("timestamp").min()
     step_us = pl.col("_duration").first().dt.total_microseconds()
-    hi = pl.lit(_utc(end), TIMESTAMP_DTYPE) if end is not None else pl.col("timestamp").max() + pl.col("_duration").first()
+    hi = (
+        pl.lit(_utc(end), TIMESTAMP_DTYPE)
+        if end is not None
+        else pl.col("timestamp").max() + pl.col("_duration").first()
+    )
     report = frame.group_by(keys).agg(
         pl.col("timestamp").min().alias("first"),
         pl.col("timestamp").max().alias("last"),

@@ -113,7 +113,9 @@ def resample_bars(
         pl.col("_pv").sum(),
         pl.col("vwap").null_count().alias("_vwap_nulls"),
         # Input that is itself resampled carries bar_count, so coarser timeframes can be chained.
-        (pl.col("bar_count").sum() if "bar_count" in df.columns else pl.len()).cast(pl.Int32).alias("bar_count"),
+        (pl.col("bar_count").sum() if "bar_count" in df.columns else pl.len())
+        .cast(pl.Int32)
+        .alias("bar_count"),
     ]
     if has_ingested:
         aggregations.append(pl.col(INGESTED_AT).max())
@@ -121,7 +123,10 @@ def resample_bars(
         frame.group_by("symbol", "_period")
         .agg(aggregations)
         .with_columns(
-            pl.when(pl.col("_tc_nulls") == 0).then(pl.col("trade_count")).otherwise(None).alias("trade_count"),
+            pl.when(pl.col("_tc_nulls") == 0)
+            .then(pl.col("trade_count"))
+            .otherwise(None)
+            .alias("trade_count"),
             pl.when((pl.col("_vwap_nulls") == 0) & (pl.col("volume") > 0))
             .then(pl.col("_pv") / pl.col("volume"))
             .otherwise(None)

@@ -94,7 +94,9 @@ def to_utc_timestamps(column: pl.Series) -> pl.Series:
     )
 
 
-def _already_conformed(df: pl.DataFrame, symbol: str | None, timeframe: str | None, keep: Sequence[str]) -> bool:
+def _already_conformed(
+    df: pl.DataFrame, symbol: str | None, timeframe: str | None, keep: Sequence[str]
+) -> bool:
     """Frames from our own sources are already in shape; re-casting 1.6M rows is not free."""
     if symbol is not None and "symbol" not in df.columns:
         return False
@@ -131,7 +133,11 @@ def conform_bars(
     """
     if _already_conformed(df, symbol, timeframe, keep):
         return df
-    renames = {wire: ours for wire, ours in ALPACA_WIRE_NAMES.items() if wire in df.columns and ours not in df.columns}
+    renames = {
+        wire: ours
+        for wire, ours in ALPACA_WIRE_NAMES.items()
+        if wire in df.columns and ours not in df.columns
+    }
     if renames:
         df = df.rename(renames)
     if symbol is not None and "symbol" not in df.columns:

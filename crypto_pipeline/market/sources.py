@@ -218,7 +218,8 @@ def is_transient(error: BaseException) -> bool:
 def _describe_error(error: BaseException) -> str:
     status = _status_code(error)
     if status is None:
-        return f"{type(error).__name__}: {error}"
+        text = str(error)
+        return f"{type(error).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"
     body = str(error).strip().replace("\n", " ")
     return f"HTTP {status}: {body[:200]}"
 
@@ -318,7 +319,9 @@ class AlpacaSource:
                     "check ALPACA_API_KEY / ALPACA_SECRET_KEY"
                 ) from None
             if 400 <= status < 500 and status != 429:
-                raise UserInputError(f"{self.description} rejected {what}: {_describe_error(error)}") from None
+                raise UserInputError(
+                    f"{self.description} rejected {what}: {_describe_error(error)}"
+                ) from None
             raise SourceError(
                 f"{self.description}: {what} failed after {self.retry_attempts} attempts ({_describe_error(error)})"
             ) from None
@@ -369,7 +372,9 @@ class AlpacaSource:
             symbol_or_symbols=list(symbols), timeframe=TimeFrame(amount, unit), start=start, end=end
         )
         what = f"bars {','.join(symbols)} {timeframe.value} {start:%Y-%m-%dT%H:%M}..{end:%Y-%m-%dT%H:%M}"
-        raw: dict[str, list[dict[str, Any]]] = self._call(what, lambda: self._client.get_crypto_bars(request)) or {}
+        raw: dict[str, list[dict[str, Any]]] = (
+            self._call(what, lambda: self._client.get_crypto_bars(request)) or {}
+        )
         frames = [
             conform_bars(pl.from_dicts(bars, schema=_WIRE_SCHEMA, strict=False), symbol=symbol)
             for symbol, bars in raw.items()

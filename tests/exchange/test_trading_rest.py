@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+import polars as pl
 import pytest
 from alpaca.common.exceptions import APIError
 from alpaca.data.historical.crypto import CryptoHistoricalDataClient
@@ -19,7 +22,7 @@ from alpaca.trading.requests import (
 
 from crypto_pipeline.exchange import ExchangeServer
 
-from .conftest import KEY, wait_for
+from .conftest import DATA_2024, KEY, wait_for
 
 BUY, SELL, GTC, IOC = OrderSide.BUY, OrderSide.SELL, TimeInForce.GTC, TimeInForce.IOC
 
@@ -63,19 +66,51 @@ def test_a_market_buy_fills_at_the_ask_plus_impact_and_opens_a_position(
     assert trading.get_order_by_id(order.id).status == OrderStatus.FILLED
 
 
-def test_a_resting_limit_fills_later_as_maker_at_its_price(
+def test_a_resting_limit_fills_as_maker_at_its_price_on_the_first_later_bar_through_it(
     trading: TradingClient, data_client: CryptoHistoricalDataClient
 ) -> None:
-    limit = round(quote(data_client, "BTC/USDT").bid_price * 0.9995, 2)
+    # The test knows the recorded future (the exchange does not): it picks a resting limit (a buy below
+    # the bid or a sell above the ask, whichever the next hours reach first) and checks that the exchange
+    # fills it at its price on exactly the first later bar that trades through it.
+    trading.submit_order(MarketOrderRequest(symbol="BTC/USDT", qty=0.01, side=BUY, time_in_force=GTC))
+    touch = quote(data_client, "BTC/USDT")
+    now = trading.get_clock().timestamp
+    future = (
+        pl.scan_parquet(DATA_2024 / "bars_5m.parquet")
+        .filter(pl.col("symbol") == "BTC/USDT", pl.col("timestamp") >= now + timedelta(minutes=10))
+        .sort("timestamp")
+        .head(300)
+        .collect()
+    )
+    buy_at, sell_at = touch.bid_price * 0.9995, touch.ask_price * 1.0005
+    buy_reach = next((i for i, low in enumerate(future["low"]) if low < buy_at), 10**6)
+    sell_reach = next((i for i, high in enumerate(future["high"]) if high > sell_at), 10**6)
+    assert min(buy_reach, sell_reach) < 300, "the next day never moves 5 bp: pick another start"
+    side, limit = (BUY, round(buy_at, 2)) if buy_reach <= sell_reach else (SELL, round(sell_at, 2))
     order = trading.submit_order(
-        LimitOrderRequest(symbol="BTC/USDT", qty=0.01, side=BUY, time_in_force=GTC, limit_price=limit)
+        LimitOrderRequest(symbol="BTC/USDT", qty=0.01, side=side, time_in_force=GTC, limit_price=limit)
     )
     assert order.status == OrderStatus.NEW and float(order.filled_qty) == 0
     filled = wait_for(
-        lambda: (o := trading.get_order_by_id(order.id)).status == OrderStatus.FILLED and o, timeout=20
+        lambda: (o := trading.get_order_by_id(order.id)).status == OrderStatus.FILLED and o, timeout=60
     )
-    assert float(filled.filled_avg_price) <= limit
-    assert filled.filled_at > order.submitted_at
+    through = pl.col("low") < limit if side == BUY else pl.col("high") > limit
+    first = (
+        pl.scan_parquet(DATA_2024 / "bars_5m.parquet")
+        .filter(pl.col("symbol") == "BTC/USDT", pl.col("timestamp") >= order.submitted_at, through)
+        .sort("timestamp")
+        .head(1)
+        .collect()
+    )
+    price = float(filled.filled_avg_price)
+    opened_through = first["open"][0] <= limit if side == BUY else first["open"][0] >= limit
+    if (
+        opened_through
+    ):  # the bar opened beyond the limit: a taker fill at the open, never worse than the limit
+        assert price <= limit if side == BUY else price >= limit
+    else:
+        assert price == pytest.approx(limit)
+    assert filled.filled_at == first["timestamp"][0] + timedelta(minutes=5)
 
 
 def test_a_stop_limit_waits_for_its_stop_then_works_as_a_limit(
