@@ -57,6 +57,8 @@ def ingest_command(
         if build:
             built = build_bars(warehouse, chosen, base, settings.timeframes, first, last, progress=progress)
             console.print(built.summary(), markup=False)
+        else:
+            warehouse.refresh_views()
     except UserInputError as error:
         errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -285,7 +285,9 @@ def _spans(bars: int, timeframe: Timeframe, layout: _Layout) -> pl.Expr:
     enough_history = _IDX >= bars
     if layout.regular or bars == 0:
         return enough_history
-    return enough_history & (pl.col("timestamp") - pl.col("timestamp").shift(bars) == timeframe.duration * bars)
+    return enough_history & (
+        pl.col("timestamp") - pl.col("timestamp").shift(bars) == timeframe.duration * bars
+    )
 
 
 @dataclass(frozen=True)
@@ -299,17 +301,6 @@ class _Smoother:
     window: int
     alpha: float
 
-    def seed(self) -> pl.Expr:
-        """On the seed bar, the mean of the window; null elsewhere, or when the window has a missing value.
-
-        The sum runs in bar order like TA-Lib's and, being a per-symbol running sum, gives the same bits
-        whatever the other symbols and the memory layout (a SIMD ``sum`` would not)."""
-        in_window = _IDX.is_between(self.seed_at - self.window + 1, self.seed_at)
-        values = pl.when(in_window).then(pl.col(self.source))
-        complete = _per_symbol(values.is_not_null().cum_sum()) == self.window
-        mean = _per_symbol(values.cum_sum()) / self.window
-        return pl.when((_IDX == self.seed_at) & complete).then(mean).alias(self.name)
-
     def average(self) -> pl.Expr:
         """The average over the seeded input (see `_seeded_inputs`); bars before the seed are masked later."""
         return _per_symbol(pl.col(self.name).ewm_mean(alpha=self.alpha, adjust=False, ignore_nulls=True))
@@ -318,28 +309,42 @@ class _Smoother:
         return _IDX >= self.seed_at
 
 
+def _seeds(work: pl.DataFrame, layout: _Layout, smoother: _Smoother) -> pl.Series:
+    """One seed per symbol: the mean of the `window` source values ending on the seed bar; null for a symbol
+    too short to have that bar or with a missing value in the window.
+
+    The windows are gathered into one fixed-width array per symbol and summed row by row, in bar order like
+    TA-Lib's loop; a row's sum depends on nothing but its own values.
+    """
+    seeds = pl.Series(smoother.name, [None] * len(layout.starts), dtype=pl.Float64)
+    has_seed_bar = layout.lengths > smoother.seed_at
+    first = layout.starts.filter(has_seed_bar) + (smoother.seed_at - smoother.window + 1)
+    if first.len() == 0:
+        return seeds
+    rows = pl.select(pl.int_ranges(first, first + smoother.window).explode()).to_series()
+    values = work[smoother.source].gather(rows)
+    shape = (first.len(), smoother.window)
+    means = values.reshape(shape).arr.sum() / smoother.window
+    if values.null_count():
+        complete = values.is_null().cast(pl.UInt32).reshape(shape).arr.sum() == 0
+        means = pl.select(pl.when(complete).then(means)).to_series()
+    seeds.scatter(pl.int_range(layout.starts.len(), eager=True).filter(has_seed_bar), means)
+    return seeds
+
+
 def _seeded_inputs(work: pl.DataFrame, layout: _Layout, smoothers: Sequence[_Smoother]) -> list[pl.Series]:
     """Each smoother's input, named after it: the source, with the bars up to the seed bar replaced by the
-    seed (one number per symbol, from its first bars).
+    symbol's seed.
 
     polars' ``ewm_mean(adjust=False)`` then stays at the seed until the seed bar and runs TA-Lib's recursion
-    after it. Writing the seed over the first bars, rather than nulls before it, keeps the input free of
-    nulls; a symbol too short for its seed, or with a missing value in the window, gets nulls there instead.
+    after it. Writing the seed over the first bars, rather than nulls before it, keeps clean inputs free of
+    nulls (polars' kernels are faster then); a symbol without a seed gets nulls there instead.
     """
-    deepest = max(s.seed_at for s in smoothers) + 1
-    first_rows, _ = layout.first_rows(deepest)
-    seeds = work.gather(first_rows).with_columns(s.seed() for s in smoothers)
-    has_seed_bar = layout.lengths > pl.Series([s.seed_at for s in smoothers])  # placeholder, replaced below
-    del has_seed_bar
-    symbols = pl.int_range(len(layout.starts), eager=True)
     inputs = []
     for smoother in smoothers:
-        per_symbol = pl.Series(smoother.name, [None] * len(layout.starts), dtype=pl.Float64)
-        on_seed_bar = seeds.filter(_IDX == smoother.seed_at)[smoother.name]
-        per_symbol.scatter(symbols.filter(layout.lengths > smoother.seed_at), on_seed_bar)
         rows, owners = layout.first_rows(smoother.seed_at + 1)
         values = work[smoother.source].clone().rename(smoother.name)
-        values.scatter(rows, per_symbol.gather(owners))
+        values.scatter(rows, _seeds(work, layout, smoother).gather(owners))
         inputs.append(values)
     return inputs
 
@@ -364,7 +369,9 @@ def _prepare(ordered: pl.DataFrame, *, regular: bool) -> tuple[pl.DataFrame, _La
     )
     layout = _Layout.of(work, regular=regular)
     previous_close = work["close"].shift(1).rename("previous_close")
-    previous_close.scatter(layout.starts, None)  # a symbol's first bar has no previous close
+    # A symbol's first bar has no previous close: its own close stands in (a zero change that no feature
+    # reads, but that keeps the inputs of the rolling windows null-free).
+    previous_close.scatter(layout.starts, work["close"].gather(layout.starts))
     work = work.with_columns(previous_close).with_columns(_bar_inputs(work, has_vwap="vwap" in inputs))
     return work, layout
 
@@ -407,9 +414,8 @@ def compute_features(
 
 
 def _bar_inputs(work: pl.DataFrame, *, has_vwap: bool) -> list[pl.Expr]:
-    """Per-bar inputs: gain, loss, true range, log return, traded value. On a symbol's first bar (no previous
-    close) they are placeholders that no feature reads; they are not null so that windows stay null-free."""
-    previous = pl.col("previous_close").fill_null(_CLOSE)
+    """Per-bar inputs: gain, loss, true range, log return, traded value."""
+    previous = pl.col("previous_close")
     typical = (_HIGH + _LOW + _CLOSE) / 3.0
     price = pl.coalesce(pl.col("vwap"), typical) if has_vwap else typical
     positive_prices = (work["close"].min() or 0.0) > 0
@@ -431,7 +437,10 @@ def _price_smoothers() -> list[_Smoother]:
     smoothers = [_Smoother(f"ema_{n}", "close", n - 1, n, 2.0 / (n + 1)) for n in EMA_PERIODS]
     for n in RSI_PERIODS:
         # The changes of bars 1..n seed the averages at bar n (bar 0 has no change).
-        smoothers += [_Smoother(f"avg_gain_{n}", "gain", n, n, 1.0 / n), _Smoother(f"avg_loss_{n}", "loss", n, n, 1.0 / n)]
+        smoothers += [
+            _Smoother(f"avg_gain_{n}", "gain", n, n, 1.0 / n),
+            _Smoother(f"avg_loss_{n}", "loss", n, n, 1.0 / n),
+        ]
     # TA-Lib seeds the fast EMA where the slow one starts, so both MACD averages begin at bar MACD_SLOW - 1.
     smoothers += [
         _Smoother(f"macd_{name}", "close", MACD_SLOW - 1, n, 2.0 / (n + 1))
@@ -442,9 +451,9 @@ def _price_smoothers() -> list[_Smoother]:
     return smoothers
 
 
-def _windows(timeframe: Timeframe) -> pl.Expr:
-    """The rolling windows, as one struct so that a single per-symbol pass computes them all. A window that
-    holds a missing value gives null (polars' default ``min_samples`` = window)."""
+def _windows(timeframe: Timeframe) -> list[pl.Expr]:
+    """The per-symbol rolling windows. A window that holds a missing value gives null (polars' default
+    ``min_samples`` is the window)."""
     day_bars, week_bars = _span_bars(timeframe, DAY), timeframe.bars_per(WEEK)
     windows = [
         _CLOSE.rolling_mean(BB_PERIOD).alias("bb_mean"),
@@ -458,21 +467,25 @@ def _windows(timeframe: Timeframe) -> pl.Expr:
         ]
         if day_bars >= 2:
             windows.append(pl.col("log_return").rolling_std(day_bars, ddof=1).alias("log_return_std_24h"))
-    return pl.struct(windows)
+    return [_per_symbol(window) for window in windows]
 
 
-def _features(timeframe: Timeframe, layout: _Layout, warm_table: Mapping[str, int]) -> list[pl.Expr]:
+def _features(
+    timeframe: Timeframe, layout: _Layout, warm_table: Mapping[str, int], smoothers: Sequence[_Smoother]
+) -> list[pl.Expr]:
+    # The averages hold their seed on the bars before the seed bar: those bars get null.
+    average = {s.name: pl.when(s.ready()).then(pl.col(s.name)) for s in smoothers}
     exprs: list[pl.Expr] = []
     for n in RSI_PERIODS:
-        avg_gain, avg_loss = pl.col(f"avg_gain_{n}"), pl.col(f"avg_loss_{n}")
+        avg_gain, avg_loss = average[f"avg_gain_{n}"], average[f"avg_loss_{n}"]
         exprs.append((100.0 * _safe_ratio(avg_gain, avg_gain + avg_loss)).alias(f"rsi_{n}"))
-    line = pl.col("macd_line")
+    line, signal = pl.col("macd_line"), average["macd_signal"]
     exprs += [
         pl.when(_IDX >= _MACD_LOOKBACK).then(line).alias("macd"),
-        pl.col("macd_signal"),
-        (line - pl.col("macd_signal")).alias("macd_hist"),
-        *(pl.col(f"ema_{n}") for n in EMA_PERIODS),
-        pl.col(f"atr_{ATR_PERIOD}"),
+        signal.alias("macd_signal"),
+        (line - signal).alias("macd_hist"),
+        *(average[f"ema_{n}"].alias(f"ema_{n}") for n in EMA_PERIODS),
+        average[f"atr_{ATR_PERIOD}"].alias(f"atr_{ATR_PERIOD}"),
     ]
     # %B = (close - lower) / (upper - lower) with lower = mean - k * std and upper - lower = 2k * std.
     band_width = 2.0 * BB_STDDEVS * pl.col("bb_std")

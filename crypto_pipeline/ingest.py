@@ -198,6 +198,7 @@ def ingest_raw(
     key) go to `quarantine` with stage "raw"; everything else is stored as sent (values are judged by
     `build_bars`). Re-running the same range changes nothing; newer data for a bar replaces the old.
     A range with no bars is not an error: the report lists the symbols that had none.
+    DuckDB views are refreshed by `build_bars` (or `Warehouse.refresh_views()`), not here.
     """
     started = time.perf_counter()
     tf = parse_timeframe(timeframe)
@@ -240,7 +241,6 @@ def ingest_raw(
             _store_quarantine(warehouse, screened.quarantine, wanted, tf, chunk_lo, chunk_hi, stage="raw")
         bar.update(write_task, completed=bar.tasks[write_task].total)
     report.empty_symbols = [s for s, n in rows_per_symbol.items() if n == 0]
-    warehouse.refresh_views()
     report.seconds = time.perf_counter() - started
     return report
 

@@ -316,10 +316,12 @@ class Warehouse:
         """
         key = self._key(table)
         prepared = self._prepare(table, df, ingested_at)
+        # One check of the whole batch instead of one per partition: a partition's rows keep their order.
+        presorted = tuple(key) == KEY_COLUMNS and is_sorted_by_symbol_time(prepared)
 
         def merge(existing: pl.DataFrame | None, new: pl.DataFrame | None) -> pl.DataFrame:
             assert new is not None
-            new = _unique_sorted(new, key)
+            new = new if presorted else _unique_sorted(new, key)
             if existing is None:
                 return new
             if _same_values(new, existing):  # re-ingesting what is stored: keep the stored rows
@@ -734,7 +736,12 @@ def _carry_meta(new: pl.DataFrame, existing: pl.DataFrame, key: Sequence[str]) -
 
 
 def _atomic_write(df: pl.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path.parent)  # the usual case: a new day under an existing timeframe directory
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         df.write_parquet(tmp, compression=PARQUET_COMPRESSION, statistics=True)

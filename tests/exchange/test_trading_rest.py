@@ -116,18 +116,45 @@ def test_a_resting_limit_fills_as_maker_at_its_price_on_the_first_later_bar_thro
 def test_a_stop_limit_waits_for_its_stop_then_works_as_a_limit(
     trading: TradingClient, data_client: CryptoHistoricalDataClient
 ) -> None:
-    ask = quote(data_client, "SOL/USDT").ask_price
-    stop, limit = round(ask * 1.0005, 3), round(ask * 1.05, 3)
+    trading.submit_order(MarketOrderRequest(symbol="BTC/USDT", qty=0.01, side=BUY, time_in_force=GTC))
+    touch = quote(data_client, "BTC/USDT")
+    now = trading.get_clock().timestamp
+    future = (
+        pl.scan_parquet(DATA_2024 / "bars_5m.parquet")
+        .filter(pl.col("symbol") == "BTC/USDT", pl.col("timestamp") >= now + timedelta(minutes=10))
+        .sort("timestamp")
+        .head(300)
+        .collect()
+    )
+    up, down = touch.ask_price * 1.0005, touch.bid_price * 0.9995
+    up_reach = next((i for i, high in enumerate(future["high"]) if high > up), 10**6)
+    down_reach = next((i for i, low in enumerate(future["low"]) if low < down), 10**6)
+    # a buy stop above the market if it rises first, else a sell stop below it
+    if up_reach <= down_reach:
+        side, stop, limit = BUY, round(up, 2), round(up * 1.05, 2)
+    else:
+        side, stop, limit = SELL, round(down, 2), round(down * 0.95, 2)
     order = trading.submit_order(
         StopLimitOrderRequest(
-            symbol="SOL/USDT", qty=1, side=BUY, time_in_force=GTC, stop_price=stop, limit_price=limit
+            symbol="BTC/USDT", qty=0.01, side=side, time_in_force=GTC, stop_price=stop, limit_price=limit
         )
     )
     assert order.status == OrderStatus.NEW
     filled = wait_for(
-        lambda: (o := trading.get_order_by_id(order.id)).status == OrderStatus.FILLED and o, timeout=30
+        lambda: (o := trading.get_order_by_id(order.id)).status == OrderStatus.FILLED and o, timeout=60
     )
-    assert stop * 0.99 <= float(filled.filled_avg_price) <= limit
+    price = float(filled.filled_avg_price)
+    assert (stop * 0.99 <= price <= limit) if side == BUY else (limit <= price <= stop * 1.01)
+    armed = pl.col("high") >= stop if side == BUY else pl.col("low") <= stop
+    first_armed = (
+        pl.scan_parquet(DATA_2024 / "bars_5m.parquet")
+        .filter(pl.col("symbol") == "BTC/USDT", pl.col("timestamp") >= order.submitted_at, armed)
+        .sort("timestamp")
+        .head(1)
+        .collect()
+    )
+    # it works as a limit only from the bar after the one that armed it
+    assert filled.filled_at >= first_armed["timestamp"][0] + timedelta(minutes=10)
 
 
 def test_an_ioc_limit_that_cannot_trade_is_canceled_at_once(
