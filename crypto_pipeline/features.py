@@ -156,8 +156,8 @@ def _validate_columns(bars: pl.DataFrame) -> None:
         raise ValueError(f"bars are missing required column(s) {missing}; got {bars.columns}")
     if not isinstance(bars.schema["timestamp"], pl.Datetime):
         raise ValueError(f"bars.timestamp must be a Datetime (UTC bar open), got {bars.schema['timestamp']}")
-    if bars.schema["symbol"] not in (pl.String, pl.Categorical):
-        raise ValueError(f"bars.symbol must be a string, got {bars.schema['symbol']}")
+    if bars.schema["symbol"] != pl.String:
+        raise ValueError(f"bars.symbol must be a string (pl.String), got {bars.schema['symbol']}")
     not_numeric = [
         name
         for name in (*_PRICE_VOLUME_COLUMNS, "vwap")

@@ -210,7 +210,7 @@ def ingest_raw(
     report = IngestReport(source=source.description, timeframe=tf.value, symbols=wanted, start=lo, end=hi)
     rows_per_symbol = dict.fromkeys(wanted, 0)
     chunks = _chunks(lo, hi, _days_per_chunk(tf, len(wanted), max_chunk_rows))
-    per_request = source.symbols_per_request or len(wanted)
+    per_request = getattr(source, "symbols_per_request", 1) or len(wanted)
     groups = [wanted[i : i + per_request] for i in range(0, len(wanted), per_request)]
     with _progress(progress) as bar:
         fetch_task = bar.add_task(f"fetch {tf.value} bars", total=len(chunks) * len(wanted))
@@ -282,7 +282,7 @@ class BuildReport:
     base_timeframe: str
     first_day: date
     last_day: date
-    rows: dict[str, int] = field(default_factory=dict)  # bars written per timeframe
+    rows: dict[str, int] = field(default_factory=dict)  # bars per timeframe in the range, after the build
     quarantined: dict[str, int] = field(default_factory=dict)  # by reason
     partitions_written: int = 0
     partitions_unchanged: int = 0

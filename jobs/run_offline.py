@@ -1,25 +1,66 @@
 """`make run`: the main job end to end on the offline default, then a summary of what was built.
 
-Runs the `market_data` job over every daily partition in one run (single-run backfill), in process,
-against the persistent Dagster instance in $DAGSTER_HOME so the runs show up in `dagster dev`.
+By default the local Alpaca-compatible exchange is started in the background (its replay clock set just
+after the recorded data, so all of it is history), and `raw_bars` ingests through alpaca-py's
+`CryptoHistoricalDataClient` pointed at it: the same code path as real Alpaca. `--source recorded` skips
+the exchange and imports the Parquet files directly.
+
+The `market_data` job covers every daily partition in one run (single-run backfill), in process, against
+the persistent Dagster instance in $DAGSTER_HOME, so the run shows up in `dagster dev`.
 """
 
-from __future__ import annotations
-
+import contextlib
+import os
+import secrets
 import sys
 import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated
 
 import dagster as dg
+import typer
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from rich.console import Console
 
 from crypto_pipeline.config import get_settings
 
-console = Console()
+console = Console(width=max(Console().width, 120))
 _SUMMARY_KEYS = ("rows_fetched", "rows_stored", "rows", "warm_rows", "states", "quarantined")
 
 
+@contextlib.contextmanager
+def local_exchange(last_day: str) -> Iterator[str]:
+    """Start the local exchange for this run with throw-away keys; yield its base URL."""
+    from crypto_pipeline.exchange import ExchangeConfig, ExchangeServer
+
+    settings = get_settings()
+    # Fresh random keys: the exchange demands them like Alpaca does, and they exist only in this process.
+    key, secret = f"PK{secrets.token_hex(8).upper()}", secrets.token_urlsafe(30)
+    config = ExchangeConfig(
+        host="127.0.0.1",
+        port=0,
+        data_dir=settings.market_data_dir,
+        start=datetime.combine(date.fromisoformat(last_day) + timedelta(days=1), datetime.min.time(), UTC),
+        speed=0.0,
+        key=key,
+        secret=secret,
+        db_path=settings.warehouse_dir / "exchange-make-run.sqlite",
+        reset=True,
+    )
+    with ExchangeServer(config) as server:
+        console.print(f"local exchange: {server.base_url} (replay clock {config.start:%Y-%m-%d %H:%M} UTC)")
+        os.environ["ALPACA_API_KEY"], os.environ["ALPACA_SECRET_KEY"] = key, secret
+        try:
+            yield server.base_url
+        finally:
+            os.environ.pop("ALPACA_API_KEY", None)
+            os.environ.pop("ALPACA_SECRET_KEY", None)
+    console.print("local exchange stopped")
+
+
 def run_market_data(first_day: str, last_day: str) -> dg.ExecuteInProcessResult:
+    # Imported here: the definitions read Settings (source, URLs) and key variables at import time.
     from definitions import defs
 
     job = defs.resolve_job_def("market_data")
@@ -28,13 +69,7 @@ def run_market_data(first_day: str, last_day: str) -> dg.ExecuteInProcessResult:
         return job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
 
 
-def main() -> int:
-    settings = get_settings()
-    console.rule("[bold]crypto-pipeline: offline end-to-end run")
-    console.print(f"source: {settings.source}  data: {settings.market_data_dir}")
-    console.print(f"symbols: {', '.join(settings.symbols)}  days: {settings.start} .. {settings.end}")
-    started = time.perf_counter()
-    result = run_market_data(settings.start, settings.end)
+def report(result: dg.ExecuteInProcessResult) -> None:
     partitions: dict[str, int] = {}
     shown: dict[str, dict] = {}
     for event in result.all_events:
@@ -50,17 +85,38 @@ def main() -> int:
             console.print(f"  check {ev.asset_key.to_user_string()}.{ev.check_name}: {mark}")
     for key, count in partitions.items():
         console.print(f"  [green]materialized[/] {key:<14} {count} daily partitions  {shown[key]}")
-    console.print(
-        f"market_data job: {'[green]success' if result.success else '[red]failure'}[/] "
-        f"in {time.perf_counter() - started:.0f} s"
-    )
+
+
+def main(
+    source: Annotated[
+        str, typer.Option(help="'exchange' (alpaca-py via the local exchange) or 'recorded' (Parquet files)")
+    ] = "exchange",
+) -> None:
+    if source not in ("exchange", "recorded"):
+        raise typer.BadParameter("expected 'exchange' or 'recorded'", param_hint="--source")
+    settings = get_settings()
+    console.rule("[bold]crypto-pipeline: offline end-to-end run")
+    console.print(f"symbols: {', '.join(settings.symbols)}  days: {settings.start} .. {settings.end}")
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if source == "exchange":
+            base_url = stack.enter_context(local_exchange(settings.end))
+            os.environ["CRYPTO_PIPELINE_SOURCE"] = "alpaca"
+            os.environ["CRYPTO_PIPELINE_ALPACA_DATA_URL"] = base_url
+            get_settings.cache_clear()
+            console.print("source: alpaca-py CryptoHistoricalDataClient → local exchange")
+        else:
+            console.print(f"source: recorded Parquet files in {settings.market_data_dir}")
+        result = run_market_data(settings.start, settings.end)
+        report(result)
+    status = "[green]success[/]" if result.success else "[red]failure[/]"
+    console.print(f"market_data job: {status} in {time.perf_counter() - started:.0f} s")
     if not result.success:
-        return 1
+        raise typer.Exit(1)
     from crypto_pipeline.cli import app
 
     app(["info"], standalone_mode=False)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(typer.run(main))

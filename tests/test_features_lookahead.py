@@ -189,3 +189,20 @@ def test_ema_200_converges_from_its_seed_within_the_documented_horizon(hourly):
     just_warm = later.filter(pl.col("timestamp") == start + timedelta(hours=EMA_200_WARMUP_BARS + 10))
     pairs = just_warm.join(full, on=["symbol", "timestamp"], suffix="_full")
     assert (pairs["ema_200"] / pairs["ema_200_full"] - 1).abs().max() > 1e-6
+
+
+def test_the_audit_reports_rows_that_appear_or_vanish_with_the_future():
+    bars = pl.DataFrame(
+        {
+            "symbol": ["A"] * 4,
+            "timestamp": [datetime(2024, 1, 1, h, tzinfo=UTC) for h in range(4)],
+            "close": [1.0] * 4,
+        }
+    )
+
+    def drops_the_last_row(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.head(frame.height - 1)  # knows which row is last: the future
+
+    with pytest.raises(LookaheadError, match="rows up to the cut differ"):
+        assert_no_lookahead(drops_the_last_row, bars, [datetime(2024, 1, 1, 1, tzinfo=UTC)])
+    assert assert_no_lookahead(lambda frame: frame, bars, [datetime(2024, 1, 1, 1, tzinfo=UTC)]) == 2

@@ -135,7 +135,10 @@ def _strictly_ordered() -> pl.Expr:
 def is_sorted_by_symbol_time(df: pl.DataFrame) -> bool:
     """True when rows are strictly increasing by (symbol, timestamp): sorted and without repeats."""
     if df.height < 2:
-        return df.height == 0 or df.select(pl.col("symbol", "timestamp").is_not_null().all()).row(0) == (True, True)
+        return df.height == 0 or df.select(pl.col("symbol", "timestamp").is_not_null().all()).row(0) == (
+            True,
+            True,
+        )
     return bool(df.select(_strictly_ordered()).item())
 
 
@@ -226,7 +229,8 @@ def clean_bars(
       then input order); the others are quarantined as `duplicate`. Rows that fail a value check
       never win over a valid duplicate.
 
-    The clean frame keeps `timeframe` and `_ingested_at` when present and is sorted by (symbol, timestamp).
+    The clean frame has the bar columns, `timeframe`, and `_ingested_at` when the input has it; it is
+    sorted by (symbol, timestamp). An input that is already valid, sorted and unique comes back as is.
     """
     return _screen(
         df,
