@@ -202,40 +202,6 @@ def infer_timeframe(bars: pl.DataFrame) -> Timeframe:
     return by_duration[distinct[0]]
 
 
-def _sorted(bars: pl.DataFrame) -> pl.DataFrame:
-    return bars.sort("symbol", "timestamp", maintain_order=True)
-
-
-def _step_check(ordered: pl.DataFrame, timeframe: Timeframe) -> tuple[timedelta | None, timedelta | None]:
-    """Shortest and longest step between consecutive bars of a symbol; rejects duplicates and bars closer
-    together than the timeframe (a negative step means the rows are not in time order)."""
-    same_symbol = pl.col("symbol") == pl.col("symbol").shift(1)
-    step = pl.when(same_symbol).then(pl.col("timestamp").diff())
-    shortest, longest = ordered.select(step.min().alias("shortest"), step.max().alias("longest")).row(0)
-    if shortest is None or shortest < timedelta(0) or shortest >= timeframe.duration:
-        return shortest, longest
-    example = ordered.filter(step == shortest).row(0, named=True)
-    if shortest == timedelta(0):
-        raise ValueError(
-            f"duplicate bars: {example['symbol']} has two rows at {example['timestamp']}; deduplicate first"
-        )
-    raise ValueError(
-        f"{example['symbol']} has bars {shortest} apart (at {example['timestamp']}), shorter than the "
-        f"{timeframe.value} timeframe; pass the right timeframe or resample first"
-    )
-
-
-def _ordered_and_checked(bars: pl.DataFrame, timeframe: Timeframe) -> tuple[pl.DataFrame, bool]:
-    """`bars` sorted by (symbol, timestamp), sorting only when needed (stored bars usually are sorted), and
-    whether every symbol's bars are exactly one timeframe apart (no gaps)."""
-    ordered = bars if bars["symbol"].is_sorted() else _sorted(bars)
-    shortest, longest = _step_check(ordered, timeframe)
-    if shortest is not None and shortest < timedelta(0):
-        ordered = _sorted(bars)
-        shortest, longest = _step_check(ordered, timeframe)
-    return ordered, longest is None or longest == timeframe.duration
-
-
 # --- computation -----------------------------------------------------------------------------------
 #
 # Everything runs on a narrow working frame sorted by (symbol, timestamp). Per-symbol state (recursive
@@ -349,31 +315,60 @@ def _seeded_inputs(work: pl.DataFrame, layout: _Layout, smoothers: Sequence[_Smo
     return inputs
 
 
-def _prepare(ordered: pl.DataFrame, *, regular: bool) -> tuple[pl.DataFrame, _Layout]:
-    """The working frame: keys, bar number, Float64 inputs (NaN as null) and the per-bar derived inputs."""
-    inputs = [name for name in ("high", "low", "close", "volume", "vwap") if name in ordered.columns]
+def _working_frame(ordered: pl.DataFrame) -> pl.DataFrame:
+    """Keys, bar number, step from the previous bar of the symbol, and the Float64 inputs (NaN as null)."""
 
     def as_float(name: str) -> pl.Expr:
-        column = ordered[name]
         value = pl.col(name).cast(pl.Float64)
+        column = ordered[name]
         # NaN is a missing value here; checking first spares a copy of clean columns.
         return value.fill_nan(None) if column.dtype.is_float() and column.is_nan().any() else value
 
-    new_symbol = pl.col("symbol") != pl.col("symbol").shift(1, fill_value="")
+    new_symbol = (pl.col("symbol") != pl.col("symbol").shift(1)).fill_null(True)
     row = pl.int_range(pl.len(), dtype=pl.Int32)
-    work = ordered.select(
+    inputs = [name for name in ("high", "low", "close", "volume", "vwap") if name in ordered.columns]
+    return ordered.select(
         "symbol",
         "timestamp",
         (row - pl.when(new_symbol).then(row).forward_fill()).alias("idx"),
+        pl.when(~new_symbol).then(pl.col("timestamp").diff()).alias("step"),
         *(as_float(name) for name in inputs),
     )
-    layout = _Layout.of(work, regular=regular)
+
+
+def _prepare(bars: pl.DataFrame, timeframe: Timeframe) -> tuple[pl.DataFrame, pl.DataFrame, _Layout]:
+    """`bars` sorted by (symbol, timestamp) (sorting only when needed: stored bars usually are sorted), the
+    working frame with the per-bar derived inputs, and the layout of the symbols in it.
+
+    Rejects duplicate bars and bars closer together than the timeframe (wrong timeframe, mixed data)."""
+    ordered = bars if bars["symbol"].is_sorted() else bars.sort("symbol", "timestamp", maintain_order=True)
+    work = _working_frame(ordered)
+    shortest, longest = work.select(pl.col("step").min().alias("min"), pl.col("step").max().alias("max")).row(
+        0
+    )
+    if shortest is not None and shortest < timedelta(0):  # sorted by symbol but not by time within one
+        ordered = bars.sort("symbol", "timestamp", maintain_order=True)
+        work = _working_frame(ordered)
+        shortest, longest = work.select(
+            pl.col("step").min().alias("min"), pl.col("step").max().alias("max")
+        ).row(0)
+    if shortest is not None and shortest < timeframe.duration:
+        example = work.filter(pl.col("step") == shortest).row(0, named=True)
+        if shortest == timedelta(0):
+            raise ValueError(
+                f"duplicate bars: {example['symbol']} has two rows at {example['timestamp']}; deduplicate first"
+            )
+        raise ValueError(
+            f"{example['symbol']} has bars {shortest} apart (at {example['timestamp']}), shorter than the "
+            f"{timeframe.value} timeframe; pass the right timeframe or resample first"
+        )
+    layout = _Layout.of(work, regular=longest is None or longest == timeframe.duration)
     previous_close = work["close"].shift(1).rename("previous_close")
     # A symbol's first bar has no previous close: its own close stands in (a zero change that no feature
-    # reads, but that keeps the inputs of the rolling windows null-free).
+    # reads, but that keeps the inputs of the per-symbol kernels null-free).
     previous_close.scatter(layout.starts, work["close"].gather(layout.starts))
-    work = work.with_columns(previous_close).with_columns(_bar_inputs(work, has_vwap="vwap" in inputs))
-    return work, layout
+    work = work.drop("step").with_columns(previous_close)
+    return ordered, work.with_columns(_bar_inputs(work, has_vwap="vwap" in work.columns)), layout
 
 
 def compute_features(
@@ -398,8 +393,7 @@ def compute_features(
     if bars.height == 0:
         empty = [pl.lit(None, pl.Float64).alias(name) for name in FEATURE_COLUMNS]
         return bars.with_columns(*empty, pl.lit(False).alias("warm"))
-    ordered, regular = _ordered_and_checked(bars, tf)
-    work, layout = _prepare(ordered, regular=regular)
+    ordered, work, layout = _prepare(bars, tf)
 
     smoothers = _price_smoothers()
     work = work.with_columns(_seeded_inputs(work, layout, smoothers))

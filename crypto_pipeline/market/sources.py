@@ -264,7 +264,8 @@ class AlpacaSource:
         self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self._secret_key = SecretStr(secret_key) if isinstance(secret_key, str) else secret_key
         self.url_override = url_override
-        self.trading_url_override = trading_url_override
+        # One local server (the exchange) usually answers both APIs: default trading to the data URL.
+        self.trading_url_override = trading_url_override or url_override
         self.paper = paper
         self.retry_attempts = max(1, retry_attempts)
         self._retrying = Retrying(
