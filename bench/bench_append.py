@@ -49,7 +49,7 @@ def run(quick: bool = False) -> list[BenchResult]:
     source = RecordedSource(DATA_DIR)
     symbols = source.symbols(Timeframe.M5)
     first, new_day = (date(2024, 1, 1), date(2024, 2, 1)) if quick else (date(2024, 1, 1), date(2024, 9, 6))
-    repeat = 3 if quick else 2
+    repeat = 1 if quick else 2
     scratch = Path(tempfile.mkdtemp(prefix="bench_append_"))
     try:
         held = scratch / "held"

@@ -32,7 +32,8 @@ bars do not span exactly the named period (a gap in the series), so a 25-hour mo
   bars of the last 24h; the price is the bar's own ``vwap`` where that column exists and is not null, else the
   typical price ``(high + low + close) / 3``.
 
-Divisions by zero (zero volume, zero range) and NaN inputs give null, never inf or NaN. ``warm`` is True
+Divisions by zero (zero volume, zero range) and NaN or infinite inputs give null, never inf or NaN: a missing
+value nulls the windows that contain it, and the recursive averages step over it. ``warm`` is True
 once a symbol has enough history for every feature in its warm-up table (see `WARMUP_BARS`).
 """
 
@@ -316,13 +317,16 @@ def _seeded_inputs(work: pl.DataFrame, layout: _Layout, smoothers: Sequence[_Smo
 
 
 def _working_frame(ordered: pl.DataFrame) -> pl.DataFrame:
-    """Keys, bar number, step from the previous bar of the symbol, and the Float64 inputs (NaN as null)."""
+    """Keys, bar number, step from the previous bar of the symbol, and the Float64 inputs (NaN and
+    infinities as null)."""
 
     def as_float(name: str) -> pl.Expr:
         value = pl.col(name).cast(pl.Float64)
         column = ordered[name]
-        # NaN is a missing value here; checking first spares a copy of clean columns.
-        return value.fill_nan(None) if column.dtype.is_float() and column.is_nan().any() else value
+        # NaN and infinities are missing values here; checking first spares a copy of clean columns.
+        if column.dtype.is_float() and not column.is_finite().fill_null(True).all():
+            return pl.when(value.is_finite()).then(value).alias(name)
+        return value
 
     new_symbol = (pl.col("symbol") != pl.col("symbol").shift(1)).fill_null(True)
     row = pl.int_range(pl.len(), dtype=pl.Int32)
@@ -363,10 +367,9 @@ def _prepare(bars: pl.DataFrame, timeframe: Timeframe) -> tuple[pl.DataFrame, pl
             f"{timeframe.value} timeframe; pass the right timeframe or resample first"
         )
     layout = _Layout.of(work, regular=longest is None or longest == timeframe.duration)
-    previous_close = work["close"].shift(1).rename("previous_close")
     # A symbol's first bar has no previous close: its own close stands in (a zero change that no feature
     # reads, but that keeps the inputs of the per-symbol kernels null-free).
-    previous_close.scatter(layout.starts, work["close"].gather(layout.starts))
+    previous_close = pl.when(_IDX == 0).then(_CLOSE).otherwise(_CLOSE.shift(1)).alias("previous_close")
     work = work.drop("step").with_columns(previous_close)
     return ordered, work.with_columns(_bar_inputs(work, has_vwap="vwap" in work.columns)), layout
 
@@ -471,8 +474,10 @@ def _features(
     average = {s.name: pl.when(s.ready()).then(pl.col(s.name)) for s in smoothers}
     exprs: list[pl.Expr] = []
     for n in RSI_PERIODS:
-        avg_gain, avg_loss = average[f"avg_gain_{n}"], average[f"avg_loss_{n}"]
-        exprs.append((100.0 * _safe_ratio(avg_gain, avg_gain + avg_loss)).alias(f"rsi_{n}"))
+        avg_gain, avg_loss = pl.col(f"avg_gain_{n}"), pl.col(f"avg_loss_{n}")
+        total = avg_gain + avg_loss  # zero in a flat market, where RSI is undefined
+        rsi = pl.when((_IDX >= n) & (total != 0)).then(100.0 * avg_gain / total)
+        exprs.append(rsi.alias(f"rsi_{n}"))
     line, signal = pl.col("macd_line"), average["macd_signal"]
     exprs += [
         pl.when(_IDX >= _MACD_LOOKBACK).then(line).alias("macd"),

@@ -322,18 +322,34 @@ def test_zero_volume_gives_nulls_never_infinities():
     assert out["volume_vs_avg_7d"][399] is None
 
 
-def test_a_nan_price_nulls_only_what_depends_on_it_and_the_series_recovers():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_a_missing_price_nulls_only_what_depends_on_it_and_the_series_recovers(bad):
     bars = synthetic(700).with_columns(
-        pl.when(pl.int_range(pl.len()) == 600).then(float("nan")).otherwise("close").alias("close")
+        pl.when(pl.int_range(pl.len()) == 600).then(pl.lit(bad, pl.Float64)).otherwise("close").alias("close")
     )
     out = compute_features(bars, "1h")
     assert all_finite_or_null(out)
     row, later = out.row(600, named=True), out.row(650, named=True)
     assert row["ret_1h"] is None and row["bb_pctb_20"] is None and row["realized_vol_24h"] is None
     assert out["ret_1h"][601] is None and out["ret_1h"][602] is not None
-    # The recursive averages skip the missing bar and go on.
+    assert out["realized_vol_24h"][624] is None and out["realized_vol_24h"][625] is not None
+    # The recursive averages step over the missing bar and go on; the volume features never needed it.
     assert all(later[name] is not None for name in FEATURE_COLUMNS)
-    assert out["ema_9"][601] is not None
+    assert out["ema_9"][601] is not None and row["volume_vs_avg_7d"] is not None
+    # Bars before the missing one are untouched.
+    clean = compute_features(synthetic(700), "1h")
+    assert out.head(600).equals(clean.head(600))
+
+
+def test_a_missing_volume_nulls_the_volume_windows_only():
+    bars = synthetic(600).with_columns(
+        pl.when(pl.int_range(pl.len()) == 300).then(None).otherwise("volume").alias("volume")
+    )
+    out = compute_features(bars, "1h")
+    assert out["vwap_distance"].slice(300, 24).null_count() == 24 and out["vwap_distance"][324] is not None
+    ratio = out["volume_vs_avg_7d"]
+    assert ratio.slice(300, 169).null_count() == 169 and ratio[299] is not None and ratio[469] is not None
+    assert out["ema_50"].null_count() == 49 and out["atr_14"][300] is not None
 
 
 # --- timeframes ----------------------------------------------------------------------------------------

@@ -235,6 +235,27 @@ def test_bars_wait_until_their_period_is_over(tmp_path: Path) -> None:
     assert wh.read_quarantine(stage="bars").is_empty()
 
 
+def test_built_bars_carry_when_their_data_arrived_so_point_in_time_reads_hold(tmp_path: Path) -> None:
+    wh = Warehouse(tmp_path)
+    source = RecordedSource(BINANCE)
+    # Day 1 arrived at the end of day 1; day 2 only the next evening.
+    ingest_raw(source, wh, SYMBOLS, "5m", D1, D1, progress=False, ingested_at=_at(D2))
+    ingest_raw(source, wh, SYMBOLS, "5m", D2, D2, progress=False, ingested_at=_at(D3, 18))
+    build_bars(wh, SYMBOLS, "5m", TARGETS, D1, D2, now=NOW, progress=False)
+
+    seen_at_noon = wh.read("bars", as_of=_at(D3, 12))  # day 2 had closed but had not arrived
+    assert seen_at_noon["timestamp"].max() < _at(D2)
+    assert seen_at_noon.group_by("timeframe").len().sort("timeframe").rows() == [
+        ("15m", 3 * 96),
+        ("1d", 3),
+        ("1h", 3 * 24),
+        ("4h", 3 * 6),
+        ("5m", 3 * 288),
+    ]
+    # A resampled bar is known once its last part is: the day-2 4h bars appear with day 2's data.
+    assert wh.read("bars", timeframes=["4h"], as_of=_at(D3, 18)).height == 2 * 3 * 6
+
+
 def test_an_empty_range_is_reported_not_an_error(tmp_path: Path) -> None:
     wh = Warehouse(tmp_path)
     raw, built = _ingest_and_build(RecordedSource(BINANCE), wh, date(2023, 6, 1), date(2023, 6, 2))

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from crypto_pipeline.market.clean import is_sorted_by_symbol_time
 from crypto_pipeline.market.schema import INGESTED_AT, TIMESTAMP_DTYPE
 from crypto_pipeline.market.timeframes import Timeframe
 
@@ -97,11 +98,10 @@ def resample_bars(
     step_us = int(target.duration.total_seconds()) * 1_000_000
     # Integer flooring on the epoch equals dt.truncate for these UTC-aligned grids (UTC has no DST).
     period = (pl.col("timestamp").dt.epoch("us") // step_us * step_us).cast(TIMESTAMP_DTYPE)
-    frame = (
-        df.lazy()
-        .sort("symbol", "timestamp")
-        .with_columns(period.alias("_period"), (pl.col("vwap") * pl.col("volume")).alias("_pv"))
-    )
+    # Sorted input grouped in order comes out sorted: no sort of the (string, time) keys afterwards,
+    # which measured about half the cost of a 5m -> 15m resample of the 2024 set.
+    frame = df if is_sorted_by_symbol_time(df) else df.sort("symbol", "timestamp")
+    frame = frame.with_columns(period.alias("_period"), (pl.col("vwap") * pl.col("volume")).alias("_pv"))
     aggregations = [
         pl.col("open").first(),
         pl.col("high").max(),
@@ -119,9 +119,14 @@ def resample_bars(
     ]
     if has_ingested:
         aggregations.append(pl.col(INGESTED_AT).max())
+    horizons = _horizons(frame, source, complete_until)
+    horizon = pl.col("symbol").replace_strict(
+        horizons["symbol"], horizons["_horizon"], return_dtype=TIMESTAMP_DTYPE
+    )
     out = (
-        frame.group_by("symbol", "_period")
+        frame.group_by("symbol", "_period", maintain_order=True)
         .agg(aggregations)
+        .filter(pl.col("_period") + target.duration <= horizon)
         .with_columns(
             pl.when(pl.col("_tc_nulls") == 0)
             .then(pl.col("trade_count"))
@@ -131,15 +136,8 @@ def resample_bars(
             .then(pl.col("_pv") / pl.col("volume"))
             .otherwise(None)
             .alias("vwap"),
+            pl.lit(target.value).alias("timeframe"),
         )
-    )
-    horizons = _horizons(df, source, complete_until).lazy()
-    out = (
-        out.join(horizons, on="symbol", how="left")
-        .filter(pl.col("_period") + target.duration <= pl.col("_horizon"))
         .rename({"_period": "timestamp"})
-        .with_columns(pl.lit(target.value).alias("timeframe"))
     )
-    columns = [*RESAMPLED_COLUMNS, *([INGESTED_AT] if has_ingested else [])]
-    # The in-memory engine is about twice as fast as streaming for this group-by on 2 cores.
-    return out.select(columns).sort("symbol", "timestamp").collect(engine="in-memory")
+    return out.select([*RESAMPLED_COLUMNS, *([INGESTED_AT] if has_ingested else [])])

@@ -103,7 +103,7 @@ def _already_conformed(
     expected = [("symbol", pl.Utf8)]
     if timeframe is not None or "timeframe" in df.columns:
         if timeframe is not None and (
-            "timeframe" not in df.columns or df.get_column("timeframe").ne(timeframe).any()
+            "timeframe" not in df.columns or df.get_column("timeframe").ne_missing(timeframe).any()
         ):
             return False
         expected.append(("timeframe", pl.Utf8))
