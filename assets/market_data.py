@@ -37,7 +37,7 @@ def partition_days(context: dg.AssetExecutionContext) -> tuple[datetime, datetim
     backfill_policy=SINGLE_RUN_BACKFILL,
     group_name="market_data",
     kinds={"duckdb", "parquet", "alpaca"},
-    description="Bars as the source delivered them (base timeframe), one Parquet partition per symbol and day.",
+    description="Bars as the source delivered them (base timeframe), one Parquet file per timeframe and day.",
 )
 def raw_bars(
     context: dg.AssetExecutionContext,

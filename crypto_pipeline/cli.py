@@ -80,6 +80,8 @@ def info_command(
     from crypto_pipeline.warehouse import Warehouse
 
     console = Console()
+    if not console.is_terminal:  # piped or under `make run`: rich would squeeze the table into 80 columns
+        console = Console(width=160)
     settings = Settings()
     warehouse = Warehouse(settings.warehouse_dir)
     summary = warehouse.info()

@@ -206,7 +206,7 @@ def infer_timeframe(bars: pl.DataFrame) -> Timeframe:
 # --- computation -----------------------------------------------------------------------------------
 #
 # Everything runs on a narrow working frame sorted by (symbol, timestamp). Per-symbol state (recursive
-# averages, rolling windows) is computed with `.over("symbol")`, so a value never depends on another
+# averages, rolling windows) is computed with `.over(...)` the symbol, so a value never depends on another
 # symbol's rows: results are bit-identical whether or not other symbols or later bars are present.
 # Speed comes from few passes over the data: all per-symbol kernels run in one `with_columns` (one grouping),
 # and their inputs hold no nulls on clean data (polars' kernels take a faster path then).
@@ -216,7 +216,9 @@ _CLOSE, _HIGH, _LOW, _VOLUME = pl.col("close"), pl.col("high"), pl.col("low"), p
 
 
 def _per_symbol(expr: pl.Expr) -> pl.Expr:
-    return expr.over("symbol")
+    # Partitioning by the sorted symbol number rather than the symbol string lets polars slice the groups
+    # (no hashing, no scatter back): measured about half the cost of the per-symbol kernels.
+    return expr.over("symbol_number")
 
 
 def _safe_ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
@@ -233,9 +235,8 @@ class _Layout:
     regular: bool  # no gaps: `n` rows back is always `n` timeframes back
 
     @classmethod
-    def of(cls, work: pl.DataFrame, *, regular: bool) -> _Layout:
-        starts = work.select(pl.arg_where(_IDX == 0)).to_series()
-        lengths = pl.concat([starts, pl.Series([work.height], dtype=starts.dtype)]).diff().slice(1)
+    def of(cls, starts: pl.Series, *, height: int, regular: bool) -> _Layout:
+        lengths = pl.concat([starts, pl.Series([height], dtype=starts.dtype)]).diff().slice(1)
         return cls(starts, lengths, regular)
 
     def first_rows(self, count: int) -> tuple[pl.Series, pl.Series]:
@@ -316,28 +317,42 @@ def _seeded_inputs(work: pl.DataFrame, layout: _Layout, smoothers: Sequence[_Smo
     return inputs
 
 
-def _working_frame(ordered: pl.DataFrame) -> pl.DataFrame:
-    """Keys, bar number, step from the previous bar of the symbol, and the Float64 inputs (NaN and
-    infinities as null)."""
+def _first_bars(ordered: pl.DataFrame) -> pl.Series | None:
+    """True on the first bar of each symbol, or None when the rows are not grouped by symbol in ascending
+    order (then they need sorting). One string comparison pass; the order check runs on the first bars."""
+    symbols = ordered["symbol"]
+    first_bar = symbols.ne_missing(symbols.shift(1))
+    first_symbols = symbols.filter(first_bar)
+    grouped = first_symbols.is_sorted() and first_symbols.n_unique() == first_symbols.len()
+    return first_bar if grouped else None
+
+
+def _is_finite(column: pl.Series) -> bool:
+    """No NaN or infinity (``nan_max``/``nan_min`` propagate NaN: two cheap reductions, no mask)."""
+    if not column.dtype.is_float():
+        return True
+    extremes = [column.nan_max(), column.nan_min()]
+    return all(value is None or math.isfinite(value) for value in extremes)
+
+
+def _working_frame(ordered: pl.DataFrame, first_bar: pl.Series) -> pl.DataFrame:
+    """Keys, symbol number (0, 1, ... in row order), bar number, step from the previous bar of the symbol,
+    and the Float64 inputs (NaN and infinities as null)."""
 
     def as_float(name: str) -> pl.Expr:
         value = pl.col(name).cast(pl.Float64)
-        column = ordered[name]
         # NaN and infinities are missing values here; checking first spares a copy of clean columns.
-        if column.dtype.is_float() and not column.is_finite().fill_null(True).all():
-            return pl.when(value.is_finite()).then(value).alias(name)
-        return value
+        return value if _is_finite(ordered[name]) else pl.when(value.is_finite()).then(value).alias(name)
 
-    new_symbol = (pl.col("symbol") != pl.col("symbol").shift(1)).fill_null(True)
-    row = pl.int_range(pl.len(), dtype=pl.Int32)
     inputs = [name for name in ("high", "low", "close", "volume", "vwap") if name in ordered.columns]
-    return ordered.select(
+    work = ordered.select(
         "symbol",
         "timestamp",
-        (row - pl.when(new_symbol).then(row).forward_fill()).alias("idx"),
-        pl.when(~new_symbol).then(pl.col("timestamp").diff()).alias("step"),
+        (first_bar.cum_sum() - 1).cast(pl.UInt32).set_sorted().alias("symbol_number"),
         *(as_float(name) for name in inputs),
     )
+    work = work.with_columns(_per_symbol(pl.int_range(pl.len(), dtype=pl.Int32)).alias("idx"))
+    return work.with_columns(pl.when(_IDX > 0).then(pl.col("timestamp").diff()).alias("step"))
 
 
 def _prepare(bars: pl.DataFrame, timeframe: Timeframe) -> tuple[pl.DataFrame, pl.DataFrame, _Layout]:
@@ -345,17 +360,22 @@ def _prepare(bars: pl.DataFrame, timeframe: Timeframe) -> tuple[pl.DataFrame, pl
     working frame with the per-bar derived inputs, and the layout of the symbols in it.
 
     Rejects duplicate bars and bars closer together than the timeframe (wrong timeframe, mixed data)."""
-    ordered = bars if bars["symbol"].is_sorted() else bars.sort("symbol", "timestamp", maintain_order=True)
-    work = _working_frame(ordered)
-    shortest, longest = work.select(pl.col("step").min().alias("min"), pl.col("step").max().alias("max")).row(
-        0
-    )
-    if shortest is not None and shortest < timedelta(0):  # sorted by symbol but not by time within one
+
+    def step_range(work: pl.DataFrame) -> tuple[timedelta | None, timedelta | None]:
+        return work.select(pl.col("step").min().alias("shortest"), pl.col("step").max().alias("longest")).row(
+            0
+        )
+
+    ordered, first_bar = bars, _first_bars(bars)
+    if first_bar is not None:
+        work = _working_frame(ordered, first_bar)
+        shortest, longest = step_range(work)
+    if first_bar is None or (shortest is not None and shortest < timedelta(0)):  # not in (symbol, time) order
         ordered = bars.sort("symbol", "timestamp", maintain_order=True)
-        work = _working_frame(ordered)
-        shortest, longest = work.select(
-            pl.col("step").min().alias("min"), pl.col("step").max().alias("max")
-        ).row(0)
+        first_bar = _first_bars(ordered)
+        assert first_bar is not None  # sorted rows are grouped by symbol
+        work = _working_frame(ordered, first_bar)
+        shortest, longest = step_range(work)
     if shortest is not None and shortest < timeframe.duration:
         example = work.filter(pl.col("step") == shortest).row(0, named=True)
         if shortest == timedelta(0):
@@ -366,7 +386,8 @@ def _prepare(bars: pl.DataFrame, timeframe: Timeframe) -> tuple[pl.DataFrame, pl
             f"{example['symbol']} has bars {shortest} apart (at {example['timestamp']}), shorter than the "
             f"{timeframe.value} timeframe; pass the right timeframe or resample first"
         )
-    layout = _Layout.of(work, regular=longest is None or longest == timeframe.duration)
+    regular = longest is None or longest == timeframe.duration
+    layout = _Layout.of(first_bar.arg_true(), height=work.height, regular=regular)
     # A symbol's first bar has no previous close: its own close stands in (a zero change that no feature
     # reads, but that keeps the inputs of the per-symbol kernels null-free).
     previous_close = pl.when(_IDX == 0).then(_CLOSE).otherwise(_CLOSE.shift(1)).alias("previous_close")
@@ -565,6 +586,9 @@ def join_higher_timeframes(
         missing = [name for name in ("symbol", "timestamp", *wanted) if name not in frame.columns]
         if missing:
             raise ValueError(f"the {tf.value} frame is missing column(s) {missing}")
+        zone = getattr(frame.schema["timestamp"], "time_zone", None)
+        if zone != getattr(ts_dtype, "time_zone", None):
+            raise ValueError(f"the {tf.value} timestamps are in time zone {zone!r}, the base's in {ts_dtype}")
         renamed = {name: f"{name}_{tf.value}" for name in wanted}
         clashing = [name for name in renamed.values() if name in result.columns]
         if clashing:

@@ -485,3 +485,14 @@ def test_join_rejects_a_timeframe_that_is_not_higher_and_missing_columns():
         join_higher_timeframes(base, {"1h": higher}, "1h", columns=["rsi_14"])
     with pytest.raises(ValueError, match=r"missing column\(s\) \['macd'\]"):
         join_higher_timeframes(base, {"4h": higher}, "1h", columns=["macd"])
+    naive = higher.with_columns(pl.col("timestamp").dt.replace_time_zone(None))
+    with pytest.raises(ValueError, match="time zone None"):
+        join_higher_timeframes(base, {"4h": naive}, "1h", columns=["rsi_14"])
+
+
+def test_the_documented_hourly_warmup_table_is_the_one_in_use():
+    assert WARMUP_BARS[Timeframe.H1] == {
+        "rsi_14": 263, "rsi_21": 399, "macd": 273, "macd_signal": 273, "macd_hist": 273, "ema_9": 91,
+        "ema_21": 214, "ema_50": 510, "ema_200": 199, "atr_14": 263, "bb_pctb_20": 19, "realized_vol_24h": 24,
+        "ret_1h": 1, "ret_24h": 24, "volume_vs_avg_7d": 168, "vwap_distance": 23,
+    }  # fmt: skip

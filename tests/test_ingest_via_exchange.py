@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 import pytest
@@ -59,11 +59,11 @@ def test_the_exchange_serves_no_bar_after_its_replay_clock(exchange, tmp_path):
     bars = source.fetch_bars(
         ["BTC/USDT"],
         "1h",
-        datetime(2024, 3, 7, tzinfo=timezone.utc),
-        datetime(2024, 3, 20, tzinfo=timezone.utc),
+        datetime(2024, 3, 7, tzinfo=UTC),
+        datetime(2024, 3, 20, tzinfo=UTC),
     )
     assert bars.height > 0
-    assert bars["timestamp"].max() + timedelta(hours=1) <= datetime(2024, 3, 8, tzinfo=timezone.utc)
+    assert bars["timestamp"].max() + timedelta(hours=1) <= datetime(2024, 3, 8, tzinfo=UTC)
 
 
 def test_unknown_symbol_through_the_exchange_is_one_clear_user_error(exchange, tmp_path):

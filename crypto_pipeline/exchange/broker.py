@@ -189,7 +189,7 @@ class Broker:
         bar = self.market.last_bar(symbol, now)
         if bar is None:
             raise forbidden(f"no market for {symbol} at the replay clock yet")
-        quote = self.market.spread.quote(bar)
+        _, quote = self.market.touch(symbol, bar, now)
         reference = quote.ask_price if side == "buy" else quote.bid_price
         working_qty = qty if qty is not None else floor_qty(notional / reference)  # type: ignore[operator]
         price_for_checks = limit_price if order_type != "market" else reference
@@ -238,15 +238,14 @@ class Broker:
 
     def _fill_on_arrival(self, order: OrderRecord, bar: BarView, now: int) -> None:
         if order.type == "stop_limit":
-            last = bar.close
+            last = self.market.last_price(order.symbol, bar, now)
             armed = last >= order.stop_price if order.side == "buy" else last <= order.stop_price  # type: ignore[operator]
             if not armed:
                 return self._expire_ioc(order, now)
             order.stop_triggered = True
         limit = order.limit_price if order.type != "market" else None
-        fill = fill_against_quote(
-            order.side, order.remaining_qty, limit, self.market.spread.quote(bar), bar, self.terms
-        )
+        _, quote = self.market.touch(order.symbol, bar, now)
+        fill = fill_against_quote(order.side, order.remaining_qty, limit, quote, bar, self.terms)
         if fill is not None:
             self._apply_fill(order, fill, now)
         self._expire_ioc(order, now)
@@ -357,8 +356,9 @@ class Broker:
             if order.is_open and order.side == "buy":
                 price = order.limit_price
                 if price is None:
-                    bar = self.market.last_bar(order.symbol, self.clock.now_ns())
-                    price = self.market.spread.quote(bar).ask_price if bar else 0.0
+                    now = self.clock.now_ns()
+                    bar = self.market.last_bar(order.symbol, now)
+                    price = self.market.touch(order.symbol, bar, now)[1].ask_price if bar else 0.0
                 reserved += order.remaining_qty * price * (1 + self.terms.taker_fee_bps / 10_000)
         return reserved
 
@@ -376,8 +376,7 @@ class Broker:
         return max(0.0, add_qty(held, -pending))
 
     def mark_price(self, symbol: str) -> float | None:
-        bar = self.market.last_bar(symbol, self.clock.now_ns())
-        return bar.close if bar else None
+        return self.market.mark_price(symbol, self.clock.now_ns())
 
     def get_position(self, raw_symbol: str) -> PositionRecord:
         try:

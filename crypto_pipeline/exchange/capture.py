@@ -222,9 +222,7 @@ class CapturedSymbol:
     def events(self) -> list[ReplayEvent]:
         events = [ReplayEvent(q.at_ns, self.symbol, "q", i) for i, q in enumerate(self.quotes)]
         events += [ReplayEvent(t.at_ns, self.symbol, "t", i) for i, t in enumerate(self.trades)]
-        events += [
-            ReplayEvent(s.at_ns, self.symbol, "o", i) for i, s in enumerate(self.book.steps) if s.kind != "lost"
-        ]
+        events += [ReplayEvent(s.at_ns, self.symbol, "o", i) for i, s in enumerate(self.book.steps)]
         events += [ReplayEvent(v.at_ns, self.symbol, v.kind, i) for i, v in enumerate(self.bars)]
         return events
 

@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crypto_pipeline.config import REPO_ROOT, SHARED_MARKET_DATA
 
+DEFAULT_CAPTURE_DIR = SHARED_MARKET_DATA / "binance-ws-sample-20240808"
+
 
 class FaultConfig(BaseModel):
     """Fault injection for resilience drills; everything is off by default."""
@@ -50,6 +52,10 @@ class ExchangeConfig(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535, description="0 picks a free port.")
     data_dir: Path = Field(default=SHARED_MARKET_DATA / "binance-spot-2024")
+    capture_dir: Path | None = Field(
+        default=DEFAULT_CAPTURE_DIR,
+        description="Binance websocket capture replayed for its day (quotes, trades, book); None: none.",
+    )
     start: datetime | None = Field(
         default=None,
         description="Replay clock start (UTC); None resumes the saved clock or starts at the data.",
@@ -83,6 +89,12 @@ class ExchangeConfig(BaseSettings):
         default=0.1, gt=0, le=1, description="Largest share of a bar one order fills."
     )
     faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    @field_validator("capture_dir", mode="before")
+    @classmethod
+    def _no_capture(cls, value: object) -> object:
+        # An empty value (e.g. CRYPTO_PIPELINE_EXCHANGE_CAPTURE_DIR="") switches the capture off.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("start", mode="before")
     @classmethod

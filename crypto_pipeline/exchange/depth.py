@@ -70,7 +70,9 @@ def _apply(side: dict[float, float], levels: Iterable[Level]) -> None:
             side.pop(price, None)
 
 
-def _sorted(bids: dict[float, float], asks: dict[float, float]) -> tuple[tuple[Level, ...], tuple[Level, ...]]:
+def _sorted(
+    bids: dict[float, float], asks: dict[float, float]
+) -> tuple[tuple[Level, ...], tuple[Level, ...]]:
     return tuple(sorted(bids.items(), reverse=True)), tuple(sorted(asks.items()))
 
 

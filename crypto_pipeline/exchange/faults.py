@@ -1,10 +1,12 @@
 """Fault injection: REST errors (429/500/504...) on an evenly spread share of calls, added latency, and
-websocket drops every N messages or S seconds. Deterministic, so drills and tests repeat exactly."""
+websocket drops every N messages or S seconds (a timer: idle connections are cut too). Deterministic, so
+drills and tests repeat exactly."""
 
 from __future__ import annotations
 
+import asyncio
 import math
-import time
+from collections.abc import Awaitable, Callable
 
 from crypto_pipeline.exchange.config import FaultConfig
 
@@ -39,18 +41,21 @@ class RestFaults:
 
 
 class StreamDropper:
-    """Tells one websocket connection when it should be cut."""
+    """Tells one websocket connection when it has sent enough messages to be cut. The seconds fault is a
+    timer of its own (`drop_after`), so that an idle connection is cut too."""
 
     def __init__(self, config: FaultConfig) -> None:
         self.every_messages = config.drop_ws_every_messages
-        self.every_seconds = config.drop_ws_every_seconds
-        self.opened = time.monotonic()
         self.messages = 0
 
     def count(self, messages: int) -> None:
         self.messages += messages
 
     def should_drop(self) -> bool:
-        if self.every_messages and self.messages >= self.every_messages:
-            return True
-        return bool(self.every_seconds and time.monotonic() - self.opened >= self.every_seconds)
+        return bool(self.every_messages and self.messages >= self.every_messages)
+
+
+async def drop_after(seconds: float, drop: Callable[[], Awaitable[None]]) -> None:
+    """Call `drop` once `seconds` have passed, whether or not anything was sent meanwhile."""
+    await asyncio.sleep(seconds)
+    await drop()

@@ -1,5 +1,7 @@
 """Market data as of the replay clock, in Alpaca's wire shapes: bars pages, latest quote/trade/bar/book,
-snapshots. Nothing after the clock is ever read: a bar is visible once its close time has passed."""
+snapshots. Nothing after the clock is ever read: a bar is visible once its close time has passed, a
+captured message once it was received. Inside a websocket capture its quotes, trades, book and minute
+bars answer; elsewhere the spread model derives them from the last completed bar."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ import re
 import numpy as np
 
 from crypto_pipeline.exchange.bars import NS_PER_S, BarStore, SymbolBars
-from crypto_pipeline.exchange.book import BarView, SpreadModel, bar_view
+from crypto_pipeline.exchange.book import BarView, DerivedQuote, SpreadModel, bar_view
+from crypto_pipeline.exchange.capture import Capture, CapturedSymbol
+from crypto_pipeline.exchange.depth import BookState
+from crypto_pipeline.exchange.minute_bars import CapturedTrade
 from crypto_pipeline.exchange.wire import AlpacaError, rfc3339, unprocessable
 
 DAY_NS = 86_400 * NS_PER_S
@@ -57,13 +62,70 @@ def _decode_token(token: str) -> tuple[str, int]:
         raise unprocessable("invalid page_token") from None
 
 
+def quote_wire(at_ns: int, quote: DerivedQuote) -> dict[str, object]:
+    return {
+        "t": rfc3339(at_ns),
+        "bp": quote.bid_price,
+        "bs": quote.bid_size,
+        "ap": quote.ask_price,
+        "as": quote.ask_size,
+    }
+
+
+def captured_trade_wire(trade: CapturedTrade) -> dict[str, object]:
+    # Stamped with the time it traded (Binance's T); it was known a little later, when received.
+    return {
+        "t": rfc3339(trade.trade_ns),
+        "p": trade.price,
+        "s": trade.size,
+        "i": trade.id,
+        "tks": trade.taker_side,
+    }
+
+
+def book_wire(book: BookState) -> dict[str, object]:
+    return {
+        "t": rfc3339(book.event_ns),
+        "b": [{"p": price, "s": size} for price, size in book.bids],
+        "a": [{"p": price, "s": size} for price, size in book.asks],
+    }
+
+
+def combine(bars: list[BarView], open_ns: int) -> dict[str, object]:
+    """One bar from consecutive bars; trade count and VWAP only when every part has them."""
+    volume = sum(bar.volume for bar in bars)
+    counts = [bar.trade_count for bar in bars]
+    vwaps = [bar.vwap for bar in bars]
+    vwap = None
+    if None not in vwaps and volume > 0:
+        vwap = sum(bar.vwap * bar.volume for bar in bars) / volume  # type: ignore[operator]
+    return {
+        "t": rfc3339(open_ns),
+        "o": bars[0].open,
+        "h": max(bar.high for bar in bars),
+        "l": min(bar.low for bar in bars),
+        "c": bars[-1].close,
+        "v": volume,
+        "n": None if None in counts else sum(counts),  # type: ignore[arg-type]
+        "vw": vwap,
+    }
+
+
 class MarketData:
-    def __init__(self, store: BarStore, spread: SpreadModel) -> None:
+    def __init__(self, store: BarStore, spread: SpreadModel, capture: Capture | None = None) -> None:
         self.store = store
         self.spread = spread
+        self.capture = capture
 
     def symbols(self) -> list[str]:
         return self.store.symbols()
+
+    def captured(self, symbol: str, now_ns: int, load: bool = False) -> CapturedSymbol | None:
+        """The capture of `symbol` in reach at the clock. Only calls made off the event loop may `load`
+        (parsing takes a fraction of a second); the replayer loads a day as soon as the clock enters it."""
+        if self.capture is None:
+            return None
+        return self.capture.symbol_at(symbol, now_ns, load)
 
     # --- latest values ----------------------------------------------------------------------
     def last_bar(self, symbol: str, now_ns: int) -> BarView | None:
@@ -74,15 +136,40 @@ class MarketData:
         count = bars.known_count(now_ns)
         return bar_view(symbol, bars, count - 1) if count else None
 
+    def latest_bar(self, symbol: str, now_ns: int, load: bool = False) -> BarView | None:
+        """The most recent bar: a captured minute bar when it opened after the last recorded bar."""
+        recorded = self.last_bar(symbol, now_ns)
+        captured = self.captured(symbol, now_ns, load)
+        minute = captured.minute_bar_at(now_ns) if captured is not None else None
+        if minute is not None and (recorded is None or minute.open_ns > recorded.open_ns):
+            return minute
+        return recorded
+
+    def touch(self, symbol: str, bar: BarView, now_ns: int, load: bool = False) -> tuple[int, DerivedQuote]:
+        """Best bid and ask at the clock, with the time they were known: captured, else derived."""
+        captured = self.captured(symbol, now_ns, load)
+        quote = captured.quote_at(now_ns) if captured is not None else None
+        if quote is not None:
+            return quote.at_ns, quote.quote
+        return bar.known_ns, self.spread.quote(bar)
+
+    def mark_price(self, symbol: str, now_ns: int) -> float | None:
+        """The price positions are valued at: the captured mid inside a capture, else the last close."""
+        bar = self.last_bar(symbol, now_ns)
+        if bar is None:
+            return None
+        captured = self.captured(symbol, now_ns)
+        quote = captured.quote_at(now_ns) if captured is not None else None
+        return (quote.quote.bid_price + quote.quote.ask_price) / 2 if quote is not None else bar.close
+
+    def last_price(self, symbol: str, bar: BarView, now_ns: int) -> float:
+        """The last traded price: the latest captured trade inside a capture, else the last close."""
+        captured = self.captured(symbol, now_ns)
+        trade = captured.trade_at(now_ns) if captured is not None else None
+        return trade.price if trade is not None else bar.close
+
     def latest_quote(self, bar: BarView) -> dict[str, object]:
-        quote = self.spread.quote(bar)
-        return {
-            "t": rfc3339(bar.known_ns),
-            "bp": quote.bid_price,
-            "bs": quote.bid_size,
-            "ap": quote.ask_price,
-            "as": quote.ask_size,
-        }
+        return quote_wire(bar.known_ns, self.spread.quote(bar))
 
     @staticmethod
     def latest_trade(bar: BarView) -> dict[str, object]:
@@ -103,46 +190,46 @@ class MarketData:
             "a": [{"p": level.price, "s": level.size} for level in book.asks],
         }
 
+    def _latest_one(self, kind: str, symbol: str, bar: BarView, now_ns: int) -> dict[str, object]:
+        captured = self.captured(symbol, now_ns, load=True)
+        if kind == "bars":
+            latest = self.latest_bar(symbol, now_ns, load=True)
+            return bar_wire(latest if latest is not None else bar)
+        if kind == "quotes":
+            return quote_wire(*self.touch(symbol, bar, now_ns, load=True))
+        if kind == "trades":
+            trade = captured.trade_at(now_ns) if captured is not None else None
+            return captured_trade_wire(trade) if trade is not None else self.latest_trade(bar)
+        book = captured.book_at(now_ns) if captured is not None else None
+        return book_wire(book) if book is not None else self.latest_book(bar)
+
     def latest(self, kind: str, symbols: list[str], now_ns: int) -> dict[str, dict[str, object]]:
         result: dict[str, dict[str, object]] = {}
         for symbol in symbols:
             bar = self.last_bar(symbol, now_ns)
-            if bar is None:
-                continue
-            if kind == "bars":
-                result[symbol] = bar_wire(bar)
-            elif kind == "quotes":
-                result[symbol] = self.latest_quote(bar)
-            elif kind == "trades":
-                result[symbol] = self.latest_trade(bar)
-            else:
-                result[symbol] = self.latest_book(bar)
+            if bar is not None:
+                result[symbol] = self._latest_one(kind, symbol, bar, now_ns)
         return result
 
     # --- snapshots ----------------------------------------------------------------------------
-    def day_bar(self, symbol: str, day_start_ns: int, now_ns: int) -> dict[str, object] | None:
-        """The day's bar built from the completed finest bars of that day up to `now_ns`."""
+    def day_bar(
+        self, symbol: str, day_start_ns: int, now_ns: int, load: bool = False
+    ) -> dict[str, object] | None:
+        """The day's bar up to `now_ns`: its completed finest recorded bars, then the captured minute bars
+        published after the last of them (so no minute is counted twice)."""
         bars = self.store.finest(symbol)
         if bars is None:
             return None
         first = bars.index_at_or_after(day_start_ns)
         last = min(bars.known_count(now_ns), bars.index_at_or_after(day_start_ns + DAY_NS))
-        if last <= first:
+        parts = [_summary(symbol, bars, first, last)] if last > first else []
+        captured = self.captured(symbol, now_ns, load)
+        if captured is not None:
+            recorded_until = parts[0].known_ns if parts else day_start_ns
+            parts += captured.minute_bars_between(recorded_until, day_start_ns + DAY_NS, now_ns)
+        if not parts:
             return None
-        part = slice(first, last)
-        vwap = None
-        if bars.vwap is not None and bars.volume[part].sum() > 0:
-            vwap = float(np.nansum(bars.vwap[part] * bars.volume[part]) / bars.volume[part].sum())
-        return {
-            "t": rfc3339(day_start_ns),
-            "o": float(bars.open[first]),
-            "h": float(bars.high[part].max()),
-            "l": float(bars.low[part].min()),
-            "c": float(bars.close[last - 1]),
-            "v": float(bars.volume[part].sum()),
-            "n": None if bars.trade_count is None else float(np.nansum(bars.trade_count[part])),
-            "vw": vwap,
-        }
+        return combine(parts, day_start_ns)
 
     def snapshots(self, symbols: list[str], now_ns: int) -> dict[str, dict[str, object]]:
         result: dict[str, dict[str, object]] = {}
@@ -152,11 +239,11 @@ class MarketData:
             if bar is None:
                 continue
             result[symbol] = {
-                "latestTrade": self.latest_trade(bar),
-                "latestQuote": self.latest_quote(bar),
-                "minuteBar": bar_wire(bar),
-                "dailyBar": self.day_bar(symbol, today, now_ns),
-                "prevDailyBar": self.day_bar(symbol, today - DAY_NS, now_ns),
+                "latestTrade": self._latest_one("trades", symbol, bar, now_ns),
+                "latestQuote": self._latest_one("quotes", symbol, bar, now_ns),
+                "minuteBar": self._latest_one("bars", symbol, bar, now_ns),
+                "dailyBar": self.day_bar(symbol, today, now_ns, load=True),
+                "prevDailyBar": self.day_bar(symbol, today - DAY_NS, now_ns, load=True),
             }
         return result
 
@@ -240,6 +327,29 @@ class MarketData:
             if high > low:
                 return _encode_token(symbol, int(bars.ts[high - 1 if descending else low]))
         return None
+
+
+def _summary(symbol: str, bars: SymbolBars, first: int, last: int) -> BarView:
+    """Bars [first, last) of one symbol as one bar (vectorized: a day holds up to 288 five-minute bars)."""
+    part = slice(first, last)
+    volume = float(bars.volume[part].sum())
+    count = None if bars.trade_count is None else float(np.nansum(bars.trade_count[part]))
+    vwap = None
+    if bars.vwap is not None and volume > 0:
+        vwap = float(np.nansum(bars.vwap[part] * bars.volume[part]) / volume)
+    return BarView(
+        symbol=symbol,
+        index=first,
+        open_ns=int(bars.ts[first]),
+        known_ns=int(bars.ts[last - 1]) + bars.duration_ns,
+        open=float(bars.open[first]),
+        high=float(bars.high[part].max()),
+        low=float(bars.low[part].min()),
+        close=float(bars.close[last - 1]),
+        volume=volume,
+        trade_count=count,
+        vwap=vwap,
+    )
 
 
 def split_symbols(raw: str | None) -> list[str]:

@@ -8,14 +8,14 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgpack
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from crypto_pipeline.exchange.config import FaultConfig
-from crypto_pipeline.exchange.faults import StreamDropper
+from crypto_pipeline.exchange.faults import StreamDropper, drop_after
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,10 @@ class DataSubscriber:
         chosen = self.subscriptions[channel]
         return symbol in chosen or "*" in chosen
 
+    @property
+    def reads_anything(self) -> bool:
+        return any(self.subscriptions.values())
+
     def subscription_message(self) -> dict[str, object]:
         return {"T": "subscription", **{c: sorted(self.subscriptions[c]) for c in CHANNELS}}
 
@@ -73,6 +77,12 @@ class MarketDataHub:
         self.drops = 0
         # Set by the venue: answers an orderbooks subscription with the current full book.
         self.book_snapshots: Callable[[list[str]], list[dict[str, object]]] = lambda symbols: []
+
+    @property
+    def has_readers(self) -> bool:
+        """Someone has subscribed to something: what an as-fast-as-read clock waits for (a client between
+        authenticating and subscribing would otherwise see the replay race past)."""
+        return any(subscriber.reads_anything for subscriber in self.subscribers)
 
     def wanted(self, channel: str) -> set[str]:
         wanted: set[str] = set()
@@ -115,6 +125,7 @@ class MarketDataHub:
         subscriber = DataSubscriber(websocket)
         self.subscribers.add(subscriber)
         writer = asyncio.create_task(self._write(subscriber))
+        timer = _drop_timer(self.faults, lambda: self._drop(subscriber))
         try:
             while not subscriber.closed:
                 message = await self._receive(websocket)
@@ -123,9 +134,11 @@ class MarketDataHub:
             pass
         finally:
             await self._retire(subscriber)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            for task in (writer, timer):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _handle_control(self, subscriber: DataSubscriber, message: dict[str, object]) -> None:
         action = message.get("action")
@@ -158,12 +171,18 @@ class MarketDataHub:
                 await subscriber.websocket.send_bytes(frame)
                 dropper.count(messages)
                 if dropper.should_drop():
-                    self.drops += 1
-                    await self._retire(subscriber)
-                    await _close(subscriber.websocket, code=1011)
+                    await self._drop(subscriber)
                     return
         except (WebSocketDisconnect, RuntimeError, OSError):
             await self._retire(subscriber)
+
+    async def _drop(self, subscriber: DataSubscriber) -> None:
+        """The fault: cut the connection (1011) as a failing server would; the client reconnects."""
+        if subscriber.closed:
+            return
+        self.drops += 1
+        await self._retire(subscriber)
+        await _close(subscriber.websocket, code=1011)
 
     async def _retire(self, subscriber: DataSubscriber) -> None:
         if subscriber.closed:
@@ -204,6 +223,7 @@ class TradeUpdatesHub:
         self.listeners: set[TradeListener] = set()
         self.auth_failures = 0
         self.events_published = 0
+        self.drops = 0
 
     @property
     def listening(self) -> int:
@@ -238,6 +258,7 @@ class TradeUpdatesHub:
         listener = TradeListener(websocket)
         self.listeners.add(listener)
         writer = asyncio.create_task(self._write(listener))
+        timer = _drop_timer(self.faults, lambda: self._drop(listener))
         try:
             while True:
                 message = await _receive_json(websocket)
@@ -252,9 +273,11 @@ class TradeUpdatesHub:
             pass
         finally:
             self.listeners.discard(listener)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            for task in (writer, timer):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _write(self, listener: TradeListener) -> None:
         dropper = StreamDropper(self.faults)
@@ -264,11 +287,17 @@ class TradeUpdatesHub:
                 await listener.websocket.send_text(text)
                 dropper.count(1)
                 if dropper.should_drop():
-                    self.listeners.discard(listener)
-                    await _close(listener.websocket, code=1011)
+                    await self._drop(listener)
                     return
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.listeners.discard(listener)
+
+    async def _drop(self, listener: TradeListener) -> None:
+        if listener not in self.listeners:
+            return
+        self.drops += 1
+        self.listeners.discard(listener)
+        await _close(listener.websocket, code=1011)
 
 
 async def _receive_json(websocket: WebSocket) -> dict[str, object]:
@@ -280,6 +309,12 @@ async def _receive_json(websocket: WebSocket) -> dict[str, object]:
     if not isinstance(decoded, dict):
         raise ValueError("a control message must be a JSON object")
     return decoded
+
+
+def _drop_timer(faults: FaultConfig, drop: Callable[[], Awaitable[None]]) -> asyncio.Task[None] | None:
+    if not faults.drop_ws_every_seconds:
+        return None
+    return asyncio.create_task(drop_after(faults.drop_ws_every_seconds, drop))
 
 
 async def _close(websocket: WebSocket, code: int = 1000) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from crypto_pipeline.exchange.bars import BarStore
 from crypto_pipeline.exchange.book import SpreadModel
 from crypto_pipeline.exchange.broker import Broker
+from crypto_pipeline.exchange.capture import Capture
 from crypto_pipeline.exchange.clock import ReplayClock, to_ns
-from crypto_pipeline.exchange.config import ExchangeConfig
+from crypto_pipeline.exchange.config import DEFAULT_CAPTURE_DIR, ExchangeConfig
 from crypto_pipeline.exchange.faults import RestFaults
 from crypto_pipeline.exchange.market import MarketData
 from crypto_pipeline.exchange.matching import Fill
@@ -20,6 +22,7 @@ from crypto_pipeline.exchange.streams import Credentials, MarketDataHub, TradeUp
 from crypto_pipeline.exchange.views import trade_update_wire
 
 CLOCK_KEY = "clock_ns"
+log = logging.getLogger(__name__)
 
 
 class Venue:
@@ -32,7 +35,9 @@ class Venue:
         self.store = ExchangeStore(config.db_path, reset=config.reset)
         bars = BarStore(config.data_dir)
         self.market = MarketData(
-            bars, SpreadModel(config.min_spread_bps, config.spread_range_fraction, config.book_levels)
+            bars,
+            SpreadModel(config.min_spread_bps, config.spread_range_fraction, config.book_levels),
+            self._capture(config, bars),
         )
         self.clock = ReplayClock(self._start_ns(bars), config.speed)
         self.credentials = Credentials(config.key.get_secret_value(), config.secret.get_secret_value())
@@ -43,6 +48,19 @@ class Venue:
         self.replayer = Replayer(self.market, self.clock, self.broker, self.data_hub)
         self.data_hub.book_snapshots = self.replayer.book_snapshots
         self._task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _capture(config: ExchangeConfig, bars: BarStore) -> Capture | None:
+        """The websocket capture to replay. A missing default folder (a checkout without the shared
+        data) only turns it off; a folder asked for by name must exist."""
+        directory = config.capture_dir
+        if directory is None:
+            return None
+        if directory == DEFAULT_CAPTURE_DIR and "capture_dir" not in config.model_fields_set:
+            if not directory.is_dir():
+                log.info("no websocket capture at %s: quotes, trades and books come from bars", directory)
+                return None
+        return Capture(directory, bars.symbols())
 
     def _start_ns(self, bars: BarStore) -> int:
         if self.config.start is not None:

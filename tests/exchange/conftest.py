@@ -6,8 +6,10 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import polars as pl
 import pytest
 from alpaca.data.historical.crypto import CryptoHistoricalDataClient
 from alpaca.trading.client import TradingClient
@@ -18,6 +20,7 @@ from crypto_pipeline.exchange import ExchangeConfig, ExchangeServer
 KEY = "test-key-id"
 SECRET = "test-secret-value"
 DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"
+CAPTURE = SHARED_MARKET_DATA / "binance-ws-sample-20240808"
 
 if not DATA_2024.is_dir():
     pytest.skip(f"recorded market data not found at {DATA_2024}", allow_module_level=True)
@@ -44,6 +47,26 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExchangeServe
     db = tmp_path_factory.mktemp("exchange") / "exchange.sqlite"
     with ExchangeServer(make_config(db)) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def capture_days_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the recorded 5m and 1d bars of BTC/USDT and ETH/USDT around the capture's day: an
+    exchange over it starts in a fraction of a second (the full set takes about 2 s to index)."""
+    directory = tmp_path_factory.mktemp("capture-days-data")
+    for timeframe in ("5m", "1d"):
+        (
+            pl.scan_parquet(DATA_2024 / f"bars_{timeframe}.parquet")
+            .filter(
+                pl.col("symbol").is_in(["BTC/USDT", "ETH/USDT"]),
+                pl.col("timestamp").is_between(
+                    datetime(2024, 8, 1, tzinfo=UTC), datetime(2024, 8, 12, tzinfo=UTC)
+                ),
+            )
+            .collect()
+            .write_parquet(directory / f"bars_{timeframe}.parquet")
+        )
+    return directory
 
 
 @pytest.fixture

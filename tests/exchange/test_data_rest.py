@@ -130,8 +130,14 @@ def test_latest_quote_trade_bar_and_orderbook_follow_the_spread_model(
     data_client: CryptoHistoricalDataClient, trading: TradingClient
 ) -> None:
     symbols = ["BTC/USDT", "AAVE/USDT"]
-    bars = data_client.get_crypto_latest_bar(CryptoLatestBarRequest(symbol_or_symbols=symbols))
-    quotes = data_client.get_crypto_latest_quote(CryptoLatestQuoteRequest(symbol_or_symbols=symbols))
+    # The clock runs at 1800x: a bar may complete between two calls. A bar fetched between two equal
+    # quotes is the bar those quotes were derived from.
+    for _ in range(5):
+        quotes = data_client.get_crypto_latest_quote(CryptoLatestQuoteRequest(symbol_or_symbols=symbols))
+        bars = data_client.get_crypto_latest_bar(CryptoLatestBarRequest(symbol_or_symbols=symbols))
+        again = data_client.get_crypto_latest_quote(CryptoLatestQuoteRequest(symbol_or_symbols=symbols))
+        if all(quotes[s].timestamp == again[s].timestamp for s in symbols):
+            break
     trades = data_client.get_crypto_latest_trade(CryptoLatestTradeRequest(symbol_or_symbols=symbols))
     books = data_client.get_crypto_latest_orderbook(CryptoLatestOrderbookRequest(symbol_or_symbols=symbols))
     now = trading.get_clock().timestamp
