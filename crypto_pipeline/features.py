@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import polars as pl
@@ -206,9 +206,9 @@ def infer_timeframe(bars: pl.DataFrame) -> Timeframe:
 # --- computation -----------------------------------------------------------------------------------
 #
 # Everything runs on a narrow working frame sorted by (symbol, timestamp). Per-symbol state (recursive
-# averages, rolling windows) is computed with `.over(...)` the symbol, so a value never depends on another
-# symbol's rows: results are bit-identical whether or not other symbols or later bars are present.
-# Speed comes from few passes over the data: all per-symbol kernels run in one `with_columns` (one grouping),
+# averages, rolling windows) is computed `.over()` the symbol, so a value never depends on another symbol's
+# rows: results are bit-identical whether or not other symbols or later bars are present. Speed comes from
+# few passes over the data: the per-symbol kernels run in one `with_columns` over sorted, sliceable groups,
 # and their inputs hold no nulls on clean data (polars' kernels take a faster path then).
 
 _IDX = pl.col("idx")  # bar number within its symbol, 0 for the first bar
@@ -233,6 +233,7 @@ class _Layout:
     starts: pl.Series  # row of each symbol's first bar
     lengths: pl.Series  # bars per symbol
     regular: bool  # no gaps: `n` rows back is always `n` timeframes back
+    _first_rows: dict[int, tuple[pl.Series, pl.Series]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, starts: pl.Series, *, height: int, regular: bool) -> _Layout:
@@ -242,10 +243,20 @@ class _Layout:
     def first_rows(self, count: int) -> tuple[pl.Series, pl.Series]:
         """Rows of the first `count` bars of every symbol (fewer for short symbols), and each row's symbol
         number."""
-        counts = self.lengths.clip(upper_bound=count)
-        rows = pl.select(pl.int_ranges(self.starts, self.starts + counts).explode()).to_series()
-        owners = pl.select(pl.int_range(len(counts)).repeat_by(counts).explode()).to_series()
-        return rows, owners
+        if count not in self._first_rows:
+            counts = self.lengths.clip(upper_bound=count)
+            rows = pl.select(pl.int_ranges(self.starts, self.starts + counts).explode()).to_series()
+            owners = pl.select(pl.int_range(len(counts)).repeat_by(counts).explode()).to_series()
+            self._first_rows[count] = rows, owners
+        return self._first_rows[count]
+
+    def null_first_bars(self, column: pl.Series, count: int) -> pl.Series:
+        """`column` with the first `count` bars of every symbol set to null: a write of those few rows
+        instead of a masking pass over all of them."""
+        nulled = column.clone()
+        if count > 0:
+            nulled.scatter(self.first_rows(count)[0], None)
+        return nulled
 
 
 def _spans(bars: int, timeframe: Timeframe, layout: _Layout) -> pl.Expr:
@@ -424,7 +435,10 @@ def compute_features(
     work = work.with_columns(line.alias("macd_line"))
     signal = _Smoother("macd_signal", "macd_line", _MACD_LOOKBACK, MACD_SIGNAL, 2.0 / (MACD_SIGNAL + 1))
     work = work.with_columns(_seeded_inputs(work, layout, [signal])).with_columns(signal.average())
-    features = work.select(_features(tf, layout, warm_table, [*smoothers, signal]))
+    # The averages hold their seed on the bars before the seed bar: those bars get null.
+    shown = [s for s in [*smoothers, signal] if s.name in FEATURE_COLUMNS]
+    work = work.with_columns(layout.null_first_bars(work[s.name], s.seed_at) for s in shown)
+    features = work.select(_features(tf, layout, warm_table))
     return pl.concat([ordered, features.select(*FEATURE_COLUMNS, "warm")], how="horizontal")
 
 
@@ -485,24 +499,20 @@ def _windows(timeframe: Timeframe) -> list[pl.Expr]:
     return [_per_symbol(window) for window in windows]
 
 
-def _features(
-    timeframe: Timeframe, layout: _Layout, warm_table: Mapping[str, int], smoothers: Sequence[_Smoother]
-) -> list[pl.Expr]:
-    # The averages hold their seed on the bars before the seed bar: those bars get null.
-    average = {s.name: pl.when(s.ready()).then(pl.col(s.name)) for s in smoothers}
+def _features(timeframe: Timeframe, layout: _Layout, warm_table: Mapping[str, int]) -> list[pl.Expr]:
     exprs: list[pl.Expr] = []
     for n in RSI_PERIODS:
         avg_gain, avg_loss = pl.col(f"avg_gain_{n}"), pl.col(f"avg_loss_{n}")
         total = avg_gain + avg_loss  # zero in a flat market, where RSI is undefined
         rsi = pl.when((_IDX >= n) & (total != 0)).then(100.0 * avg_gain / total)
         exprs.append(rsi.alias(f"rsi_{n}"))
-    line, signal = pl.col("macd_line"), average["macd_signal"]
+    line, signal = pl.col("macd_line"), pl.col("macd_signal")
     exprs += [
         pl.when(_IDX >= _MACD_LOOKBACK).then(line).alias("macd"),
-        signal.alias("macd_signal"),
+        signal,
         (line - signal).alias("macd_hist"),
-        *(average[f"ema_{n}"].alias(f"ema_{n}") for n in EMA_PERIODS),
-        average[f"atr_{ATR_PERIOD}"].alias(f"atr_{ATR_PERIOD}"),
+        *(pl.col(f"ema_{n}") for n in EMA_PERIODS),
+        pl.col(f"atr_{ATR_PERIOD}"),
     ]
     # %B = (close - lower) / (upper - lower) with lower = mean - k * std and upper - lower = 2k * std.
     band_width = 2.0 * BB_STDDEVS * pl.col("bb_std")

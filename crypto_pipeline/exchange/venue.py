@@ -32,13 +32,14 @@ class Venue:
                 "the exchange needs API credentials: pass --key/--secret or set ALPACA_API_KEY and ALPACA_SECRET_KEY"
             )
         self.config = config
-        self.store = ExchangeStore(config.db_path, reset=config.reset)
+        # Data first: a bad data or capture folder fails before the account file is opened.
         bars = BarStore(config.data_dir)
         self.market = MarketData(
             bars,
             SpreadModel(config.min_spread_bps, config.spread_range_fraction, config.book_levels),
             self._capture(config, bars),
         )
+        self.store = ExchangeStore(config.db_path, reset=config.reset)
         self.clock = ReplayClock(self._start_ns(bars), config.speed)
         self.credentials = Credentials(config.key.get_secret_value(), config.secret.get_secret_value())
         self.data_hub = MarketDataHub(self.credentials, config.faults)

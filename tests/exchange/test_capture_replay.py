@@ -31,6 +31,7 @@ from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
 
 from crypto_pipeline.exchange import ExchangeServer
+from crypto_pipeline.exchange.venue import Venue
 
 from .conftest import CAPTURE, DATA_2024, KEY, SECRET, make_config, running, wait_for
 
@@ -336,7 +337,7 @@ def test_minute_bars_from_captured_trades_stand_in_for_the_recorded_bar_they_ove
     finally:
         server.stop()
 
-    bars = got.of("b")
+    bars = got.of("b")[:7]  # the replay runs on while the client is being stopped
     minutes = [datetime(2024, 8, 8, 23, m, tzinfo=UTC) for m in range(55, 60)]
     assert [bar.timestamp for bar in bars] == [
         datetime(2024, 8, 8, 23, 50, tzinfo=UTC),
@@ -383,7 +384,9 @@ def test_a_trade_received_after_its_minute_bar_was_published_yields_an_updated_b
 ) -> None:
     """A copy of the BTC capture in which the last trade of 23:56 is received at 23:57:04 instead: the
     23:56 bar (`b`, 23:57:00) lacks it, and the corrected bar comes on `u` at 23:57:30, before 23:57's `b`."""
-    rows = read_raw(CAPTURE / BTC_FILE)
+    with gzip.open(CAPTURE / BTC_FILE, "rt") as handle:
+        lines = [(int(stamp), body) for stamp, body in (line.split(" ", 1) for line in handle)]
+    rows = [(received, json.loads(body)) for received, body in lines]
     offset = offset_of(rows)
     minute = ns("2024-08-08T23:56:00")
     trade_rows = [
@@ -394,12 +397,22 @@ def test_a_trade_received_after_its_minute_bar_was_published_yields_an_updated_b
     ]
     moved = max(trade_rows, key=lambda index: rows[index][1]["data"]["T"])
     moved_size = float(rows[moved][1]["data"]["q"])
-    rows[moved] = (ns("2024-08-08T23:57:04") - offset, rows[moved][1])
-    rows.sort(key=lambda row: row[0])
+    late_at = ns("2024-08-08T23:57:04") - offset
+    rows[moved], lines[moved] = (late_at, rows[moved][1]), (late_at, lines[moved][1])
+    # Up to 23:58:10 is enough (the 23:57 bar is published at 23:58:00) and keeps the copy small.
+    keep = sorted(
+        (
+            index
+            for index, (received, _) in enumerate(lines)
+            if received + offset <= ns("2024-08-08T23:58:10")
+        ),
+        key=lambda index: lines[index][0],
+    )
+    rows = [rows[index] for index in keep]
     capture = tmp_path / "late-capture"
     capture.mkdir()
-    with gzip.open(capture / BTC_FILE, "wt") as handle:
-        handle.writelines(f"{received} {json.dumps(message)}\n" for received, message in rows)
+    with gzip.open(capture / BTC_FILE, "wt", compresslevel=1) as handle:
+        handle.writelines(f"{lines[index][0]} {lines[index][1]}" for index in keep)
     doctored = RawCapture.parse(rows, offset)
 
     server = start_at(capture_days_data, tmp_path, "2024-08-08T23:56:30", capture_dir=capture)
@@ -422,3 +435,20 @@ def test_a_trade_received_after_its_minute_bar_was_published_yields_an_updated_b
     assert same_bar(updated, doctored.minute_bar(minute))  # every trade of the minute
     assert updated.trade_count == published.trade_count + 1
     assert updated.volume == pytest.approx(published.volume + moved_size)
+
+
+def test_without_a_capture_quotes_come_from_bars_and_a_missing_capture_folder_is_a_clear_error(
+    capture_days_data: Path, tmp_path: Path
+) -> None:
+    off = Venue(
+        make_config(tmp_path / "off.sqlite", data_dir=capture_days_data, start=FROZEN_AT, capture_dir=None)
+    )
+    try:
+        quote = off.market.latest("quotes", ["BTC/USDT"], ns(FROZEN_AT))["BTC/USDT"]
+        assert quote["t"] == "2024-08-08T23:55:00Z"  # derived from the 23:50 bar, known at 23:55
+    finally:
+        off.store.close()
+    with pytest.raises(FileNotFoundError, match=r"capture directory .*nowhere does not exist"):
+        Venue(
+            make_config(tmp_path / "bad.sqlite", data_dir=capture_days_data, capture_dir=tmp_path / "nowhere")
+        )

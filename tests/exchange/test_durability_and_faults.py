@@ -12,6 +12,7 @@ from alpaca.data.requests import CryptoLatestBarRequest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
 from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
+from alpaca.trading.stream import TradingStream
 
 from .conftest import KEY, SECRET, running, wait_for
 from .test_streams import Collector
@@ -105,3 +106,21 @@ def test_data_streams_are_dropped_after_the_configured_seconds(start_exchange) -
         )
         before = got.count("bars")
         wait_for(lambda: got.count("bars") > before, timeout=20)
+
+
+def test_idle_connections_are_dropped_by_the_seconds_fault_too(start_exchange, capture_days_data) -> None:
+    # Real time from midnight: the next 5m bar closes 300 s away, so neither stream has anything to send.
+    server = start_exchange(
+        data_dir=capture_days_data, start="2024-08-02", speed=1.0, faults={"drop_ws_every_seconds": 0.5}
+    )
+    got = Collector()
+    data_stream = CryptoDataStream(KEY, SECRET, url_override=server.data_stream_url)
+    data_stream.subscribe_bars(got.handler("bars"), "BTC/USDT")
+    trade_stream = TradingStream(KEY, SECRET, paper=True, url_override=server.trading_stream_url)
+    trade_stream.subscribe_trade_updates(got.handler("updates"))
+    data_hub, trade_hub = server.venue.data_hub, server.venue.trade_hub
+    with running(data_stream), running(trade_stream):
+        # a second drop means the client reconnected and the new, equally idle, connection was cut too
+        wait_for(lambda: data_hub.drops >= 2 and trade_hub.drops >= 2, timeout=15)
+    assert data_hub.messages_sent == 0 and got.count("bars") == 0 and got.count("updates") == 0
+    assert data_hub.connections >= 2
