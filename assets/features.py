@@ -6,11 +6,13 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from assets.checks import check_result
 from assets.market_data import bars, partition_days
 from assets.partitions import DAILY_PARTITIONS, SINGLE_RUN_BACKFILL
 from assets.resources import WarehouseResource
 from crypto_pipeline.config import get_settings
-from crypto_pipeline.features import compute_features, warmup_bars
+from crypto_pipeline.feature_checks import check_warm_features
+from crypto_pipeline.features import compute_features
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.state import STATE_TIMEFRAMES, market_state_table, states_from_table
 
@@ -23,6 +25,10 @@ class FeaturesConfig(dg.Config):
     lookback_days: int = Field(
         default=400,
         description="History read before the partition so slow indicators (EMA-200 on 1d) warm up.",
+    )
+    max_null_ratio: float = Field(
+        default=0.02,
+        description="Largest share of nulls (gaps break time windows) tolerated in a warm feature.",
     )
 
 
@@ -72,25 +78,11 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, warehous
     table = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     if not table.is_empty():
         wh.upsert("features", table)
-    warm = table.filter(pl.col("warm")) if not table.is_empty() else table
-    # `warm` promises exactly the features of the timeframe's warm-up table: check those, per timeframe.
-    bad_per_tf = {
-        tf: warm.filter(
-            (pl.col("timeframe") == tf)
-            & pl.any_horizontal([pl.col(c).is_null() | ~pl.col(c).is_finite() for c in warmup_bars(tf)])
-        ).height
-        for tf in config.timeframes
-        if not warm.is_empty()
-    }
-    bad = sum(bad_per_tf.values())
-    check = dg.AssetCheckResult(
-        check_name="no_nan_after_warmup",
-        passed=bad == 0,
-        metadata={"warm_rows": warm.height, "rows_with_nan": bad, "rows_with_nan_per_timeframe": bad_per_tf},
-    )
+    warm_rows = table.filter(pl.col("warm")).height if table.height else 0
+    quality = check_warm_features(table, max_null_ratio=config.max_null_ratio)
     return dg.MaterializeResult(
-        metadata={"rows": table.height, "warm_rows": warm.height, "timeframes": ", ".join(config.timeframes)},
-        check_results=[check],
+        metadata={"rows": table.height, "warm_rows": warm_rows, "timeframes": ", ".join(config.timeframes)},
+        check_results=[check_result("no_nan_after_warmup", quality)],
     )
 
 
