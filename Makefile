@@ -21,7 +21,7 @@ setup: $(STAMP)
 	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 
 run: setup
-	$(PY) -m jobs.run_offline
+	$(PY) -m jobs.run_offline $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q
