@@ -121,6 +121,12 @@ def exchange_command(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback unless told otherwise)."),
     port: int = typer.Option(8765, help="Port for REST and both websockets (0 picks a free one)."),
     data: str = typer.Option("", "--data", help="Directory of recorded bars (default: the shared 2024 set)."),
+    capture: str = typer.Option(
+        "", "--capture", help="Binance websocket capture replayed for its day (default: the shared one)."
+    ),
+    no_capture: bool = typer.Option(
+        False, "--no-capture", help="Derive quotes, trades and books from bars only."
+    ),
     start: str = typer.Option(
         "", help="Replay clock start, UTC (e.g. 2024-06-01); the data's end serves all history."
     ),
@@ -167,6 +173,8 @@ def exchange_command(
     options.update(
         {name: value for name, value in (("data_dir", data), ("start", start), ("db_path", db)) if value}
     )
+    if no_capture or capture:
+        options["capture_dir"] = None if no_capture else capture
     try:
         codes = [int(code) for code in rest_error_codes.split(",") if code.strip()]
         options["faults"] = FaultConfig(

@@ -237,6 +237,7 @@ class CaptureDay:
         self.events: list[ReplayEvent] = []
         self.event_times: list[int] = []
         self.offset_ns = 0
+        self.error: str | None = None
         self._lock = threading.Lock()
         self._loaded = False
 
@@ -252,9 +253,15 @@ class CaptureDay:
         with self._lock:
             if self._loaded:
                 return
-            stamps = tuple((file.path, file.symbol, *_file_stamp(file.path)) for file in self.files)
-            self.offset_ns, self.symbols, self.events, self.event_times = _parse_day(stamps)
             self._loaded = True
+            try:
+                stamps = tuple((file.path, file.symbol, *_file_stamp(file.path)) for file in self.files)
+                self.offset_ns, self.symbols, self.events, self.event_times = _parse_day(stamps)
+            except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
+                # Said once; the day then replays from bars alone rather than stopping the market.
+                self.error = f"capture of {self.files[0].path.parent} unusable: {error!r}"
+                log.error(self.error)
+                return
             log.info(
                 "capture of %s loaded: %s, clock offset %.3f s",
                 datetime.fromtimestamp(self.day_start_ns // NS_PER_S, tz=UTC).date(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from bisect import bisect_right
 
 import msgpack
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.02
 IDLE_S = 0.01
+YIELD_EVERY_S = 0.002
 Message = tuple[str, str, dict[str, object]]
 _CHANNEL_OF = {"q": "quotes", "t": "trades", "o": "orderbooks", "b": "bars", "u": "updatedBars"}
 _CHANNELS = ("bars", "updatedBars", "dailyBars", "quotes", "trades", "orderbooks")
@@ -88,6 +90,7 @@ class Replayer:
             if index < len(bars.ts):
                 self._heap.append((int(bars.ts[index]) + bars.duration_ns, symbol, index))
         heapq.heapify(self._heap)
+        self.processed_ns = now  # bars known by now are history, not news: so are captured messages
         for day in self._days_to_attach(now):
             day.load()
             self._attach(day)
@@ -140,6 +143,7 @@ class Replayer:
     async def run(self) -> None:
         await asyncio.to_thread(self._load)
         self.ready.set()
+        yielded_at = time.monotonic()
         while True:
             if self.clock.as_fast_as_read:
                 # Step to the next event, but only while someone reads: nobody is left behind.
@@ -155,8 +159,11 @@ class Replayer:
             except Exception:  # one bad step must not stop the market: log it and go on
                 self.step_errors += 1
                 log.exception("replay step failed at %s", self.clock.now())
-            if self.clock.as_fast_as_read:
-                await asyncio.sleep(0)  # let the connections run between steps
+            if self.clock.as_fast_as_read and time.monotonic() - yielded_at >= YIELD_EVERY_S:
+                # Let the connections run now and then: often enough for prompt REST answers, seldom
+                # enough that steps queue up and the writers send them in few, large frames.
+                await asyncio.sleep(0)
+                yielded_at = time.monotonic()
 
     async def _step(self) -> None:
         now = self.clock.now_ns()

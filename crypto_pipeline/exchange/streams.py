@@ -20,6 +20,7 @@ from crypto_pipeline.exchange.faults import StreamDropper, drop_after
 log = logging.getLogger(__name__)
 
 CHANNELS = ("trades", "quotes", "orderbooks", "bars", "updatedBars", "dailyBars")
+Batch = tuple[list[dict[str, object]], int]
 AUTH_TIMEOUT_S = 10.0
 QUEUE_FRAMES = 64
 # The alpaca-py client accepts frames up to 1 MiB; a few hundred messages stay far below it.
@@ -48,7 +49,8 @@ def pack(messages: list[dict[str, object]]) -> bytes:
 class DataSubscriber:
     websocket: WebSocket
     subscriptions: dict[str, set[str]] = field(default_factory=lambda: {c: set() for c in CHANNELS})
-    queue: asyncio.Queue[tuple[bytes, int]] = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
+    # (messages, how many of them are market data): packed by the writer, which merges waiting batches.
+    queue: asyncio.Queue[Batch] = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
     sent_messages: int = 0
     closed: bool = False
 
@@ -99,7 +101,7 @@ class MarketDataHub:
                 if subscriber.closed:
                     break
                 part = chosen[start : start + MESSAGES_PER_FRAME]
-                await subscriber.queue.put((pack(part), len(part)))
+                await subscriber.queue.put((part, len(part)))
                 subscriber.sent_messages += len(part)
                 self.messages_sent += len(part)
 
@@ -143,7 +145,7 @@ class MarketDataHub:
     async def _handle_control(self, subscriber: DataSubscriber, message: dict[str, object]) -> None:
         action = message.get("action")
         if action not in ("subscribe", "unsubscribe"):
-            await subscriber.queue.put((pack([{"T": "error", "code": 400, "msg": "invalid syntax"}]), 0))
+            await subscriber.queue.put(([{"T": "error", "code": 400, "msg": "invalid syntax"}], 0))
             return
         added_books: list[str] = []
         for channel in CHANNELS:
@@ -157,19 +159,31 @@ class MarketDataHub:
                 subscriber.subscriptions[channel] |= names
             else:
                 subscriber.subscriptions[channel] -= names
-        await subscriber.queue.put((pack([subscriber.subscription_message()]), 0))
+        await subscriber.queue.put(([subscriber.subscription_message()], 0))
         if added_books:
             snapshots = self.book_snapshots(added_books)
             if snapshots:
-                await subscriber.queue.put((pack(snapshots), len(snapshots)))
+                await subscriber.queue.put((snapshots, len(snapshots)))
 
     async def _write(self, subscriber: DataSubscriber) -> None:
         dropper = StreamDropper(self.faults)
+        carry: Batch | None = None
         try:
             while True:
-                frame, messages = await subscriber.queue.get()
-                await subscriber.websocket.send_bytes(frame)
-                dropper.count(messages)
+                messages, counted = carry if carry is not None else await subscriber.queue.get()
+                carry, messages = None, list(messages)
+                # Merge the batches already waiting into one frame: a reader that falls behind gets
+                # fewer, larger frames (the per-frame syscall and compression are shared), an idle one
+                # gets each batch at once.
+                while not subscriber.queue.empty():
+                    more, more_counted = subscriber.queue.get_nowait()
+                    if len(messages) + len(more) > MESSAGES_PER_FRAME:
+                        carry = (more, more_counted)
+                        break
+                    messages += more
+                    counted += more_counted
+                await subscriber.websocket.send_bytes(pack(messages))
+                dropper.count(counted)
                 if dropper.should_drop():
                     await self._drop(subscriber)
                     return

@@ -108,6 +108,11 @@ def running(stream: object) -> Iterator[None]:
             time.sleep(0.01)
         with contextlib.suppress(Exception):
             stream.stop()  # type: ignore[attr-defined]
+        # The client notices a stop only when a receive times out (5 s); closing its socket too ends the
+        # receive at once. The close is created inside its loop, which may have ended already.
+        loop = getattr(stream, "_loop", None)
+        with contextlib.suppress(RuntimeError, AttributeError):  # no loop, or a closed one
+            loop.call_soon_threadsafe(lambda: loop.create_task(stream.close()))  # type: ignore[union-attr]
         thread.join(timeout=10)
 
 

@@ -7,6 +7,7 @@ instant, and minute bars summed from trades.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import json
 import threading
@@ -142,10 +143,16 @@ class RawCapture:
 
 
 @pytest.fixture(scope="module")
-def raw_btc() -> RawCapture:
+def raw_rows() -> tuple[list[tuple[int, dict]], int]:
+    """The BTC capture's (receive ns, message) lines, and the day's clock offset."""
     btc = read_raw(CAPTURE / BTC_FILE)
     eth = read_raw(CAPTURE / "ethusdt_20240808.gz")
-    return RawCapture.parse(btc, offset_of(btc, eth))  # one recorder, one clock: one offset for both
+    return btc, offset_of(btc, eth)  # one recorder, one clock: one offset for both files
+
+
+@pytest.fixture(scope="module")
+def raw_btc(raw_rows: tuple[list[tuple[int, dict]], int]) -> RawCapture:
+    return RawCapture.parse(*raw_rows)
 
 
 def bar_fields(bar: object) -> dict[str, float]:
@@ -223,6 +230,29 @@ def test_rest_latest_quote_trade_and_book_are_the_captures_at_the_replay_clock(
     assert [(level.price, level.size) for level in book.bids] == bids
     assert [(level.price, level.size) for level in book.asks] == asks
     assert book.timestamp == to_datetime(event) and bids[0][0] < asks[0][0]
+
+
+def test_the_rebuilt_book_top_is_binances_own_best_bid_ask_after_every_diff(
+    frozen: ExchangeServer, raw_rows: tuple[list[tuple[int, dict]], int]
+) -> None:
+    """bookTicker is Binance's best bid/ask, stamped with the same update ids as the depth diffs: after a
+    diff ending at id u, the rebuilt book's top must be the last bookTicker with an id <= u (price and
+    size). An invented, missed or misapplied level would show here."""
+    rows, offset = raw_rows
+    tickers = sorted(
+        (m["data"]["u"], m["data"]) for _, m in rows if m.get("stream", "").endswith("@bookTicker")
+    )
+    ids = [update_id for update_id, _ in tickers]
+    diffs = [(received + offset, m["data"]["u"]) for received, m in rows if "@depth" in m.get("stream", "")]
+    captured = frozen.venue.market.captured("BTC/USDT", ns(FROZEN_AT), load=True)
+    checked = 0
+    for at, last_id in diffs[5::7]:  # every 7th diff: ~500 checks across the whole capture
+        book = captured.book_at(at)
+        ticker = tickers[bisect.bisect_right(ids, last_id) - 1][1]
+        assert book.bids[0] == (float(ticker["b"]), float(ticker["B"]))
+        assert book.asks[0] == (float(ticker["a"]), float(ticker["A"]))
+        checked += 1
+    assert checked > 450
 
 
 def test_rest_latest_bar_and_snapshot_carry_the_minute_bar_built_from_captured_trades(
@@ -437,17 +467,29 @@ def test_a_trade_received_after_its_minute_bar_was_published_yields_an_updated_b
     assert updated.volume == pytest.approx(published.volume + moved_size)
 
 
-def test_without_a_capture_quotes_come_from_bars_and_a_missing_capture_folder_is_a_clear_error(
+def test_without_a_usable_capture_quotes_come_from_bars_and_the_reason_is_clear(
     capture_days_data: Path, tmp_path: Path
 ) -> None:
-    off = Venue(
-        make_config(tmp_path / "off.sqlite", data_dir=capture_days_data, start=FROZEN_AT, capture_dir=None)
-    )
-    try:
-        quote = off.market.latest("quotes", ["BTC/USDT"], ns(FROZEN_AT))["BTC/USDT"]
-        assert quote["t"] == "2024-08-08T23:55:00Z"  # derived from the 23:50 bar, known at 23:55
-    finally:
-        off.store.close()
+    at = ns(FROZEN_AT)
+    broken = tmp_path / "broken-capture"
+    broken.mkdir()
+    with gzip.open(broken / BTC_FILE, "wt") as handle:
+        handle.write("1723161253937085768 {not json\n")
+    for name, capture_dir in (("off", None), ("broken", broken)):
+        venue = Venue(
+            make_config(
+                tmp_path / f"{name}.sqlite",
+                data_dir=capture_days_data,
+                start=FROZEN_AT,
+                capture_dir=capture_dir,
+            )
+        )
+        try:
+            quote = venue.market.latest("quotes", ["BTC/USDT"], at)["BTC/USDT"]
+            assert quote["t"] == "2024-08-08T23:55:00Z"  # derived from the 23:50 bar, known at 23:55
+        finally:
+            venue.store.close()
+    assert "btcusdt_20240808.gz line 1" in venue.market.capture.days[0].error
     with pytest.raises(FileNotFoundError, match=r"capture directory .*nowhere does not exist"):
         Venue(
             make_config(tmp_path / "bad.sqlite", data_dir=capture_days_data, capture_dir=tmp_path / "nowhere")
