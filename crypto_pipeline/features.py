@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 
 import polars as pl
@@ -205,11 +206,12 @@ def infer_timeframe(bars: pl.DataFrame) -> Timeframe:
 
 # --- computation -----------------------------------------------------------------------------------
 #
-# Everything runs on a narrow working frame sorted by (symbol, timestamp). Per-symbol state (recursive
-# averages, rolling windows) is computed `.over()` the symbol, so a value never depends on another symbol's
-# rows: results are bit-identical whether or not other symbols or later bars are present. Speed comes from
-# few passes over the data: the per-symbol kernels run in one `with_columns` over sorted, sliceable groups,
-# and their inputs hold no nulls on clean data (polars' kernels take a faster path then).
+# Everything runs on a narrow working frame sorted by (symbol, timestamp). Per-symbol state is computed per
+# symbol (rolling windows `.over()` it, the recursive averages by a compiled kernel that restarts at each
+# symbol's first row), so a value never depends on another symbol's rows: results are bit-identical whether
+# or not other symbols or later bars are present. Speed comes from few passes over the data: the rolling
+# windows run in one `with_columns` over sorted, sliceable groups, with inputs that hold no nulls on clean
+# data (polars' kernels take a faster path then), while the recursive averages run on another thread.
 
 _IDX = pl.col("idx")  # bar number within its symbol, 0 for the first bar
 _CLOSE, _HIGH, _LOW, _VOLUME = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume")
@@ -231,32 +233,7 @@ class _Layout:
     """Where each symbol's bars lie in the sorted working frame."""
 
     starts: pl.Series  # row of each symbol's first bar
-    lengths: pl.Series  # bars per symbol
     regular: bool  # no gaps: `n` rows back is always `n` timeframes back
-    _first_rows: dict[int, tuple[pl.Series, pl.Series]] = field(default_factory=dict, compare=False)
-
-    @classmethod
-    def of(cls, starts: pl.Series, *, height: int, regular: bool) -> _Layout:
-        lengths = pl.concat([starts, pl.Series([height], dtype=starts.dtype)]).diff().slice(1)
-        return cls(starts, lengths, regular)
-
-    def first_rows(self, count: int) -> tuple[pl.Series, pl.Series]:
-        """Rows of the first `count` bars of every symbol (fewer for short symbols), and each row's symbol
-        number."""
-        if count not in self._first_rows:
-            counts = self.lengths.clip(upper_bound=count)
-            rows = pl.select(pl.int_ranges(self.starts, self.starts + counts).explode()).to_series()
-            owners = pl.select(pl.int_range(len(counts)).repeat_by(counts).explode()).to_series()
-            self._first_rows[count] = rows, owners
-        return self._first_rows[count]
-
-    def null_first_bars(self, column: pl.Series, count: int) -> pl.Series:
-        """`column` with the first `count` bars of every symbol set to null: a write of those few rows
-        instead of a masking pass over all of them."""
-        nulled = column.clone()
-        if count > 0:
-            nulled.scatter(self.first_rows(count)[0], None)
-        return nulled
 
 
 def _spans(bars: int, timeframe: Timeframe, layout: _Layout) -> pl.Expr:
@@ -269,63 +246,31 @@ def _spans(bars: int, timeframe: Timeframe, layout: _Layout) -> pl.Expr:
     )
 
 
-@dataclass(frozen=True)
-class _Smoother:
-    """One TA-Lib recursive average (EMA or Wilder's): starts at bar `seed_at` with the mean of the `window`
-    values of `source` ending there, then ``avg += alpha * (value - avg)``."""
-
-    name: str
-    source: str
-    seed_at: int
-    window: int
-    alpha: float
-
-    def average(self) -> pl.Expr:
-        """The average over the seeded input (see `_seeded_inputs`); bars before the seed are masked later."""
-        return _per_symbol(pl.col(self.name).ewm_mean(alpha=self.alpha, adjust=False, ignore_nulls=True))
-
-    def ready(self) -> pl.Expr:
-        return _IDX >= self.seed_at
+RECURSIVE_COLUMNS: tuple[str, ...] = FEATURE_COLUMNS[: FEATURE_COLUMNS.index(f"atr_{ATR_PERIOD}") + 1]
 
 
-def _seeds(work: pl.DataFrame, layout: _Layout, smoother: _Smoother) -> pl.Series:
-    """One seed per symbol: the mean of the `window` source values ending on the seed bar; null for a symbol
-    too short to have that bar or with a missing value in the window.
+def _recursive_indicators(work: pl.DataFrame, layout: _Layout) -> pl.DataFrame:
+    """RSI, MACD, EMA and ATR (`RECURSIVE_COLUMNS`), null before each one's first TA-Lib value.
 
-    The windows are gathered into one fixed-width array per symbol and summed row by row, in bar order like
-    TA-Lib's loop; a row's sum depends on nothing but its own values.
+    These are recursive averages, which polars can only run through ``ewm_mean`` (about 3-4x slower per
+    value than TA-Lib): a compiled kernel runs them all in one pass over the symbols' rows instead.
     """
-    seeds = pl.Series(smoother.name, [None] * len(layout.starts), dtype=pl.Float64)
-    has_seed_bar = layout.lengths > smoother.seed_at
-    first = layout.starts.filter(has_seed_bar) + (smoother.seed_at - smoother.window + 1)
-    if first.len() == 0:
-        return seeds
-    rows = pl.select(pl.int_ranges(first, first + smoother.window).explode()).to_series()
-    values = work[smoother.source].gather(rows)
-    shape = (first.len(), smoother.window)
-    means = values.reshape(shape).arr.sum() / smoother.window
-    if values.null_count():
-        complete = values.is_null().cast(pl.UInt32).reshape(shape).arr.sum() == 0
-        means = pl.select(pl.when(complete).then(means)).to_series()
-    seeds.scatter(pl.int_range(layout.starts.len(), eager=True).filter(has_seed_bar), means)
-    return seeds
+    # Imported here: numba takes a while to import, and only computing features needs it.
+    from crypto_pipeline.indicator_kernels import recursive_indicators
 
-
-def _seeded_inputs(work: pl.DataFrame, layout: _Layout, smoothers: Sequence[_Smoother]) -> list[pl.Series]:
-    """Each smoother's input, named after it: the source, with the bars up to the seed bar replaced by the
-    symbol's seed.
-
-    polars' ``ewm_mean(adjust=False)`` then stays at the seed until the seed bar and runs TA-Lib's recursion
-    after it. Writing the seed over the first bars, rather than nulls before it, keeps clean inputs free of
-    nulls (polars' kernels are faster then); a symbol without a seed gets nulls there instead.
-    """
-    inputs = []
-    for smoother in smoothers:
-        rows, owners = layout.first_rows(smoother.seed_at + 1)
-        values = work[smoother.source].clone().rename(smoother.name)
-        values.scatter(rows, _seeds(work, layout, smoother).gather(owners))
-        inputs.append(values)
-    return inputs
+    values = recursive_indicators(
+        work["close"].to_numpy(),
+        work["high"].to_numpy(),
+        work["low"].to_numpy(),
+        layout.starts.to_numpy(),
+        rsi_periods=RSI_PERIODS,
+        macd_periods=(MACD_FAST, MACD_SLOW, MACD_SIGNAL),
+        ema_periods=EMA_PERIODS,
+        atr_period=ATR_PERIOD,
+    )
+    return pl.DataFrame(
+        [pl.Series(name, row, nan_to_null=True) for name, row in zip(RECURSIVE_COLUMNS, values, strict=True)]
+    )
 
 
 def _first_bars(ordered: pl.DataFrame) -> pl.Series | None:
@@ -395,12 +340,8 @@ def _prepare(bars: pl.DataFrame, timeframe: Timeframe) -> tuple[pl.DataFrame, pl
             f"{timeframe.value} timeframe; pass the right timeframe or resample first"
         )
     regular = longest is None or longest == timeframe.duration
-    layout = _Layout.of(first_bar.arg_true(), height=work.height, regular=regular)
-    # A symbol's first bar has no previous close: its own close stands in (a zero change that no feature
-    # reads, but that keeps the inputs of the per-symbol kernels null-free).
-    previous_close = pl.when(_IDX == 0).then(_CLOSE).otherwise(_CLOSE.shift(1)).alias("previous_close")
-    work = work.drop("step").with_columns(previous_close)
-    return ordered, work.with_columns(_bar_inputs(work, has_vwap="vwap" in work.columns)), layout
+    layout = _Layout(first_bar.arg_true(), regular)
+    return ordered, work.drop("step").with_columns(_bar_inputs(work, has_vwap="vwap" in work.columns)), layout
 
 
 def compute_features(
@@ -427,57 +368,29 @@ def compute_features(
         return bars.with_columns(*empty, pl.lit(False).alias("warm"))
     ordered, work, layout = _prepare(bars, tf)
 
-    smoothers = _price_smoothers()
-    work = work.with_columns(_seeded_inputs(work, layout, smoothers))
-    work = work.with_columns(*(s.average() for s in smoothers), *_windows(tf))
-    fast, slow = smoothers[-3], smoothers[-2]
-    line = pl.when(slow.ready()).then(pl.col(fast.name) - pl.col(slow.name))
-    work = work.with_columns(line.alias("macd_line"))
-    signal = _Smoother("macd_signal", "macd_line", _MACD_LOOKBACK, MACD_SIGNAL, 2.0 / (MACD_SIGNAL + 1))
-    work = work.with_columns(_seeded_inputs(work, layout, [signal])).with_columns(signal.average())
-    # The averages hold their seed on the bars before the seed bar: those bars get null.
-    shown = [s for s in [*smoothers, signal] if s.name in FEATURE_COLUMNS]
-    work = work.with_columns(layout.null_first_bars(work[s.name], s.seed_at) for s in shown)
-    features = work.select(_features(tf, layout, warm_table))
-    return pl.concat([ordered, features.select(*FEATURE_COLUMNS, "warm")], how="horizontal")
+    # The recursive indicators' kernel releases the GIL: it runs on one core while polars computes the
+    # windows on the others.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        recursive = pool.submit(_recursive_indicators, work, layout)
+        features = work.with_columns(_windows(tf)).select(_features(tf, layout, warm_table))
+        return pl.concat([ordered, recursive.result(), features], how="horizontal")
 
 
 def _bar_inputs(work: pl.DataFrame, *, has_vwap: bool) -> list[pl.Expr]:
-    """Per-bar inputs: gain, loss, true range, log return, traded value."""
-    previous = pl.col("previous_close")
+    """Per-bar inputs of the windows: log return and traded value."""
+    # A symbol's first bar has no previous close: its own close stands in (a zero return that no feature
+    # reads, but that keeps the input of the rolling kernel null-free, its fast path).
+    previous = pl.when(_IDX == 0).then(_CLOSE).otherwise(_CLOSE.shift(1))
     typical = (_HIGH + _LOW + _CLOSE) / 3.0
     price = pl.coalesce(pl.col("vwap"), typical) if has_vwap else typical
     positive_prices = (work["close"].min() or 0.0) > 0
     log_return = (_CLOSE / previous).log()
     return [
-        (_CLOSE - previous).clip(lower_bound=0.0).alias("gain"),
-        (previous - _CLOSE).clip(lower_bound=0.0).alias("loss"),
-        # TA-Lib's max(high - low, |high - prev|, |low - prev|) for high >= low, in two passes.
-        (pl.max_horizontal(_HIGH, previous) - pl.min_horizontal(_LOW, previous)).alias("true_range"),
         (log_return if positive_prices else pl.when((_CLOSE > 0) & (previous > 0)).then(log_return)).alias(
             "log_return"
         ),
         (price * _VOLUME).alias("traded_value"),
     ]
-
-
-def _price_smoothers() -> list[_Smoother]:
-    """The recursive averages of the bar inputs; the last three are the MACD fast and slow EMAs and the ATR."""
-    smoothers = [_Smoother(f"ema_{n}", "close", n - 1, n, 2.0 / (n + 1)) for n in EMA_PERIODS]
-    for n in RSI_PERIODS:
-        # The changes of bars 1..n seed the averages at bar n (bar 0 has no change).
-        smoothers += [
-            _Smoother(f"avg_gain_{n}", "gain", n, n, 1.0 / n),
-            _Smoother(f"avg_loss_{n}", "loss", n, n, 1.0 / n),
-        ]
-    # TA-Lib seeds the fast EMA where the slow one starts, so both MACD averages begin at bar MACD_SLOW - 1.
-    smoothers += [
-        _Smoother(f"macd_{name}", "close", MACD_SLOW - 1, n, 2.0 / (n + 1))
-        for name, n in (("fast", MACD_FAST), ("slow", MACD_SLOW))
-    ]
-    # As in TA-Lib, bar 0 has no true range (no previous close): ATR averages bars 1..14 first.
-    smoothers.append(_Smoother(f"atr_{ATR_PERIOD}", "true_range", ATR_PERIOD, ATR_PERIOD, 1.0 / ATR_PERIOD))
-    return smoothers
 
 
 def _windows(timeframe: Timeframe) -> list[pl.Expr]:
@@ -500,20 +413,8 @@ def _windows(timeframe: Timeframe) -> list[pl.Expr]:
 
 
 def _features(timeframe: Timeframe, layout: _Layout, warm_table: Mapping[str, int]) -> list[pl.Expr]:
+    """The features that are not recursive averages (see `_recursive_indicators`), and ``warm``."""
     exprs: list[pl.Expr] = []
-    for n in RSI_PERIODS:
-        avg_gain, avg_loss = pl.col(f"avg_gain_{n}"), pl.col(f"avg_loss_{n}")
-        total = avg_gain + avg_loss  # zero in a flat market, where RSI is undefined
-        rsi = pl.when((_IDX >= n) & (total != 0)).then(100.0 * avg_gain / total)
-        exprs.append(rsi.alias(f"rsi_{n}"))
-    line, signal = pl.col("macd_line"), pl.col("macd_signal")
-    exprs += [
-        pl.when(_IDX >= _MACD_LOOKBACK).then(line).alias("macd"),
-        signal,
-        (line - signal).alias("macd_hist"),
-        *(pl.col(f"ema_{n}") for n in EMA_PERIODS),
-        pl.col(f"atr_{ATR_PERIOD}"),
-    ]
     # %B = (close - lower) / (upper - lower) with lower = mean - k * std and upper - lower = 2k * std.
     band_width = 2.0 * BB_STDDEVS * pl.col("bb_std")
     exprs.append(
