@@ -171,6 +171,38 @@ def test_loads_a_folder_and_applies_a_lora_adapter(
     assert adapted[0].model_version == str(tiny_adapter)
 
 
+def test_resolves_an_adapter_logged_and_registered_in_mlflow(tmp_path: Path, tiny_adapter: Path) -> None:
+    """`runs:/`, `models:/name/N` and `models:/name@champion` all lead to the logged adapter's files."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from crypto_pipeline.config import Settings
+
+    settings = Settings(mlruns_dir=tmp_path)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    experiment = mlflow.create_experiment("adapters", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_artifacts(str(tiny_adapter), artifact_path="adapter")
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    client.create_registered_model("tiny-policy")
+    version = client.create_model_version(
+        "tiny-policy", source=f"{run.info.artifact_uri}/adapter", run_id=run.info.run_id
+    )
+    client.set_registered_model_alias("tiny-policy", "champion", version.version)
+
+    weights = (tiny_adapter / "adapter_model.safetensors").read_bytes()
+    for uri in (
+        f"runs:/{run.info.run_id}/adapter",
+        f"models:/tiny-policy/{version.version}",
+        "models:/tiny-policy@champion",
+    ):
+        folder = resolve_adapter(uri, settings)
+        assert (folder / "adapter_config.json").is_file(), uri
+        assert (folder / "adapter_model.safetensors").read_bytes() == weights, uri
+    with pytest.raises(Exception, match="nope"):
+        resolve_adapter("models:/nope@champion", settings)
+
+
 def test_resolve_adapter_refuses_a_folder_without_an_adapter(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         resolve_adapter(tmp_path)
