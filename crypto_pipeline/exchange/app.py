@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -32,6 +33,18 @@ def _int_param(value: str | None, field: str) -> int | None:
         return int(value)  # type: ignore[arg-type]
     except ValueError:
         raise unprocessable(f"invalid {field}: {value!r}") from None
+
+
+def _float_param(value: str | None, field: str) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise unprocessable(f"invalid {field}: {value!r}") from None
+    if not math.isfinite(number):
+        raise unprocessable(f"invalid {field}: {value!r}")
+    return number
 
 
 def _bool_param(value: str | None) -> bool:
@@ -180,8 +193,8 @@ def create_app(config: ExchangeConfig, venue: Venue | None = None) -> FastAPI:
     @app.delete("/v2/positions/{symbol:path}")
     async def close_position(request: Request, symbol: str) -> dict[str, object]:
         params = request.query_params
-        qty = float(params["qty"]) if params.get("qty") else None
-        percentage = float(params["percentage"]) if params.get("percentage") else None
+        qty = _float_param(params.get("qty"), "qty")
+        percentage = _float_param(params.get("percentage"), "percentage")
         return order_wire(_venue(request).broker.close_position(symbol, qty, percentage))
 
     @app.delete("/v2/positions")

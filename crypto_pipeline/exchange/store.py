@@ -69,6 +69,11 @@ class ExchangeStore:
         rows = self._db.execute(sql, (order_id,) if order_id else ()).fetchall()
         return [FillRecord(*row) for row in rows]
 
+    def last_activity_ns(self) -> int | None:
+        """The latest replay time at which an order changed (None for an account without orders)."""
+        row = self._db.execute("SELECT MAX(updated_at_ns) FROM orders").fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     def get_meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None

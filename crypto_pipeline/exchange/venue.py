@@ -66,8 +66,14 @@ class Venue:
     def _start_ns(self, bars: BarStore) -> int:
         if self.config.start is not None:
             return to_ns(self.config.start)
-        saved = None if self.config.reset else self.store.get_meta(CLOCK_KEY)
-        return int(saved) if saved else bars.time_range()[0]
+        # The clock is saved at a clean stop; a killed run saved none (or an older one), but the orders it
+        # committed show how far its clock had come: resume at the later of the two, never before them.
+        saved = self.store.get_meta(CLOCK_KEY)
+        known = [int(saved)] if saved else []
+        last_activity = self.store.last_activity_ns()
+        if last_activity is not None:
+            known.append(last_activity)
+        return max(known) if known else bars.time_range()[0]
 
     def _publish_trade_update(
         self, event: str, order: OrderRecord, at_ns: int, fill: Fill | None, execution_id: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -19,6 +20,7 @@ from alpaca.data.requests import (
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 from alpaca.trading.client import TradingClient
 
+from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.exchange import ExchangeServer
 
 from .conftest import DATA_2024, KEY, SECRET
@@ -184,3 +186,70 @@ def test_an_invalid_timeframe_is_a_422_with_alpacas_error_body(
     with pytest.raises(APIError) as error:
         data_client.get_crypto_bars(request)
     assert error.value.status_code == 422 and "not served" in error.value.message
+
+
+def test_descending_bars_with_a_limit_above_one_page_come_newest_first_over_two_pages(
+    data_client: CryptoHistoricalDataClient, exchange: ExchangeServer
+) -> None:
+    start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC)
+    before = exchange.venue.rest_faults.calls
+    bars = data_client.get_crypto_bars(
+        CryptoBarsRequest(
+            symbol_or_symbols="BTC/USDT",
+            timeframe=TimeFrame(5, TimeFrameUnit.Minute),
+            start=start,
+            end=end,
+            limit=15_000,  # the client asks 10,000 then the remaining 5,000
+            sort="desc",
+        )
+    ).data["BTC/USDT"]
+    assert exchange.venue.rest_faults.calls - before == 2
+    expected = recorded("5m", "BTC/USDT", start, end).reverse().head(15_000)
+    assert [b.timestamp for b in bars] == expected["timestamp"].to_list()
+    assert [b.close for b in bars] == expected["close"].to_list()
+
+
+def test_the_replay_clock_runs_at_the_configured_speed(
+    trading: TradingClient, exchange: ExchangeServer
+) -> None:
+    outer_start = time.monotonic()
+    first = trading.get_clock().timestamp
+    inner_start = time.monotonic()
+    time.sleep(0.3)
+    inner_end = time.monotonic()
+    second = trading.get_clock().timestamp
+    outer_end = time.monotonic()
+    # each reading happened inside its call: the market time between them lies between speed x the
+    # wall time between the calls and speed x the wall time spanning both
+    speed = exchange.config.speed
+    elapsed = (second - first).total_seconds()
+    assert speed * (inner_end - inner_start) <= elapsed <= speed * (outer_end - outer_start)
+
+
+def test_a_directory_of_alpaca_shaped_csvs_serves_its_trade_counts_and_vwaps(start_exchange) -> None:
+    directory = SHARED_MARKET_DATA / "alpaca-btcusd-2021"
+    server = start_exchange(data_dir=directory, capture_dir=None, start="2021-01-05", speed=0.0)
+    assert [a.symbol for a in TradingClient(KEY, SECRET, url_override=server.base_url).get_all_assets()] == [
+        "BTC/USD"
+    ]
+    client = CryptoHistoricalDataClient(KEY, SECRET, url_override=server.base_url)
+    start, end = datetime(2021, 1, 1, 6, tzinfo=UTC), datetime(2021, 1, 2, 6, tzinfo=UTC)
+    for timeframe, name in ((TimeFrame.Minute, "MINUTE"), (TimeFrame.Hour, "HOUR")):
+        expected = (
+            pl.read_csv(directory / f"BTC-USD_{name}.csv")
+            .with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"))
+            .filter(pl.col("timestamp").is_between(start, end))
+        )
+        bars = client.get_crypto_bars(
+            CryptoBarsRequest(symbol_or_symbols="BTC/USD", timeframe=timeframe, start=start, end=end)
+        ).data["BTC/USD"]
+        assert len(bars) == expected.height > 20
+        assert [(b.timestamp, b.close, b.trade_count, b.vwap) for b in bars] == list(
+            zip(
+                expected["timestamp"],
+                expected["close"],
+                expected["trade_count"],
+                expected["vwap"],
+                strict=True,
+            )
+        )

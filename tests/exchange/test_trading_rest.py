@@ -179,7 +179,8 @@ def test_an_order_larger_than_the_bar_allows_fills_partially_then_over_later_bar
         lambda: (o := trading.get_order_by_id(order.id)).status == OrderStatus.FILLED and o, timeout=20
     )
     assert float(done.filled_qty) == pytest.approx(qty)
-    # a bigger order pays more impact per unit than a small one
+    # a small order pays next to no impact: it fills at the ask (that impact grows with size is proved
+    # exactly in test_frozen_clock_rules.py)
     small = trading.submit_order(
         MarketOrderRequest(symbol="ACA/USDT", qty=round(qty / 100, 2), side=BUY, time_in_force=IOC)
     )

@@ -55,6 +55,15 @@ def tiny_model(smollm2_tokenizer: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory, tiny_model: Any, smollm2_tokenizer: Any) -> Path:
+    """The tiny Llama saved as a Hugging Face folder, for the loading paths (folder, hub id, CLI)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model.save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def states() -> Callable[[int], list[MarketState]]:
     """`states(n)`: n distinct, realistic states derived from the fixed example (no market data needed)."""
     return varied_states

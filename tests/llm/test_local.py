@@ -137,14 +137,6 @@ def test_a_model_that_cannot_load_yields_invalid_holds(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory, tiny_model: Any, smollm2_tokenizer: Any) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model.save_pretrained(folder)
-    smollm2_tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def tiny_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_folder: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
