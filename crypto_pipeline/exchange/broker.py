@@ -3,6 +3,7 @@ cash and positions, persists every change and publishes trade updates."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from collections.abc import Callable
@@ -197,7 +198,9 @@ class Broker:
         if order_notional < MIN_NOTIONAL:
             raise forbidden(f"cost basis must be >= minimal amount of order {MIN_NOTIONAL:g}")
         if side == "buy":
-            needed = order_notional * (1 + self.terms.taker_fee_bps / 10_000)
+            needed = (
+                order_notional * self._market_buffer(order_type) * (1 + self.terms.taker_fee_bps / 10_000)
+            )
             available = self.buying_power()
             if needed > available + 1e-9:
                 raise forbidden(
@@ -284,7 +287,18 @@ class Broker:
 
     def _apply_fill(self, order: OrderRecord, fill: Fill, now: int) -> None:
         qty = floor_qty(fill.qty)
+        short_of_cash = False
+        if order.side == "buy":
+            # The price may have run up since submission: never buy more than the cash pays for.
+            affordable = floor_qty(
+                max(0.0, self.account.cash) / (fill.price * (1 + self.terms.taker_fee_bps / 10_000))
+            )
+            if qty > affordable:
+                qty, short_of_cash = affordable, True
+                fill = dataclasses.replace(fill, qty=qty)
         if qty <= 0:
+            if short_of_cash:
+                self._cancel(order, now)
             return
         notional = qty * fill.price
         fee = self.terms.fee(notional, fill.liquidity)
@@ -316,6 +330,8 @@ class Broker:
         if position.qty <= 0:
             self.positions.pop(order.symbol, None)
         self.publish("fill" if complete else "partial_fill", order, now, fill, record.execution_id)
+        if short_of_cash and order.is_open:
+            self._cancel(order, now)  # the rest cannot be paid for: cancel it rather than leave it hanging
 
     def _cancel(self, order: OrderRecord, now: int) -> None:
         order.status = "canceled"
@@ -359,8 +375,16 @@ class Broker:
                     now = self.clock.now_ns()
                     bar = self.market.last_bar(order.symbol, now)
                     price = self.market.touch(order.symbol, bar, now)[1].ask_price if bar else 0.0
+                price *= self._market_buffer(order.type)
                 reserved += order.remaining_qty * price * (1 + self.terms.taker_fee_bps / 10_000)
         return reserved
+
+    def _market_buffer(self, order_type: str) -> float:
+        """A market buy can pay up to the largest impact one fill has (at max participation): reserve it,
+        so that buying power checked at submission still covers the fill and cash never goes negative."""
+        if order_type != "market":
+            return 1.0
+        return 1 + self.terms.impact_coefficient * self.terms.max_participation
 
     def buying_power(self) -> float:
         return max(0.0, self.account.cash - self.reserved_cash())

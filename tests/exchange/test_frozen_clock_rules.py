@@ -261,3 +261,36 @@ def test_closing_a_position_with_a_malformed_percentage_is_a_422_that_changes_no
     error = rejection(lambda: trading.close_position("ETH/USDT", ClosePositionRequest(percentage="half")))
     assert error.status_code == 422 and "percentage" in error.message
     assert trading.get_open_position("ETH/USDT").qty == held
+
+
+def test_market_buys_reserve_the_largest_impact_so_cash_never_goes_negative(
+    capture_days_data: Path, tmp_path: Path
+) -> None:
+    config = make_config(
+        tmp_path / "exchange.sqlite",
+        data_dir=capture_days_data,
+        capture_dir=None,
+        start=FROZEN_AT.isoformat(),
+        speed=0.0,
+        initial_cash=1_000.0,
+        taker_fee_bps=TAKER_BPS,
+    )
+    with ExchangeServer(config) as server:
+        trading = TradingClient(KEY, SECRET, paper=True, url_override=server.base_url)
+        bar = recorded_bar(capture_days_data, "BTC/USDT", LAST_CLOSED)
+        ask = bar["close"] * (1 + half_spread(bar))
+        fee = 1 + TAKER_BPS / 10_000
+        worst_impact = 1 + config.impact_coefficient * config.max_participation
+        all_in = round(1_000.0 / (ask * fee), 6)  # affordable at the ask alone, not at the worst impact
+        refused = rejection(
+            lambda: trading.submit_order(
+                MarketOrderRequest(symbol="BTC/USDT", qty=all_in, side=BUY, time_in_force=GTC)
+            )
+        )
+        assert refused.status_code == 403 and "insufficient balance" in str(refused)
+        covered = round(1_000.0 / (ask * worst_impact * fee) * 0.999, 6)
+        order = trading.submit_order(
+            MarketOrderRequest(symbol="BTC/USDT", qty=covered, side=BUY, time_in_force=GTC)
+        )
+        assert order.status == OrderStatus.FILLED and float(order.filled_qty) == covered
+        assert 0 <= cash(trading) < 1_000.0
