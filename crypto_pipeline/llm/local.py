@@ -100,12 +100,15 @@ class LocalLLM:
     def load(self) -> LocalLLM:
         if self.model is not None:
             return self
-        offline_hub()
+        offline = offline_hub()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
         path, gguf = self._resolve_model_path()
-        load_kwargs: dict[str, Any] = {"dtype": torch.float32}
+        hub_kwargs: dict[str, Any] = {"local_files_only": True} if offline else {}
+        load_kwargs: dict[str, Any] = {"dtype": torch.float32, **hub_kwargs}
+        if offline:  # the Auto class does not pass local_files_only on to its adapter lookup
+            load_kwargs["adapter_kwargs"] = {"local_files_only": True}
         if gguf:
             load_kwargs["gguf_file"] = gguf
         if self.load_in_4bit:
@@ -113,7 +116,7 @@ class LocalLLM:
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
             )
             load_kwargs["device_map"] = "cuda" if torch.cuda.is_available() else "cpu"
-        tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs, **({"gguf_file": gguf} if gguf else {}))
         model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
         if self.adapter is not None:
             from peft import PeftModel

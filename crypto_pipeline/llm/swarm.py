@@ -163,11 +163,16 @@ class Swarm:
             "completion_tokens": _sum_or_none(d.completion_tokens for d in member_decisions),
             "cost_usd": _sum_or_none(d.cost_usd for d in member_decisions),
         }
+        # The prompt the members were shown is recorded with the consensus too (rule members have none).
+        versions = sorted({d.prompt_version for d in member_decisions if d.prompt_version})
+        hashes = {d.prompt_hash for d in member_decisions if d.prompt_hash}
         meta = {
             **state_meta(state),
             "provider": self.name,
             "model_id": self.name,
             "model_version": ",".join(m.name for m in self.members),
+            "prompt_version": ",".join(versions) or None,
+            "prompt_hash": hashes.pop() if len(hashes) == 1 else None,
             "latency_ms": wall_ms,
             "votes": votes,
             **usage,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
 from crypto_pipeline.cli import app
 from crypto_pipeline.config import SHARED_MARKET_DATA
+from crypto_pipeline.llm.prompts import PROMPT_VERSION
 
 runner = CliRunner()
 needs_data = pytest.mark.skipif(not SHARED_MARKET_DATA.exists(), reason="recorded market data not present")
@@ -23,6 +27,34 @@ def test_decide_prints_state_prompt_and_decision() -> None:
     assert "state BTC/USDT @ 2024-06-01 12:00Z" in result.output
     assert "swing trader" in result.output and "tf rsi" in result.output  # system + user prompt
     assert "decision by rule-based" in result.output and "ema-rsi-v1" in result.output
+
+
+@needs_data
+def test_decide_with_a_local_model_prints_its_constrained_answer(tiny_folder: Path) -> None:
+    """The default provider (a local transformers model), here the tiny Llama folder for speed."""
+    result = runner.invoke(
+        app,
+        ["decide", "--symbol", "ETH/USDT", "--at", "2024-06-01T12:00", "--model", str(tiny_folder)],
+        terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    assert "state ETH/USDT @ 2024-06-01 12:00Z" in result.output
+    assert "swing trader" in result.output and "ETH/USDT" in result.output
+    assert f"decision by local:{tiny_folder.name}" in result.output
+    assert re.search(rf"prompt_version\W+{PROMPT_VERSION}", result.output)
+    assert re.search(r'model text\W+\{"action": "(BUY|SELL|HOLD)"', result.output)  # the grammar's JSON
+
+
+@needs_data
+def test_decide_with_the_swarm_prints_every_members_vote(tiny_folder: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["decide", "--at", "2024-06-01T12:00", "--provider", "swarm", "--model", str(tiny_folder)],
+        terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    assert "decision by swarm" in result.output
+    assert f"vote local:{tiny_folder.name}" in result.output and "vote rule-based" in result.output
 
 
 def test_bad_time_is_one_clear_error() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,8 +164,74 @@ def test_loads_a_folder_and_applies_a_lora_adapter(
     assert adapted[0].model_version == str(tiny_adapter)
 
 
-def test_resolves_an_adapter_logged_and_registered_in_mlflow(tmp_path: Path, tiny_adapter: Path) -> None:
-    """`runs:/`, `models:/name/N` and `models:/name@champion` all lead to the logged adapter's files."""
+def _fake_hub_cache(root: Path, repo_id: str, folder: Path) -> None:
+    """The layout huggingface_hub leaves after a download: a snapshot per commit and refs/main."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_loads_a_hub_id_from_the_local_cache_without_touching_the_network(
+    states: Callable[[int], list[MarketState]],
+    tiny_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Even when transformers was imported before the offline switch was set (the usual case in a
+    process that trained or evaluated first), a hub id resolves from the cache and never calls the hub."""
+    import huggingface_hub.constants
+    import huggingface_hub.file_download
+
+    _fake_hub_cache(tmp_path, "test-org/tiny-llama", tiny_folder)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read at import: too late
+    hub_calls: list[str] = []
+
+    def no_network(url: str, *args: Any, **kwargs: Any) -> Any:
+        hub_calls.append(url)
+        raise ConnectionError("no network in this test")
+
+    monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata", no_network)
+    state = states(1)
+    from_hub = LocalLLM("test-org/tiny-llama", constrained=False, max_new_tokens=TOKENS).decide(state)
+    from_folder = LocalLLM(tiny_folder, constrained=False, max_new_tokens=TOKENS).decide(state)
+    assert hub_calls == []
+    assert from_hub[0].model_id == "test-org/tiny-llama" and from_hub[0].raw_text  # loaded, generated
+    assert from_hub[0].raw_text == from_folder[0].raw_text  # the same weights
+
+
+def test_a_gguf_file_is_loaded_from_its_folder_with_gguf_file(
+    tiny_model: Any, smollm2_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route to transformers' GGUF loader (the real file takes ~17 s to load: see base_model)."""
+    import transformers
+
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def spy(kind: str, loaded: Any) -> Any:
+        def from_pretrained(path: str, **kwargs: Any) -> Any:
+            calls.append((kind, str(path), kwargs))
+            return loaded
+
+        return from_pretrained
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy("tokenizer", smollm2_tokenizer))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy("model", tiny_model))
+    llm = LocalLLM(tmp_path / "weights" / "model.Q4_1.gguf", constrained=False).load()
+    assert llm.model is tiny_model
+    assert [(kind, path, kw["gguf_file"]) for kind, path, kw in calls] == [
+        ("tokenizer", str(tmp_path / "weights"), "model.Q4_1.gguf"),
+        ("model", str(tmp_path / "weights"), "model.Q4_1.gguf"),
+    ]
+
+
+def test_resolves_an_adapter_logged_and_registered_in_mlflow(
+    states: Callable[[int], list[MarketState]], tmp_path: Path, tiny_folder: Path, tiny_adapter: Path
+) -> None:
+    """`runs:/`, `models:/name/N` and `models:/name@champion` all lead to the logged adapter's files,
+    and LocalLLM given the registry URI decides exactly as with the adapter folder."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -194,6 +261,14 @@ def test_resolves_an_adapter_logged_and_registered_in_mlflow(tmp_path: Path, tin
     with pytest.raises(Exception, match="nope"):
         resolve_adapter("models:/nope@champion", settings)
 
+    two = states(2)
+    kwargs: dict[str, Any] = {"constrained": False, "max_new_tokens": TOKENS}
+    champion = LocalLLM(tiny_folder, adapter="models:/tiny-policy@champion", settings=settings, **kwargs)
+    from_registry = champion.decide(two)
+    from_folder = LocalLLM(tiny_folder, adapter=tiny_adapter, **kwargs).decide(two)
+    assert [d.raw_text for d in from_registry] == [d.raw_text for d in from_folder]
+    assert from_registry[0].model_version == "models:/tiny-policy@champion"
+
 
 def test_resolve_adapter_refuses_a_folder_without_an_adapter(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
@@ -213,10 +288,13 @@ def test_loads_in_4bit_and_still_parses(
 def test_real_smollm2_constrained_decisions_all_parse(
     states: Callable[[int], list[MarketState]], smollm2_dir: Path
 ) -> None:
-    """The embedded base model end to end: batched, prefix-cached, constrained, on the default path."""
-    llm = LocalLLM(smollm2_dir, constrained=True, batch_size=3)
+    """The embedded base model end to end: batched, prefix-cached, constrained, on the default path
+    (no model named: the converted folder cached under warehouse/models)."""
+    llm = LocalLLM(constrained=True, batch_size=3)
     decisions = llm.decide(states(3))
     assert all(d.valid for d in decisions), [d.error for d in decisions]
+    assert all(d.model_id == "SmolLM2-135M-Instruct" for d in decisions)
+    assert llm.model.name_or_path == str(smollm2_dir)
     assert all(d.raw_text.startswith('{"action": "') and d.raw_text.endswith('"}') for d in decisions)
     assert all(d.completion_tokens <= llm.max_new_tokens for d in decisions)
     assert llm.model.config.num_hidden_layers == 30  # the real 135M model, not the tiny one

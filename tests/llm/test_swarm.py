@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from crypto_pipeline.llm.decision import Action, TradeDecision
+from crypto_pipeline.llm.prompts import PROMPT_VERSION
 from crypto_pipeline.llm.provider import DecisionProvider, state_meta
 from crypto_pipeline.llm.rule_based import RuleBased
 from crypto_pipeline.llm.swarm import MemberRecord, Swarm, TrackRecord
@@ -26,6 +27,8 @@ class Fixed:
     delay: float = 0.0
     fail: bool = False
     invalid: bool = False
+    prompt_version: str | None = None
+    prompt_hash: str | None = None
 
     def decide(self, states: list[MarketState]) -> list[TradeDecision]:
         time.sleep(self.delay)
@@ -42,6 +45,8 @@ class Fixed:
                 stop_loss_pct=2.0,
                 prompt_tokens=100,
                 cost_usd=0.001,
+                prompt_version=self.prompt_version,
+                prompt_hash=self.prompt_hash,
                 **state_meta(s),
             )
             for s in states
@@ -65,6 +70,16 @@ def test_majority_wins_and_every_vote_is_kept() -> None:
     assert d.confidence == pytest.approx(70.0 * 2 / 3)  # mean confidence scaled by the share of support
     assert d.prompt_tokens == 300 and d.cost_usd == pytest.approx(0.003)
     assert d.symbol == STATE.symbol and d.at == STATE.at
+
+
+def test_the_members_prompt_version_and_hash_are_recorded_with_the_consensus() -> None:
+    llm_a = Fixed("a", Action.BUY, prompt_version=PROMPT_VERSION, prompt_hash="abc")
+    llm_b = Fixed("b", Action.BUY, prompt_version=PROMPT_VERSION, prompt_hash="abc")
+    [d] = Swarm([llm_a, llm_b, RuleBased()]).decide([STATE])
+    assert (d.prompt_version, d.prompt_hash) == (PROMPT_VERSION, "abc")  # rules show no prompt
+    llm_b.prompt_version, llm_b.prompt_hash = "decision-v0", "def"
+    [mixed] = Swarm([llm_a, llm_b]).decide([STATE])
+    assert (mixed.prompt_version, mixed.prompt_hash) == (f"decision-v0,{PROMPT_VERSION}", None)
 
 
 def test_no_quorum_is_a_hold() -> None:
