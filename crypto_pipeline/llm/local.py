@@ -169,7 +169,10 @@ class LocalLLM:
             self.load()
         except Exception as exc:  # noqa: BLE001 - a model that cannot load yields HOLDs, not a crash
             return failed_decisions(states, f"model failed to load: {describe_error(exc)}", **self._meta())
-        prompts = [build_user_prompt(s) for s in states]
+        try:
+            prompts = [build_user_prompt(s) for s in states]
+        except Exception as exc:  # noqa: BLE001 - a malformed state is a HOLD for the batch, never a crash
+            return failed_decisions(states, f"prompt failed: {describe_error(exc)}", **self._meta())
         decisions: list[TradeDecision] = []
         for start in range(0, len(states), self.batch_size):
             batch_states = states[start : start + self.batch_size]

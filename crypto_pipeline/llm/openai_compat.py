@@ -95,9 +95,17 @@ class OpenAICompatible:
         if not states:
             return []
         if len(states) == 1:
-            return [self._decide_one(states[0])]
+            return [self._decide_guarded(states[0])]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(states))) as pool:
-            return list(pool.map(self._decide_one, states))
+            return list(pool.map(self._decide_guarded, states))
+
+    def _decide_guarded(self, state: MarketState) -> TradeDecision:
+        try:
+            return self._decide_one(state)
+        except Exception as exc:  # noqa: BLE001 - e.g. a malformed state: a HOLD, never an exception
+            return TradeDecision.invalid(
+                f"decision failed: {describe_error(exc)}", provider=self.name, model_id=self.model
+            )
 
     def _decide_one(self, state: MarketState) -> TradeDecision:
         started = time.perf_counter()

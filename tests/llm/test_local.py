@@ -298,3 +298,15 @@ def test_real_smollm2_constrained_decisions_all_parse(
     assert all(d.raw_text.startswith('{"action": "') and d.raw_text.endswith('"}') for d in decisions)
     assert all(d.completion_tokens <= llm.max_new_tokens for d in decisions)
     assert llm.model.config.num_hidden_layers == 30  # the real 135M model, not the tiny one
+
+
+def test_a_malformed_state_is_an_invalid_hold_not_an_exception(tiny_folder: Path) -> None:
+    class Broken:
+        symbol, at, portfolio = "BTC/USDT", None, None
+
+        def to_prompt(self, anonymize: bool = False) -> str:
+            raise RuntimeError("state cannot be encoded")
+
+    [decision] = LocalLLM(tiny_folder, constrained=False, max_new_tokens=TOKENS).decide([Broken()])  # type: ignore[list-item]
+    assert not decision.valid and decision.action == Action.HOLD
+    assert "state cannot be encoded" in (decision.error or "")

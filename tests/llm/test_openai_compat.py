@@ -182,3 +182,16 @@ def test_states_are_sent_concurrently_and_answers_keep_their_order(server: FakeS
     assert time.perf_counter() - started < 1.0  # 4 x 0.3 s served in parallel
     assert [d.action for d in decisions] == [Action.HOLD, Action.BUY, Action.HOLD, Action.BUY]
     assert [d.symbol for d in decisions] == [s.symbol for s in states]
+
+
+def test_a_malformed_state_is_an_invalid_hold_not_an_exception() -> None:
+    class Broken:
+        symbol, at, portfolio = "BTC/USDT", None, None
+
+        def to_prompt(self, anonymize: bool = False) -> str:
+            raise RuntimeError("state cannot be encoded")
+
+    provider = OpenAICompatible(base_url="http://127.0.0.1:9", model="m", max_attempts=1)
+    [decision] = provider.decide([Broken()])  # type: ignore[list-item]
+    assert not decision.valid and decision.action.value == "HOLD"
+    assert "state cannot be encoded" in (decision.error or "")
