@@ -1,6 +1,7 @@
 """bars → features → market_states: indicators per timeframe, then the snapshots the LLM sees."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -14,7 +15,9 @@ from crypto_pipeline.config import get_settings
 from crypto_pipeline.feature_checks import check_warm_features
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.plots import plot_features
 from crypto_pipeline.state import STATE_TIMEFRAMES, market_state_table, states_from_table
+from crypto_pipeline.warehouse import Warehouse
 
 _SETTINGS = get_settings()  # defaults shown in the launchpad; override per run
 
@@ -78,12 +81,29 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, warehous
     table = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     if not table.is_empty():
         wh.upsert("features", table)
+    charts = _feature_charts(wh, config.symbols, end) if table.height else {}
     warm_rows = table.filter(pl.col("warm")).height if table.height else 0
     quality = check_warm_features(table, max_null_ratio=config.max_null_ratio)
     return dg.MaterializeResult(
-        metadata={"rows": table.height, "warm_rows": warm_rows, "timeframes": ", ".join(config.timeframes)},
+        metadata={
+            "rows": table.height,
+            "warm_rows": warm_rows,
+            "timeframes": ", ".join(config.timeframes),
+            **{f"chart_{symbol}": dg.MetadataValue.path(str(path)) for symbol, path in charts.items()},
+        },
         check_results=[check_result("no_nan_after_warmup", quality)],
     )
+
+
+def _feature_charts(wh: Warehouse, symbols: list[str], end: datetime) -> dict[str, Path]:
+    """PNG per symbol: close with EMAs, RSI and MACD histogram of the last 30 days (1h bars)."""
+    recent = wh.read("features", symbols=symbols, timeframes=["1h"], start=end - timedelta(days=30), end=end)
+    reports = Path(wh.root) / "reports"
+    return {
+        symbol: plot_features(recent, symbol, "1h", reports / f"features_{symbol.replace('/', '-')}_1h.png")
+        for symbol in symbols
+        if recent.filter(pl.col("symbol") == symbol).height
+    }
 
 
 @dg.asset(

@@ -95,6 +95,14 @@ def test_a_week_materializes_every_stage_with_all_checks_passing(tmp_path):
     checks = checks_by_name(result)
     assert len(checks) == 6 and all(checks.values()), checks
 
+    feature_events = [
+        m.materialization for m in result.get_asset_materialization_events()
+        if m.materialization.asset_key.to_user_string() == "features"
+    ]  # fmt: skip
+    charts = {k: v.value for k, v in feature_events[-1].metadata.items() if k.startswith("chart_")}
+    assert set(charts) == {"chart_BTC/USDT", "chart_ETH/USDT"}
+    assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in charts.values())
+
     wh = Warehouse(tmp_path)
     built = wh.read("bars")
     assert set(built["timeframe"].unique()) == {"5m", "15m", "1h", "4h", "1d"}

@@ -1,0 +1,62 @@
+"""Charts people would rather look at than read: saved as PNG next to the warehouse, linked from assets."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+
+
+def plot_features(features: pl.DataFrame, symbol: str, timeframe: str, out: Path, days: int = 30) -> Path:
+    """Close with EMA 21/50/200 and Bollinger %B, then RSI-14 and the MACD histogram, over the last `days`.
+
+    `features` is the long features table; only `symbol` at `timeframe` is drawn. Returns the PNG path.
+    """
+    rows = features.filter((pl.col("symbol") == symbol) & (pl.col("timeframe") == timeframe)).sort(
+        "timestamp"
+    )
+    if rows.is_empty():
+        raise ValueError(f"no {timeframe} features for {symbol} to plot")
+    rows = rows.filter(pl.col("timestamp") >= rows["timestamp"].max() - timedelta(days=days))
+    t = rows["timestamp"].to_list()
+
+    fig, (price, rsi, macd) = plt.subplots(
+        3, 1, figsize=(11, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]}, constrained_layout=True
+    )
+    price.plot(t, rows["close"], color="black", linewidth=1.0, label="close")
+    for column, color in (("ema_21", "tab:blue"), ("ema_50", "tab:orange"), ("ema_200", "tab:red")):
+        price.plot(t, rows[column], color=color, linewidth=0.9, label=column.replace("_", " ").upper())
+    price.set_title(f"{symbol} {timeframe}: last {days} days of features")
+    price.legend(loc="upper left", fontsize=8)
+    price.grid(alpha=0.3)
+
+    rsi.plot(t, rows["rsi_14"], color="tab:purple", linewidth=0.9)
+    for level in (30, 70):
+        rsi.axhline(level, color="grey", linestyle="--", linewidth=0.7)
+    rsi.set_ylim(0, 100)
+    rsi.set_ylabel("RSI 14")
+    rsi.grid(alpha=0.3)
+
+    hist = rows["macd_hist"].fill_null(0.0).to_list()
+    macd.bar(t, hist, width=_bar_width(rows), color=["tab:green" if v >= 0 else "tab:red" for v in hist])
+    macd.set_ylabel("MACD hist")
+    macd.grid(alpha=0.3)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def _bar_width(rows: pl.DataFrame) -> float:
+    """Bar width in days (matplotlib's date unit): 80% of the median bar spacing."""
+    steps = rows["timestamp"].diff().drop_nulls()
+    if steps.is_empty():
+        return 0.02
+    return steps.median().total_seconds() / 86_400 * 0.8
