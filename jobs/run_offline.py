@@ -72,6 +72,7 @@ def run_market_data(first_day: str, last_day: str) -> dg.ExecuteInProcessResult:
 def report(result: dg.ExecuteInProcessResult) -> None:
     partitions: dict[str, int] = {}
     shown: dict[str, dict] = {}
+    charts: dict[str, str] = {}
     for event in result.all_events:
         if event.event_type_value == "ASSET_MATERIALIZATION":
             mat = event.event_specific_data.materialization
@@ -79,12 +80,15 @@ def report(result: dg.ExecuteInProcessResult) -> None:
             partitions[key] = partitions.get(key, 0) + 1
             # One run covers every partition, so each partition's event carries the run's totals.
             shown[key] = {k: v.value for k, v in mat.metadata.items() if k in _SUMMARY_KEYS}
+            charts.update({k: v.value for k, v in mat.metadata.items() if k.startswith("chart_")})
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             ev = event.event_specific_data
             mark = "[green]passed[/]" if ev.passed else "[red]FAILED[/]"
             console.print(f"  check {ev.asset_key.to_user_string()}.{ev.check_name}: {mark}")
     for key, count in partitions.items():
         console.print(f"  [green]materialized[/] {key:<14} {count} daily partitions  {shown[key]}")
+    for name, path in sorted(charts.items()):
+        console.print(f"  chart {name.removeprefix('chart_')}: {path}")
 
 
 def main(
