@@ -55,7 +55,7 @@ class MarketStatesConfig(dg.Config):
             "no_nan_after_warmup",
             asset="features",
             blocking=True,
-            description="Every feature is finite once its warm-up is over.",
+            description="Warm features hold no NaN or inf, and nulls (gap-broken windows) stay under max_null_ratio.",
         )
     ],
 )

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from crypto_pipeline.market.timeframes import Timeframe
 
 STATE_TIMEFRAMES: tuple[str, ...] = ("15m", "1h", "4h", "1d")
-PROMPT_FORMAT_VERSION = "state-v1"
 
 # Indicator fields per timeframe, all scale-free (percentages/ratios) so that an anonymized prompt
 # reveals no price level and states of different coins look alike to the model.
@@ -229,7 +228,7 @@ def _indicator_exprs() -> list[pl.Expr]:
 def _closed_rows(features: pl.DataFrame, timeframe: str) -> pl.DataFrame:
     """One timeframe's feature rows keyed by the time their bar closed."""
     tf = Timeframe.parse(timeframe)
-    frame = features.filter(pl.col("timeframe") == tf.value) if "timeframe" in features.columns else features
+    frame = features.filter(pl.col("timeframe") == tf.value)
     return frame.with_columns((pl.col("timestamp") + tf.duration).alias("bar_close")).sort(
         "symbol", "bar_close"
     )
