@@ -38,11 +38,12 @@ while IFS= read -r line; do
   esac
 done < <("$VENV/bin/pip" config list 2>/dev/null || true)
 
-if step "bootstrap uv" "$VENV/bin/pip" install --quiet uv && "$VENV/bin/uv" --version >>"$LOG" 2>&1; then
+# SETUP_INSTALLER=pip forces the pip path (the fallback, also for machines where uv misbehaves).
+if [ "${SETUP_INSTALLER:-uv}" = uv ] && step "bootstrap uv" "$VENV/bin/pip" install --quiet uv && "$VENV/bin/uv" --version >>"$LOG" 2>&1; then
   # pip takes the best version across every index; uv's default would stop at the first index that has the name.
   install() { VIRTUAL_ENV=$VENV "$VENV/bin/uv" pip install --python "$PY" --index-strategy unsafe-best-match "${uv_args[@]}" "$@"; }
 else
-  echo "  uv unavailable: falling back to pip"
+  echo "  installing with pip (uv unavailable or SETUP_INSTALLER=pip)"
   install() { "$VENV/bin/pip" install --quiet "$@"; }
 fi
 
