@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crypto_pipeline.config import REPO_ROOT, SHARED_MARKET_DATA
@@ -63,6 +63,10 @@ class ExchangeConfig(BaseSettings):
     speed: float = Field(
         default=1.0, ge=0, description="Market seconds per wall second; 0 = as fast as read."
     )
+    stepped: bool = Field(
+        default=False,
+        description="The clock moves only when ExchangeServer.advance_to steps it (tests); needs speed 0.",
+    )
     key: SecretStr = Field(
         default=SecretStr(""),
         validation_alias=AliasChoices("key", "ALPACA_API_KEY", "CRYPTO_PIPELINE_EXCHANGE_KEY"),
@@ -104,6 +108,12 @@ class ExchangeConfig(BaseSettings):
         if isinstance(value, datetime) and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+    @model_validator(mode="after")
+    def _stepped_clock_stands_still(self) -> ExchangeConfig:
+        if self.stepped and self.speed > 0:
+            raise ValueError("a stepped clock does not run by itself: use speed 0 with stepped")
+        return self
 
     @property
     def credentials_set(self) -> bool:

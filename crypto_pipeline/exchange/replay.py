@@ -143,6 +143,8 @@ class Replayer:
     async def run(self) -> None:
         await asyncio.to_thread(self._load)
         self.ready.set()
+        if self.clock.stepped:
+            return  # its owner steps it: see advance_to
         yielded_at = time.monotonic()
         while True:
             if self.clock.as_fast_as_read:
@@ -164,6 +166,24 @@ class Replayer:
                 # enough that steps queue up and the writers send them in few, large frames.
                 await asyncio.sleep(0)
                 yielded_at = time.monotonic()
+
+    async def advance_to(self, target_ns: int) -> int:
+        """Move a clock that runs by hand to `target_ns`, one event at a time, exactly as a reader of an
+        as-fast-as-read replay would see it: every bar close and captured message in between is a step
+        (orders matched, messages broadcast). Returns the number of steps taken."""
+        if not self.clock.runs_by_hand:
+            raise RuntimeError("a clock running in real time cannot be stepped")
+        await self.ready.wait()
+        steps = 0
+        while (due := self._next_due_ns()) is not None and due <= target_ns:
+            self.clock.advance_to(due)
+            await self._step()
+            steps += 1
+        if target_ns > self.clock.now_ns():
+            self.clock.advance_to(target_ns)
+            await self._step()
+            steps += 1
+        return steps
 
     async def _step(self) -> None:
         now = self.clock.now_ns()

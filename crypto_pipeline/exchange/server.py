@@ -8,16 +8,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
 
 import httpx
 import uvicorn
 
 from crypto_pipeline.exchange.app import create_app
+from crypto_pipeline.exchange.clock import to_ns
 from crypto_pipeline.exchange.config import ExchangeConfig
 from crypto_pipeline.exchange.venue import Venue
 
 START_TIMEOUT_S = 60.0
+ADVANCE_TIMEOUT_S = 120.0
 
 
 def _bind(config: ExchangeConfig) -> socket.socket:
@@ -103,6 +106,16 @@ class ExchangeServer:
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"the exchange did not answer on {self.base_url} within {START_TIMEOUT_S:.0f} s")
+
+    def advance_to(self, moment: datetime, timeout_s: float = ADVANCE_TIMEOUT_S) -> int:
+        """Step a clock at speed 0 to `moment` (UTC), matching orders and streaming every event in between
+        in order; returns once done, with the number of steps. For tests that assert which bar or quote
+        something happened at: they drive the clock rather than race a running one."""
+        venue = self.venue
+        if venue is None or venue.loop is None:
+            raise RuntimeError("the exchange is not started")
+        step = asyncio.run_coroutine_threadsafe(venue.replayer.advance_to(to_ns(moment)), venue.loop)
+        return step.result(timeout=timeout_s)
 
     def stop(self) -> None:
         if self._server is not None:

@@ -40,7 +40,7 @@ class Venue:
             self._capture(config, bars),
         )
         self.store = ExchangeStore(config.db_path, reset=config.reset)
-        self.clock = ReplayClock(self._start_ns(bars), config.speed)
+        self.clock = ReplayClock(self._start_ns(bars), config.speed, stepped=config.stepped)
         self.credentials = Credentials(config.key.get_secret_value(), config.secret.get_secret_value())
         self.data_hub = MarketDataHub(self.credentials, config.faults)
         self.trade_hub = TradeUpdatesHub(self.credentials, config.faults)
@@ -49,6 +49,7 @@ class Venue:
         self.replayer = Replayer(self.market, self.clock, self.broker, self.data_hub)
         self.data_hub.book_snapshots = self.replayer.book_snapshots
         self._task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once started
 
     @staticmethod
     def _capture(config: ExchangeConfig, bars: BarStore) -> Capture | None:
@@ -83,6 +84,7 @@ class Venue:
         self.trade_hub.publish(update)
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self.replayer.run(), name="replayer")
 
     async def stop(self) -> None:

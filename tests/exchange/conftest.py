@@ -21,6 +21,7 @@ KEY = "test-key-id"
 SECRET = "test-secret-value"
 DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"
 CAPTURE = SHARED_MARKET_DATA / "binance-ws-sample-20240808"
+STEPPED_START = datetime(2024, 8, 2, tzinfo=UTC)
 
 if not DATA_2024.is_dir():
     pytest.skip(f"recorded market data not found at {DATA_2024}", allow_module_level=True)
@@ -67,6 +68,38 @@ def capture_days_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
             .write_parquet(directory / f"bars_{timeframe}.parquet")
         )
     return directory
+
+
+@pytest.fixture(scope="module")
+def stepped(capture_days_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExchangeServer]:
+    """An exchange over BTC/USDT and ETH/USDT whose clock stands at STEPPED_START until the test moves it
+    with `stepped.advance_to(moment)`: what a test asserts about which bar or quote something happened at
+    then cannot depend on how fast the machine is. Room for orders beyond a bar's participation cap."""
+    config = make_config(
+        tmp_path_factory.mktemp("stepped") / "exchange.sqlite",
+        data_dir=capture_days_data,
+        capture_dir=None,
+        start=STEPPED_START.isoformat(),
+        speed=0.0,
+        stepped=True,
+        initial_cash=10_000_000.0,
+    )
+    with ExchangeServer(config) as server:
+        yield server
+
+
+def bars_5m(data_dir: Path, symbol: str, since: datetime) -> pl.DataFrame:
+    """The recorded 5m bars of `symbol` opening at or after `since`, in time order."""
+    return (
+        pl.read_parquet(data_dir / "bars_5m.parquet")
+        .filter(pl.col("symbol") == symbol, pl.col("timestamp") >= since)
+        .sort("timestamp")
+    )
+
+
+def half_spread(bar: dict[str, float]) -> float:
+    """docs/exchange.md: full spread = max(1 bp, 5% x (high - low) / close)."""
+    return max(1e-4, 0.05 * (bar["high"] - bar["low"]) / bar["close"]) / 2
 
 
 @pytest.fixture

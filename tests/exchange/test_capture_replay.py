@@ -190,9 +190,9 @@ FROZEN_AT = "2024-08-08T23:56:30.123456"
 
 @pytest.fixture(scope="module")
 def frozen(capture_days_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExchangeServer]:
-    """Speed 0 and no stream subscriber: the clock stays at FROZEN_AT."""
+    """A stepped clock that nobody steps: it stays at FROZEN_AT."""
     db = tmp_path_factory.mktemp("frozen") / "exchange.sqlite"
-    config = make_config(db, data_dir=capture_days_data, start=FROZEN_AT, speed=0.0)
+    config = make_config(db, data_dir=capture_days_data, start=FROZEN_AT, speed=0.0, stepped=True)
     with ExchangeServer(config) as server:
         yield server
 

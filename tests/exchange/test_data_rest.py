@@ -209,6 +209,7 @@ def test_descending_bars_with_a_limit_above_one_page_come_newest_first_over_two_
     assert [b.close for b in bars] == expected["close"].to_list()
 
 
+@pytest.mark.slow  # waits on the replay clock running in real time
 def test_the_replay_clock_runs_at_the_configured_speed(
     trading: TradingClient, exchange: ExchangeServer
 ) -> None:

@@ -72,6 +72,7 @@ def test_injected_500s_reach_the_client_as_api_errors(start_exchange, capture_da
     assert server.venue.broker.orders == {}
 
 
+@pytest.mark.slow  # waits out alpaca-py's 3 s retry
 @pytest.mark.parametrize("status", [429, 504])
 def test_injected_429_and_504_are_retried_by_the_client_and_then_succeed(
     start_exchange, capture_days_data, status: int
@@ -88,6 +89,7 @@ def test_injected_429_and_504_are_retried_by_the_client_and_then_succeed(
     assert server.venue.rest_faults.injected == 1
 
 
+@pytest.mark.slow  # waits out the injected latency
 def test_injected_latency_slows_every_rest_call(start_exchange, capture_days_data) -> None:
     server = start_exchange(faults={"latency_ms": 300}, **small_data(capture_days_data))
     client = CryptoHistoricalDataClient(KEY, SECRET, url_override=server.base_url)
@@ -96,6 +98,7 @@ def test_injected_latency_slows_every_rest_call(start_exchange, capture_days_dat
     assert time.monotonic() - started >= 0.3
 
 
+@pytest.mark.slow  # waits on the replay clock running in real time
 def test_dropped_data_streams_are_reconnected_by_the_client(start_exchange) -> None:
     server = start_exchange(speed=3600.0, faults={"drop_ws_every_messages": 20})
     stream = CryptoDataStream(KEY, SECRET, url_override=server.data_stream_url)
@@ -106,6 +109,7 @@ def test_dropped_data_streams_are_reconnected_by_the_client(start_exchange) -> N
         wait_for(lambda: hub.drops >= 2 and hub.connections >= 3 and got.count("bars") > 40, timeout=30)
 
 
+@pytest.mark.slow  # waits for drops after wall-clock seconds
 def test_data_streams_are_dropped_after_the_configured_seconds(start_exchange) -> None:
     server = start_exchange(speed=3600.0, faults={"drop_ws_every_seconds": 0.5})
     stream = CryptoDataStream(KEY, SECRET, url_override=server.data_stream_url)
@@ -119,6 +123,7 @@ def test_data_streams_are_dropped_after_the_configured_seconds(start_exchange) -
         wait_for(lambda: got.count("bars") > before, timeout=20)
 
 
+@pytest.mark.slow  # waits for drops after wall-clock seconds
 def test_idle_connections_are_dropped_by_the_seconds_fault_too(start_exchange, capture_days_data) -> None:
     # Real time from midnight: the next 5m bar closes 300 s away, so neither stream has anything to send.
     server = start_exchange(

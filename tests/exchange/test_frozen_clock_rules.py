@@ -1,6 +1,6 @@
 """Exact matching, fee and spread-model rules, proved through alpaca-py at a clock that stands still.
 
-At speed 0 with no stream subscriber the replay clock does not move, so every expected price can be
+A stepped clock that nobody steps does not move, so every expected price can be
 computed from the recorded bar the exchange must be using: the last 5m bar closed at FROZEN_AT.
 """
 
@@ -33,7 +33,7 @@ from alpaca.trading.requests import (
 
 from crypto_pipeline.exchange import ExchangeServer
 
-from .conftest import KEY, SECRET, make_config
+from .conftest import KEY, SECRET, half_spread, make_config
 
 FROZEN_AT = datetime(2024, 8, 5, 12, 0, tzinfo=UTC)
 LAST_CLOSED = FROZEN_AT - timedelta(minutes=5)  # the 11:55 bar closed at 12:00 exactly
@@ -49,6 +49,7 @@ def frozen(capture_days_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
         capture_dir=None,
         start=FROZEN_AT.isoformat(),
         speed=0.0,
+        stepped=True,
         initial_cash=10_000_000.0,  # room for orders larger than a bar's participation cap
         maker_fee_bps=MAKER_BPS,
         taker_fee_bps=TAKER_BPS,
@@ -73,11 +74,6 @@ def recorded_bar(data_dir: Path, symbol: str, open_at: datetime) -> dict[str, fl
     )
     assert rows.height == 1
     return rows.row(0, named=True)
-
-
-def half_spread(bar: dict[str, float]) -> float:
-    """docs/exchange.md: full spread = max(1 bp, 5% x (high - low) / close)."""
-    return max(1e-4, 0.05 * (bar["high"] - bar["low"]) / bar["close"]) / 2
 
 
 def cash(trading: TradingClient) -> float:
@@ -272,6 +268,7 @@ def test_market_buys_reserve_the_largest_impact_so_cash_never_goes_negative(
         capture_dir=None,
         start=FROZEN_AT.isoformat(),
         speed=0.0,
+        stepped=True,
         initial_cash=1_000.0,
         taker_fee_bps=TAKER_BPS,
     )

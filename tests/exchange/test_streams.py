@@ -35,6 +35,7 @@ class Collector:
             return len(self.items[kind])
 
 
+@pytest.mark.slow  # waits on the replay clock running in real time
 def test_data_stream_delivers_bars_quotes_trades_books_and_daily_bars(exchange: ExchangeServer) -> None:
     stream = CryptoDataStream(KEY, SECRET, url_override=exchange.data_stream_url)
     got = Collector()
@@ -58,6 +59,7 @@ def test_data_stream_delivers_bars_quotes_trades_books_and_daily_bars(exchange: 
     assert all(d.timestamp.hour == 0 and d.symbol == "BTC/USDT" for d in got.items["daily"])
 
 
+@pytest.mark.slow  # waits on the replay clock running in real time
 def test_unsubscribing_stops_that_channel(exchange: ExchangeServer) -> None:
     stream = CryptoDataStream(KEY, SECRET, url_override=exchange.data_stream_url)
     got = Collector()

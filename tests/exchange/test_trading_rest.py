@@ -1,10 +1,14 @@
-"""The trading REST API and its matching rules, driven through alpaca-py's TradingClient."""
+"""The trading REST API and its matching rules, driven through alpaca-py's TradingClient.
+
+Tests that assert which bar or price something happened at drive a stepped clock (`stepped`); the
+others run against the shared exchange whose clock runs in real time and assert only what holds at any
+speed (shapes, rejections, eventual fills)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
-import polars as pl
 import pytest
 from alpaca.common.exceptions import APIError
 from alpaca.data.historical.crypto import CryptoHistoricalDataClient
@@ -22,13 +26,24 @@ from alpaca.trading.requests import (
 
 from crypto_pipeline.exchange import ExchangeServer
 
-from .conftest import DATA_2024, KEY, wait_for
+from .conftest import KEY, SECRET, STEPPED_START, bars_5m, half_spread, wait_for
 
 BUY, SELL, GTC, IOC = OrderSide.BUY, OrderSide.SELL, TimeInForce.GTC, TimeInForce.IOC
 
 
 def quote(data_client: CryptoHistoricalDataClient, symbol: str):  # noqa: ANN201
     return data_client.get_crypto_latest_quote(CryptoLatestQuoteRequest(symbol_or_symbols=symbol))[symbol]
+
+
+def latest_bar(data_client: CryptoHistoricalDataClient, symbol: str):  # noqa: ANN201
+    return data_client.get_crypto_latest_bar(CryptoLatestBarRequest(symbol_or_symbols=symbol))[symbol]
+
+
+def clients(server: ExchangeServer) -> tuple[TradingClient, CryptoHistoricalDataClient]:
+    return (
+        TradingClient(KEY, SECRET, paper=True, url_override=server.base_url),
+        CryptoHistoricalDataClient(KEY, SECRET, url_override=server.base_url),
+    )
 
 
 def rejection(call) -> APIError:  # noqa: ANN001
@@ -49,17 +64,17 @@ def test_account_clock_and_assets_have_alpacas_shapes(trading: TradingClient) ->
     assert rejection(lambda: trading.get_asset("NOPE/USDT")).status_code == 404
 
 
-def test_a_market_buy_fills_at_the_ask_plus_impact_and_opens_a_position(
-    trading: TradingClient, data_client: CryptoHistoricalDataClient
-) -> None:
+def test_a_market_buy_fills_at_the_ask_plus_impact_and_opens_a_position(stepped: ExchangeServer) -> None:
+    trading, data_client = clients(stepped)
+    stepped.advance_to(STEPPED_START + timedelta(hours=1))  # the clock stands here while the test trades
     cash_before = float(trading.get_account().cash)
     ask = quote(data_client, "ETH/USDT").ask_price
+    volume = latest_bar(data_client, "ETH/USDT").volume
     order = trading.submit_order(MarketOrderRequest(symbol="ETH/USDT", qty=0.5, side=BUY, time_in_force=GTC))
     assert order.status == OrderStatus.FILLED and float(order.filled_qty) == 0.5
-    # the clock may have moved one bar between the two calls: allow a bar's worth of drift
-    assert float(order.filled_avg_price) == pytest.approx(ask, rel=0.01)
+    assert float(order.filled_avg_price) == pytest.approx(ask * (1 + 0.1 * 0.5 / volume), rel=1e-9)
     cost = 0.5 * float(order.filled_avg_price)
-    assert float(trading.get_account().cash) == pytest.approx(cash_before - cost * 1.0025, rel=1e-6)
+    assert float(trading.get_account().cash) == pytest.approx(cash_before - cost * 1.0025, rel=1e-9)
     position = trading.get_open_position("ETH/USDT")
     assert float(position.qty) >= 0.5 and position.side == "long" and position.symbol == "ETHUSDT"
     assert trading.get_order_by_client_id(order.client_order_id).id == order.id
@@ -67,94 +82,74 @@ def test_a_market_buy_fills_at_the_ask_plus_impact_and_opens_a_position(
 
 
 def test_a_resting_limit_fills_as_maker_at_its_price_on_the_first_later_bar_through_it(
-    trading: TradingClient, data_client: CryptoHistoricalDataClient
+    stepped: ExchangeServer, capture_days_data: Path
 ) -> None:
-    # The test knows the recorded future (the exchange does not): it picks a resting limit (a buy below
-    # the bid or a sell above the ask, whichever the next hours reach first) and checks that the exchange
-    # fills it at its price on exactly the first later bar that trades through it.
+    # The test knows the recorded future (the exchange does not) and moves the clock itself: it picks a
+    # resting limit (a buy below the bid or a sell above the ask, whichever the next hours reach first),
+    # steps to just before the first bar through it closes (still resting), then to that close.
+    trading, data_client = clients(stepped)
+    stepped.advance_to(STEPPED_START + timedelta(days=1))
     trading.submit_order(MarketOrderRequest(symbol="BTC/USDT", qty=0.01, side=BUY, time_in_force=GTC))
     touch = quote(data_client, "BTC/USDT")
     now = trading.get_clock().timestamp
-    future = (
-        pl.scan_parquet(DATA_2024 / "bars_5m.parquet")
-        .filter(pl.col("symbol") == "BTC/USDT", pl.col("timestamp") >= now + timedelta(minutes=10))
-        .sort("timestamp")
-        .head(300)
-        .collect()
-    )
-    buy_at, sell_at = touch.bid_price * 0.9995, touch.ask_price * 1.0005
+    future = bars_5m(capture_days_data, "BTC/USDT", since=now).head(300)  # bars opening from now on
+    buy_at, sell_at = round(touch.bid_price * 0.9995, 2), round(touch.ask_price * 1.0005, 2)
     buy_reach = next((i for i, low in enumerate(future["low"]) if low < buy_at), 10**6)
     sell_reach = next((i for i, high in enumerate(future["high"]) if high > sell_at), 10**6)
     assert min(buy_reach, sell_reach) < 300, "the next day never moves 5 bp: pick another start"
-    side, limit = (BUY, round(buy_at, 2)) if buy_reach <= sell_reach else (SELL, round(sell_at, 2))
+    side, limit, reach = (BUY, buy_at, buy_reach) if buy_reach <= sell_reach else (SELL, sell_at, sell_reach)
+    first = future.row(reach, named=True)
+    assert (first["open"] > limit) if side == BUY else (first["open"] < limit), (
+        "it opens through: pick another"
+    )
     order = trading.submit_order(
         LimitOrderRequest(symbol="BTC/USDT", qty=0.01, side=side, time_in_force=GTC, limit_price=limit)
     )
     assert order.status == OrderStatus.NEW and float(order.filled_qty) == 0
-    filled = wait_for(
-        lambda: (o := trading.get_order_by_id(order.id)).status == OrderStatus.FILLED and o, timeout=60
-    )
-    through = pl.col("low") < limit if side == BUY else pl.col("high") > limit
-    first = (
-        pl.scan_parquet(DATA_2024 / "bars_5m.parquet")
-        .filter(pl.col("symbol") == "BTC/USDT", pl.col("timestamp") >= order.submitted_at, through)
-        .sort("timestamp")
-        .head(1)
-        .collect()
-    )
-    price = float(filled.filled_avg_price)
-    opened_through = first["open"][0] <= limit if side == BUY else first["open"][0] >= limit
-    if (
-        opened_through
-    ):  # the bar opened beyond the limit: a taker fill at the open, never worse than the limit
-        assert price <= limit if side == BUY else price >= limit
-    else:
-        assert price == pytest.approx(limit)
-    assert filled.filled_at == first["timestamp"][0] + timedelta(minutes=5)
+    closes_at = first["timestamp"] + timedelta(minutes=5)
+    stepped.advance_to(closes_at - timedelta(seconds=1))
+    assert trading.get_order_by_id(order.id).status == OrderStatus.NEW
+    stepped.advance_to(closes_at)
+    filled = trading.get_order_by_id(order.id)
+    assert filled.status == OrderStatus.FILLED and filled.filled_at == closes_at
+    assert float(filled.filled_avg_price) == limit  # a maker fill at its own price
 
 
 def test_a_stop_limit_waits_for_its_stop_then_works_as_a_limit(
-    trading: TradingClient, data_client: CryptoHistoricalDataClient
+    stepped: ExchangeServer, capture_days_data: Path
 ) -> None:
+    trading, data_client = clients(stepped)
+    stepped.advance_to(STEPPED_START + timedelta(days=2))
     trading.submit_order(MarketOrderRequest(symbol="BTC/USDT", qty=0.01, side=BUY, time_in_force=GTC))
     touch = quote(data_client, "BTC/USDT")
-    now = trading.get_clock().timestamp
-    future = (
-        pl.scan_parquet(DATA_2024 / "bars_5m.parquet")
-        .filter(pl.col("symbol") == "BTC/USDT", pl.col("timestamp") >= now + timedelta(minutes=10))
-        .sort("timestamp")
-        .head(300)
-        .collect()
-    )
-    up, down = touch.ask_price * 1.0005, touch.bid_price * 0.9995
-    up_reach = next((i for i, high in enumerate(future["high"]) if high > up), 10**6)
-    down_reach = next((i for i, low in enumerate(future["low"]) if low < down), 10**6)
-    # a buy stop above the market if it rises first, else a sell stop below it
+    future = bars_5m(capture_days_data, "BTC/USDT", since=trading.get_clock().timestamp).head(300)
+    up, down = round(touch.ask_price * 1.0005, 2), round(touch.bid_price * 0.9995, 2)
+    up_reach = next((i for i, high in enumerate(future["high"]) if high >= up), 10**6)
+    down_reach = next((i for i, low in enumerate(future["low"]) if low <= down), 10**6)
+    assert min(up_reach, down_reach) < 299, "the next day never moves 5 bp: pick another start"
+    # a buy stop above the market if it rises first, else a sell stop below it; the limit is 5% beyond
     if up_reach <= down_reach:
-        side, stop, limit = BUY, round(up, 2), round(up * 1.05, 2)
+        side, stop, limit, armed = BUY, up, round(up * 1.05, 2), up_reach
     else:
-        side, stop, limit = SELL, round(down, 2), round(down * 0.95, 2)
+        side, stop, limit, armed = SELL, down, round(down * 0.95, 2), down_reach
     order = trading.submit_order(
         StopLimitOrderRequest(
             symbol="BTC/USDT", qty=0.01, side=side, time_in_force=GTC, stop_price=stop, limit_price=limit
         )
     )
     assert order.status == OrderStatus.NEW
-    filled = wait_for(
-        lambda: (o := trading.get_order_by_id(order.id)).status == OrderStatus.FILLED and o, timeout=60
-    )
-    price = float(filled.filled_avg_price)
-    assert (stop * 0.99 <= price <= limit) if side == BUY else (limit <= price <= stop * 1.01)
-    armed = pl.col("high") >= stop if side == BUY else pl.col("low") <= stop
-    first_armed = (
-        pl.scan_parquet(DATA_2024 / "bars_5m.parquet")
-        .filter(pl.col("symbol") == "BTC/USDT", pl.col("timestamp") >= order.submitted_at, armed)
-        .sort("timestamp")
-        .head(1)
-        .collect()
-    )
-    # it works as a limit only from the bar after the one that armed it
-    assert filled.filled_at >= first_armed["timestamp"][0] + timedelta(minutes=10)
+    # the bar that trades through the stop arms it; it works as a limit from the next bar on, which
+    # opens well inside the limit: a taker fill at that bar's open plus spread and impact
+    stepped.advance_to(future["timestamp"][armed] + timedelta(minutes=5))
+    assert trading.get_order_by_id(order.id).status == OrderStatus.NEW
+    bar = future.row(armed + 1, named=True)
+    stepped.advance_to(bar["timestamp"] + timedelta(minutes=5))
+    filled = trading.get_order_by_id(order.id)
+    assert filled.status == OrderStatus.FILLED and filled.filled_at == bar["timestamp"] + timedelta(minutes=5)
+    sign = 1 if side == BUY else -1
+    expected = bar["open"] * (1 + sign * half_spread(bar)) * (1 + sign * 0.1 * 0.01 / bar["volume"])
+    assert abs(expected / limit - 1) > 0.01  # inside the limit: the limit does not cap the price
+    assert float(filled.filled_avg_price) == pytest.approx(expected, rel=1e-9)
 
 
 def test_an_ioc_limit_that_cannot_trade_is_canceled_at_once(
@@ -168,26 +163,41 @@ def test_an_ioc_limit_that_cannot_trade_is_canceled_at_once(
 
 
 def test_an_order_larger_than_the_bar_allows_fills_partially_then_over_later_bars(
-    trading: TradingClient, data_client: CryptoHistoricalDataClient
+    stepped: ExchangeServer, capture_days_data: Path
 ) -> None:
-    bar = data_client.get_crypto_latest_bar(CryptoLatestBarRequest(symbol_or_symbols="ACA/USDT"))["ACA/USDT"]
+    trading, data_client = clients(stepped)
+    stepped.advance_to(STEPPED_START + timedelta(days=3))
+    now = trading.get_clock().timestamp
+    bar = latest_bar(data_client, "ETH/USDT")
     qty = round(bar.volume * 0.15, 2)  # 10% of a bar fills at once
-    assert qty * bar.close < 20_000, "pick a thinner market for this test"
-    order = trading.submit_order(MarketOrderRequest(symbol="ACA/USDT", qty=qty, side=BUY, time_in_force=GTC))
-    assert order.status == OrderStatus.PARTIALLY_FILLED and 0 < float(order.filled_qty) < qty
-    done = wait_for(
-        lambda: (o := trading.get_order_by_id(order.id)).status == OrderStatus.FILLED and o, timeout=20
-    )
+    order = trading.submit_order(MarketOrderRequest(symbol="ETH/USDT", qty=qty, side=BUY, time_in_force=GTC))
+    cap = int(bar.volume * 0.1 * 10**9) / 10**9
+    assert order.status == OrderStatus.PARTIALLY_FILLED and float(order.filled_qty) == pytest.approx(cap)
+    # each later bar takes up to 10% of its own volume: the recorded bars say which one completes it
+    left, done_at = qty - cap, None
+    for later in bars_5m(capture_days_data, "ETH/USDT", since=now).iter_rows(named=True):
+        left -= min(left, int(later["volume"] * 0.1 * 10**9) / 10**9)
+        if left <= 1e-9:
+            done_at = later["timestamp"] + timedelta(minutes=5)
+            break
+    assert done_at is not None
+    stepped.advance_to(done_at - timedelta(seconds=1))
+    assert trading.get_order_by_id(order.id).status == OrderStatus.PARTIALLY_FILLED
+    stepped.advance_to(done_at)
+    done = trading.get_order_by_id(order.id)
+    assert done.status == OrderStatus.FILLED and done.filled_at == done_at
     assert float(done.filled_qty) == pytest.approx(qty)
     # a small order pays next to no impact: it fills at the ask (that impact grows with size is proved
     # exactly in test_frozen_clock_rules.py)
+    small_qty = round(qty / 100, 2)
+    ask, volume = quote(data_client, "ETH/USDT").ask_price, latest_bar(data_client, "ETH/USDT").volume
     small = trading.submit_order(
-        MarketOrderRequest(symbol="ACA/USDT", qty=round(qty / 100, 2), side=BUY, time_in_force=IOC)
+        MarketOrderRequest(symbol="ETH/USDT", qty=small_qty, side=BUY, time_in_force=IOC)
     )
-    ask = quote(data_client, "ACA/USDT").ask_price
-    assert float(small.filled_avg_price) == pytest.approx(ask, rel=0.002)
-    closing = trading.close_position("ACA/USDT")
-    wait_for(lambda: trading.get_order_by_id(closing.id).status == OrderStatus.FILLED, timeout=20)
+    assert float(small.filled_avg_price) == pytest.approx(ask * (1 + 0.1 * small_qty / volume), rel=1e-9)
+    closing = trading.close_position("ETH/USDT")  # larger than a bar allows again: later bars finish it
+    stepped.advance_to(done_at + timedelta(hours=6))
+    assert trading.get_order_by_id(closing.id).status == OrderStatus.FILLED
 
 
 def test_orders_are_listed_by_status_and_canceled_singly_or_all(

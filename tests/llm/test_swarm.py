@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,20 +18,23 @@ from crypto_pipeline.state import MarketState
 
 @dataclass
 class Fixed:
-    """A member that always answers `action` (after `delay` seconds), or raises."""
+    """A member that always answers `action` (once its gate opens, if it has one), or raises."""
 
     name: str
     action: Action = Action.HOLD
     confidence: float = 60.0
     size: float = 10.0
-    delay: float = 0.0
+    gate: threading.Event | threading.Barrier | None = None  # wait on it before answering
     fail: bool = False
     invalid: bool = False
     prompt_version: str | None = None
     prompt_hash: str | None = None
 
     def decide(self, states: list[MarketState]) -> list[TradeDecision]:
-        time.sleep(self.delay)
+        if isinstance(self.gate, threading.Event):
+            self.gate.wait(timeout=60)
+        elif isinstance(self.gate, threading.Barrier):
+            self.gate.wait()  # raises BrokenBarrierError unless every member reaches it at the same time
         if self.fail:
             raise RuntimeError("CUDA out of memory")
         if self.invalid:
@@ -104,27 +107,37 @@ def test_failed_members_count_against_the_quorum() -> None:
 
 
 def test_a_slow_member_times_out_and_the_rest_decide_in_time() -> None:
+    # the slow member answers only once the test lets it: the swarm must decide without it
+    released = threading.Event()
     swarm = Swarm(
-        [Fixed("fast1", Action.SELL), Fixed("fast2", Action.SELL), Fixed("slow", Action.BUY, delay=5)],
+        [Fixed("fast1", Action.SELL), Fixed("fast2", Action.SELL), Fixed("slow", Action.BUY, gate=released)],
         timeout_s=0.3,
     )
-    started = time.perf_counter()
-    [d] = swarm.decide([STATE])
-    assert time.perf_counter() - started < 1.5
+    try:
+        [d] = swarm.decide([STATE])
+        assert not released.is_set()
+    finally:
+        released.set()
     assert d.action is Action.SELL
     slow = next(v for v in d.votes if v.member == "slow")
     assert not slow.valid and "timeout after 0.3s" in slow.error
 
 
 def test_members_run_in_parallel() -> None:
-    swarm = Swarm([Fixed(f"m{i}", Action.HOLD, delay=0.3) for i in range(4)], timeout_s=5)
-    started = time.perf_counter()
-    swarm.decide([STATE, STATE])
-    assert time.perf_counter() - started < 1.0
+    # the four members can only get past the barrier together: run one after another, it breaks
+    together = threading.Barrier(4, timeout=30)
+    swarm = Swarm([Fixed(f"m{i}", Action.HOLD, gate=together) for i in range(4)], timeout_s=60)
+    [d] = swarm.decide([STATE])
+    assert d.valid and not together.broken
+    assert all(v.valid for v in d.votes) and len(d.votes) == 4
 
 
 def test_all_members_failing_is_an_invalid_hold_listing_each_reason() -> None:
-    [d] = Swarm([Fixed("a", fail=True), Fixed("b", delay=2)], timeout_s=0.2).decide([STATE])
+    released = threading.Event()
+    try:
+        [d] = Swarm([Fixed("a", fail=True), Fixed("b", gate=released)], timeout_s=0.2).decide([STATE])
+    finally:
+        released.set()
     assert not d.valid and d.action is Action.HOLD
     assert "a: provider a raised RuntimeError" in d.error and "b: timeout" in d.error
 
