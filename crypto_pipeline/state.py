@@ -1,4 +1,5 @@
-"""MarketState: the snapshot of one symbol at one decision time that the LLM sees, and its prompt encoding.
+"""MarketState: the snapshot of one symbol at one decision time that the LLM sees (its prompt text is
+rendered by `crypto_pipeline.llm.prompts`).
 
 A state is built only from bars that had CLOSED by the decision time `at`: a bar opening at t with
 duration d contributes from t + d on. The same code builds states for datasets, backtests and the live
@@ -115,50 +116,11 @@ class MarketState(BaseModel):
         return self.model_copy(update={"order_book": order_book})
 
     def to_prompt(self, anonymize: bool = False) -> str:
-        """Compact text for the LLM (at most 350 SmolLM2 tokens with four timeframes).
+        """The user-prompt encoding of this state: a delegate of `crypto_pipeline.llm.prompts.render_state`,
+        where all prompt text lives under `PROMPT_VERSION`."""
+        from crypto_pipeline.llm.prompts import render_state
 
-        `anonymize` drops the symbol, the date and every absolute price or volume, leaving only
-        ratios: a model that still predicts well on anonymized prompts is not recalling history.
-        """
-        lines: list[str] = []
-        head = [] if anonymize else [f"{self.symbol} {self.at:%Y-%m-%d %H:%M}Z price {_num(self.price)}"]
-        head += [f"chg1h {_pct(self.change_1h)}", f"chg24h {_pct(self.change_24h)}"]
-        if self.volume_24h is not None and not anonymize:
-            head.append(f"vol24h {_num(self.volume_24h)}")
-        head.append(f"vol/avg7d {_fmt(self.volume_vs_avg_7d, 2)}")
-        lines.append(" ".join(head))
-        # One row per timeframe keeps the prompt short: numbers dominate the token count.
-        lines.append("tf rsi macdh% ema9/21% px/ema50% px/ema200% atr% bb%b chg%")
-        for tf in STATE_TIMEFRAMES:
-            ind = self.timeframes.get(tf)
-            if ind is None:
-                continue
-            values = [
-                _fmt(ind.rsi_14, 0),
-                _fmt(ind.macd_hist_pct, 2),
-                _fmt(ind.ema_9_vs_21_pct, 2),
-                _fmt(ind.close_vs_ema_50_pct, 1),
-                _fmt(ind.close_vs_ema_200_pct, 1),
-                _fmt(ind.atr_pct, 2),
-                _fmt(ind.bb_pctb, 2),
-                _fmt(ind.change_pct, 2),
-            ]
-            lines.append(" ".join([tf, *values]))
-        if self.order_book is not None:
-            book = self.order_book
-            lines.append(f"book spread {_fmt(book.spread_bps, 1)}bp imbalance {_fmt(book.imbalance, 2)}")
-        if self.portfolio is not None:
-            pf = self.portfolio
-            if pf.position_qty > 0:
-                exposure = _fmt(pf.exposure_pct(self.price), 0)
-                lines.append(
-                    f"position long {exposure}% of equity, pnl {_pct(pf.unrealized_pnl_pct(self.price))}"
-                )
-            else:
-                lines.append("position flat")
-            if not anonymize:
-                lines.append(f"cash {_num(pf.cash)} equity {_num(pf.equity)}")
-        return "\n".join(lines)
+        return render_state(self, anonymize=anonymize)
 
     @classmethod
     def example(cls) -> MarketState:
@@ -359,27 +321,6 @@ def _clean(value: Any) -> float | None:
         return None
     value = float(value)
     return None if math.isnan(value) or math.isinf(value) else value
-
-
-def _fmt(value: float | None, digits: int) -> str:
-    if value is None or math.isnan(value):
-        return "na"
-    return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0: no "-0.00"
-
-
-def _pct(value: float | None) -> str:
-    return "na" if value is None else f"{_fmt(value, 2)}%"
-
-
-def _num(value: float) -> str:
-    """Prices and volumes with about six significant digits (compact for the tokenizer)."""
-    if value >= 1e9:
-        return f"{value / 1e9:.2f}B"
-    if value >= 1e6:
-        return f"{value / 1e6:.2f}M"
-    if value >= 100:
-        return f"{value:.1f}"
-    return f"{value:.6g}"
 
 
 # --- states straight from recorded files (the `decide` command, examples, tests) -----------------

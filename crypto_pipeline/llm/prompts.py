@@ -1,13 +1,16 @@
 """The versioned prompts: one system prompt shared by every state (so its KV cache can be reused) and a
-user prompt built from `MarketState.to_prompt()`, optionally with recent trades and the portfolio.
+user prompt rendered from a `MarketState` (`render_state`), optionally with recent trades and the portfolio.
 
-Change the wording -> bump `PROMPT_VERSION`: every decision records it with the prompt's hash, so a
-backtest or a fine-tune can always tell which prompt produced which answer.
+All prompt text lives in this module (`MarketState.to_prompt` only delegates to `render_state`). Change the
+wording -> bump `PROMPT_VERSION`: every decision and every stored market state records it with the prompt's
+hash, so a backtest or a fine-tune can always tell which prompt produced which answer; the golden test
+in tests/llm/test_prompts.py fails on any change of the rendering that does not bump it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -65,6 +68,7 @@ def build_user_prompt(
     """The user message for one state. Trades after `state.at` are dropped: they are the future."""
     if portfolio is not None:
         state = state.with_portfolio(portfolio)
+    # Through `to_prompt` (a delegate of `render_state`): a state that cannot be encoded raises there.
     text = state.to_prompt(anonymize=anonymize)
     known = sorted((t for t in recent_trades if t.at <= state.at), key=lambda t: t.at)[-MAX_RECENT_TRADES:]
     if known:
@@ -86,3 +90,76 @@ def prompt_hash(user_prompt: str, system_prompt: str = SYSTEM_PROMPT) -> str:
     """Short, stable fingerprint of exactly what the model was shown."""
     digest = hashlib.sha256(f"{system_prompt}\x00{user_prompt}".encode()).hexdigest()
     return digest[:16]
+
+
+# --- the state encoding ----------------------------------------------------------------------------
+
+# Column order of the per-timeframe rows, with the digits each value is shown with.
+_TIMEFRAME_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("rsi", "rsi_14", 0),
+    ("macdh%", "macd_hist_pct", 2),
+    ("ema9/21%", "ema_9_vs_21_pct", 2),
+    ("px/ema50%", "close_vs_ema_50_pct", 1),
+    ("px/ema200%", "close_vs_ema_200_pct", 1),
+    ("atr%", "atr_pct", 2),
+    ("bb%b", "bb_pctb", 2),
+    ("chg%", "change_pct", 2),
+)
+
+
+def render_state(state: MarketState, anonymize: bool = False) -> str:
+    """Compact text for the LLM (at most 350 SmolLM2 tokens with four timeframes).
+
+    `anonymize` drops the symbol, the date and every absolute price or volume, leaving only
+    ratios: a model that still predicts well on anonymized prompts is not recalling history.
+    """
+    from crypto_pipeline.state import STATE_TIMEFRAMES
+
+    lines: list[str] = []
+    head = [] if anonymize else [f"{state.symbol} {state.at:%Y-%m-%d %H:%M}Z price {_num(state.price)}"]
+    head += [f"chg1h {_pct(state.change_1h)}", f"chg24h {_pct(state.change_24h)}"]
+    if state.volume_24h is not None and not anonymize:
+        head.append(f"vol24h {_num(state.volume_24h)}")
+    head.append(f"vol/avg7d {_fmt(state.volume_vs_avg_7d, 2)}")
+    lines.append(" ".join(head))
+    # One row per timeframe keeps the prompt short: numbers dominate the token count.
+    lines.append(" ".join(["tf", *(label for label, _, _ in _TIMEFRAME_COLUMNS)]))
+    for tf in STATE_TIMEFRAMES:
+        ind = state.timeframes.get(tf)
+        if ind is None:
+            continue
+        lines.append(" ".join([tf, *(_fmt(getattr(ind, f), d) for _, f, d in _TIMEFRAME_COLUMNS)]))
+    if state.order_book is not None:
+        book = state.order_book
+        lines.append(f"book spread {_fmt(book.spread_bps, 1)}bp imbalance {_fmt(book.imbalance, 2)}")
+    if state.portfolio is not None:
+        pf = state.portfolio
+        if pf.position_qty > 0:
+            exposure = _fmt(pf.exposure_pct(state.price), 0)
+            lines.append(f"position long {exposure}% of equity, pnl {_pct(pf.unrealized_pnl_pct(state.price))}")
+        else:
+            lines.append("position flat")
+        if not anonymize:
+            lines.append(f"cash {_num(pf.cash)} equity {_num(pf.equity)}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None or math.isnan(value):
+        return "na"
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0: no "-0.00"
+
+
+def _pct(value: float | None) -> str:
+    return "na" if value is None else f"{_fmt(value, 2)}%"
+
+
+def _num(value: float) -> str:
+    """Prices and volumes with about six significant digits (compact for the tokenizer)."""
+    if value >= 1e9:
+        return f"{value / 1e9:.2f}B"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 100:
+        return f"{value:.1f}"
+    return f"{value:.6g}"

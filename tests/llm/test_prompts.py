@@ -80,3 +80,25 @@ def test_prompt_hash_changes_with_either_prompt_and_is_stable() -> None:
     assert prompt_hash(user) != prompt_hash(user + " ")
     assert prompt_hash(user) != prompt_hash(user, system_prompt=SYSTEM_PROMPT + " ")
     assert [m["role"] for m in build_messages(user)] == ["system", "user"]
+
+
+# The recorded fingerprints of a fixed state's prompts (plain, anonymized) per prompt version. Changing the
+# rendering (wording, order, digits) or the system prompt without bumping PROMPT_VERSION fails here; a bump
+# records the new version's hashes, so stored states and training prompts keep naming the text they hold.
+GOLDEN_HASHES: dict[str, tuple[str, str]] = {"decision-v1": ("1a94321b51fc3a16", "187e1b918b250fff")}
+
+
+def test_a_fixed_state_renders_to_the_recorded_hash_of_its_prompt_version() -> None:
+    from crypto_pipeline.state import OrderBookSnapshot
+
+    state = MarketState.example().with_order_book(
+        OrderBookSnapshot(bid=67510.0, ask=67514.6, bid_depth=3.2, ask_depth=2.1)
+    )
+    trades = [
+        RecentTrade(at=state.at - timedelta(hours=5), side="BUY", price=66000.0),
+        RecentTrade(at=state.at - timedelta(hours=30), side="SELL", price=64000.0, realized_pnl_pct=-1.5),
+    ]
+    assert PROMPT_VERSION in GOLDEN_HASHES, f"record the golden hashes of {PROMPT_VERSION}"
+    plain = prompt_hash(build_user_prompt(state, recent_trades=trades))
+    anonymized = prompt_hash(build_user_prompt(state, recent_trades=trades, anonymize=True))
+    assert (plain, anonymized) == GOLDEN_HASHES[PROMPT_VERSION]
