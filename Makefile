@@ -18,7 +18,7 @@ setup: $(STAMP)
 	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 
 run: setup
-	$(PY) -m jobs.run_offline $(ARGS)
+	$(VENV)/bin/crypto-pipeline run $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q

@@ -1,4 +1,4 @@
-"""Turn the library's reports and data-quality checks into Dagster metadata and asset-check results."""
+"""Library reports and data-quality checks as Dagster metadata, check specs and asset-check results."""
 
 from __future__ import annotations
 
@@ -8,41 +8,37 @@ from datetime import date, datetime
 import dagster as dg
 import polars as pl
 
-from crypto_pipeline.market import clean
+from crypto_pipeline.quality import CheckResult, checks_for
 
 
-def check_result(check_name: str, outcome: clean.CheckResult) -> dg.AssetCheckResult:
-    metadata: dict[str, object] = {
-        "offending": outcome.count,
-        "checked": outcome.total,
-        "description": outcome.description,
-    }
-    if outcome.sample.height:
-        metadata["sample"] = dg.MetadataValue.json(outcome.sample_records())
-    return dg.AssetCheckResult(
-        check_name=check_name, passed=outcome.passed, metadata=metadata, severity=dg.AssetCheckSeverity.ERROR
-    )
-
-
-def check_results_for_bars(
-    df: pl.DataFrame, base_timeframe: str, max_gap_ratio: float, start: datetime, end: datetime
-) -> list[dg.AssetCheckResult]:
-    base = df.filter(pl.col("timeframe") == base_timeframe)
+def check_specs(asset: str) -> list[dg.AssetCheckSpec]:
+    """The blocking checks of one asset, named and described by `crypto_pipeline.quality`."""
     return [
-        check_result("unique_symbol_timestamp", clean.check_unique(df)),
-        check_result("ohlc_consistent", clean.check_ohlc(df)),
-        check_result("monotonic_time", clean.check_monotonic(df)),
-        check_result(
-            "gap_ratio",
-            clean.check_gaps(base, base_timeframe, max_gap_ratio=max_gap_ratio, start=start, end=end),
-        ),
+        dg.AssetCheckSpec(check.name, asset=asset, blocking=True, description=check.description)
+        for check in checks_for(asset)
     ]
 
 
+def check_result(outcome: CheckResult) -> dg.AssetCheckResult:
+    metadata: dict[str, object] = {"offending": outcome.count, "checked": outcome.total}
+    if outcome.sample.height:
+        metadata["sample"] = dg.MetadataValue.json(outcome.sample_records())
+    return dg.AssetCheckResult(
+        check_name=outcome.name,
+        passed=outcome.passed,
+        metadata=metadata,
+        severity=dg.AssetCheckSeverity.ERROR,
+    )
+
+
 def report_metadata(report: object) -> dict[str, object]:
-    """A library report dataclass as Dagster metadata (numbers stay numbers, the rest becomes JSON/text)."""
+    """A library report dataclass as Dagster metadata (numbers stay numbers, the rest becomes JSON/text);
+    its `checks` become asset-check results instead (see `check_result`)."""
     metadata: dict[str, object] = {}
-    for name, value in dataclasses.asdict(report).items():
+    for spec in dataclasses.fields(report):  # type: ignore[arg-type]
+        name, value = spec.name, getattr(report, spec.name)
+        if name == "checks":
+            continue
         if isinstance(value, bool | int | float | str):
             metadata[name] = value
         elif isinstance(value, datetime | date):

@@ -1,35 +1,34 @@
 """raw_bars → bars: ingestion from the configured source, then cleaning, quarantine and resampling."""
 
-from datetime import datetime, timedelta
+from datetime import date, timedelta
 
 import dagster as dg
 from pydantic import Field
 
-from assets.checks import check_results_for_bars, report_metadata, warehouse_metadata
+from assets.checks import check_result, check_specs, report_metadata, warehouse_metadata
 from assets.partitions import DAILY_PARTITIONS, SINGLE_RUN_BACKFILL
 from assets.resources import MarketDataSourceResource, WarehouseResource
 from crypto_pipeline.config import get_settings
-from crypto_pipeline.ingest import build_bars, ingest_raw
-
-_SETTINGS = get_settings()  # defaults shown in the launchpad; override per run
+from crypto_pipeline.ingest import build_bars, ingest_raw, resolve_range
+from crypto_pipeline.quality import check_bars
 
 
 class IngestConfig(dg.Config):
-    symbols: list[str] = Field(default=list(_SETTINGS.symbols))
-    base_timeframe: str = Field(default=_SETTINGS.base_timeframe)
+    symbols: list[str] | None = Field(default=None, description="Default: Settings.symbols.")
+    base_timeframe: str | None = Field(default=None, description="Default: Settings.base_timeframe.")
 
 
 class BarsConfig(dg.Config):
-    symbols: list[str] = Field(default=list(_SETTINGS.symbols))
-    base_timeframe: str = Field(default=_SETTINGS.base_timeframe)
-    timeframes: list[str] = Field(default=list(_SETTINGS.timeframes))
-    max_gap_ratio: float = Field(default=_SETTINGS.max_gap_ratio)
+    symbols: list[str] | None = Field(default=None, description="Default: Settings.symbols.")
+    base_timeframe: str | None = Field(default=None, description="Default: Settings.base_timeframe.")
+    timeframes: list[str] | None = Field(default=None, description="Default: Settings.timeframes.")
+    max_gap_ratio: float | None = Field(default=None, description="Default: Settings.max_gap_ratio.")
 
 
-def partition_days(context: dg.AssetExecutionContext) -> tuple[datetime, datetime]:
-    """[first day, last day] (inclusive, UTC midnights) of the partitions this run covers."""
+def partition_days(context: dg.AssetExecutionContext) -> tuple[date, date]:
+    """The first and the last day (both included, UTC) of the partitions this run covers."""
     window = context.partition_time_window
-    return window.start, window.end - timedelta(days=1)
+    return window.start.date(), (window.end - timedelta(days=1)).date()
 
 
 @dg.asset(
@@ -45,18 +44,21 @@ def raw_bars(
     warehouse: WarehouseResource,
     market_data_source: MarketDataSourceResource,
 ) -> dg.MaterializeResult:
+    settings = get_settings()
     first, last = partition_days(context)
     report = ingest_raw(
         market_data_source.get(),
         warehouse.get(),
-        symbols=config.symbols,
-        timeframe=config.base_timeframe,
-        start=first.date(),
-        end=last.date(),
+        symbols=config.symbols or settings.symbols,
+        timeframe=config.base_timeframe or settings.base_timeframe,
+        start=first,
+        end=last,
         progress=False,
     )
     context.log.info(report.summary())
-    return dg.MaterializeResult(metadata={**report_metadata(report), "source_kind": market_data_source.kind})
+    return dg.MaterializeResult(
+        metadata={**report_metadata(report), "source_kind": market_data_source.source_kind}
+    )
 
 
 @dg.asset(
@@ -66,32 +68,29 @@ def raw_bars(
     group_name="market_data",
     kinds={"duckdb", "parquet", "polars"},
     description="Clean bars: sorted, de-duplicated, gaps flagged, bad rows quarantined, resampled to 15m/1h/4h/1d.",
-    check_specs=[
-        dg.AssetCheckSpec(name, asset="bars", blocking=True, description=desc)
-        for name, desc in [
-            ("unique_symbol_timestamp", "No two bars share (symbol, timeframe, timestamp)."),
-            ("ohlc_consistent", "low <= open, close <= high; volume >= 0; prices > 0."),
-            ("monotonic_time", "Timestamps strictly increase within each symbol and timeframe."),
-            ("gap_ratio", "Missing base bars stay under the configured ratio."),
-        ]
-    ],
+    check_specs=check_specs("bars"),
 )
 def bars(context: dg.AssetExecutionContext, config: BarsConfig, warehouse: WarehouseResource):
+    settings = get_settings()
     first, last = partition_days(context)
+    symbols = config.symbols or settings.symbols
+    base = config.base_timeframe or settings.base_timeframe
     wh = warehouse.get()
     report = build_bars(
         wh,
-        symbols=config.symbols,
-        base_timeframe=config.base_timeframe,
-        target_timeframes=config.timeframes,
-        start=first.date(),
-        end=last.date(),
+        symbols=symbols,
+        base_timeframe=base,
+        target_timeframes=config.timeframes or settings.timeframes,
+        start=first,
+        end=last,
         progress=False,
     )
     context.log.info(report.summary())
-    end = last + timedelta(days=1)
-    built = wh.read("bars", symbols=config.symbols, start=first, end=end)
+    lo, hi = resolve_range(first, last)
+    built = wh.read("bars", symbols=symbols, start=lo, end=hi)
+    max_gap_ratio = settings.max_gap_ratio if config.max_gap_ratio is None else config.max_gap_ratio
+    checks = check_bars(built, base, max_gap_ratio=max_gap_ratio, start=lo, end=hi)
     return dg.MaterializeResult(
         metadata={**report_metadata(report), **warehouse_metadata(built)},
-        check_results=check_results_for_bars(built, config.base_timeframe, config.max_gap_ratio, first, end),
+        check_results=[check_result(c) for c in checks],
     )

@@ -1,14 +1,31 @@
-"""Daily partitions shared by every market-data asset: backfills and one-day appends come for free."""
+"""Daily partitions shared by every market-data asset: backfills and one-day appends come for free.
+
+Dagster needs a partitions definition when the definitions load, so `Settings.partitions_start` and
+`partitions_end` (both days included) are read then; everything else is read when a run starts.
+"""
+
+import warnings
+from datetime import date, timedelta
 
 import dagster as dg
 
 from crypto_pipeline.config import get_settings
 
-_settings = get_settings()
+# The single-run backfill policy is marked beta; the warning repeats for every asset in every process.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=r".*backfill_policy.*")
 
+
+def daily_partitions() -> dg.DailyPartitionsDefinition:
+    """One partition per UTC day from `partitions_start` to `partitions_end`, both included (open-ended
+    when `partitions_end` is empty, for live data)."""
+    settings = get_settings()
+    last = settings.partitions_end
+    # Dagster's end_date is exclusive: the day after the last partition.
+    end_date = (date.fromisoformat(last) + timedelta(days=1)).isoformat() if last else None
+    return dg.DailyPartitionsDefinition(start_date=settings.partitions_start, end_date=end_date, end_offset=0)
+
+
+DAILY_PARTITIONS = daily_partitions()
 # Single-run backfills: a range of days is one run that reads and writes each partition once,
 # instead of hundreds of tiny runs (and it lets `dagster asset materialize --partition-range` work).
-DAILY_PARTITIONS = dg.DailyPartitionsDefinition(
-    start_date=_settings.partitions_start, end_date=_settings.partitions_end, end_offset=0
-)
 SINGLE_RUN_BACKFILL = dg.BackfillPolicy.single_run()

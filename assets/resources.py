@@ -1,38 +1,52 @@
-"""Dagster resources: the warehouse and the market-data source, configured from `Settings`."""
+"""Dagster resources: the warehouse and the market-data source. A field left empty takes its value from
+`Settings` when the run starts (not when the code is imported), so environment changes between runs count."""
+
+from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from crypto_pipeline.config import get_settings
-from crypto_pipeline.market.sources import AlpacaSource, BarSource, RecordedSource
+from crypto_pipeline.market.sources import BarSource, make_source
 from crypto_pipeline.warehouse import Warehouse
-
-_SETTINGS = get_settings()  # defaults shown in the launchpad; override per run
 
 
 class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB + hive-partitioned Parquet warehouse."""
 
-    root: str = Field(default=str(_SETTINGS.warehouse_dir))
+    root: str | None = Field(default=None, description="Warehouse root (default: Settings.warehouse_dir).")
 
     def get(self) -> Warehouse:
-        return Warehouse(self.root)
+        return Warehouse(self.root or get_settings().warehouse_dir)
 
 
 class MarketDataSourceResource(dg.ConfigurableResource):
     """Where raw bars come from: recorded Parquet files, or Alpaca (or the local exchange) via alpaca-py."""
 
-    kind: str = Field(default=_SETTINGS.source, description="'recorded' or 'alpaca'.")
-    data_dir: str = Field(default=str(_SETTINGS.market_data_dir))
-    url_override: str | None = Field(default=_SETTINGS.alpaca_data_url)
+    kind: str | None = Field(default=None, description="'recorded' or 'alpaca' (default: Settings.source).")
+    data_dir: str | None = Field(
+        default=None, description="recorded: folder (default: Settings.market_data_dir)."
+    )
+    url_override: str | None = Field(
+        default=None, description="alpaca: data URL (default: Settings.alpaca_data_url)."
+    )
     api_key: str | None = None
     secret_key: str | None = None
 
     def get(self) -> BarSource:
-        if self.kind == "recorded":
-            return RecordedSource(self.data_dir)
-        if self.kind == "alpaca":
-            return AlpacaSource(
-                api_key=self.api_key, secret_key=self.secret_key, url_override=self.url_override
-            )
-        raise ValueError(f"unknown source kind {self.kind!r}; expected 'recorded' or 'alpaca'")
+        settings = get_settings()
+        keys = {
+            name: SecretStr(value)
+            for name, value in (("alpaca_api_key", self.api_key), ("alpaca_secret_key", self.secret_key))
+            if value
+        }
+        return make_source(
+            settings.model_copy(update=keys) if keys else settings,
+            kind=self.kind,
+            data_dir=Path(self.data_dir) if self.data_dir else None,
+            url=self.url_override,
+        )
+
+    @property
+    def source_kind(self) -> str:
+        return self.kind or get_settings().source

@@ -115,6 +115,25 @@ def info_command(
     console.print(view)
 
 
+# --- run: the Dagster market_data job end to end (`make run`) --------------------------------
+@app.command("run")
+def run_command(
+    source: str = typer.Option(
+        "exchange", help="'exchange' (alpaca-py via the local exchange) or 'recorded' (Parquet files)."
+    ),
+) -> None:
+    """Run the market_data job (raw_bars → bars → features → market_states) over Settings.start..end
+    (both days included) in one run, print what it built, then the warehouse summary."""
+    if source not in ("exchange", "recorded"):
+        raise typer.BadParameter("expected 'exchange' or 'recorded'", param_hint="--source")
+    # Imported here: the library never imports Dagster; the job lives in the Dagster layer (jobs/).
+    from jobs.run_offline import run
+
+    if not run(source):
+        raise typer.Exit(1)
+    info_command(table="")
+
+
 # --- exchange: the local Alpaca-compatible paper exchange -----------------------------------
 @app.command("exchange")
 def exchange_command(

@@ -1,9 +1,11 @@
-"""Charts people would rather look at than read: saved as PNG next to the warehouse, linked from assets."""
+"""Charts people would rather look at than read: PNG files (`feature_charts` writes them under the
+warehouse's `reports/` folder, and the `features` asset links them)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,9 +14,12 @@ matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
+if TYPE_CHECKING:
+    from crypto_pipeline.warehouse import Warehouse
+
 
 def plot_features(features: pl.DataFrame, symbol: str, timeframe: str, out: Path, days: int = 30) -> Path:
-    """Close with EMA 21/50/200 and Bollinger %B, then RSI-14 and the MACD histogram, over the last `days`.
+    """Three panels over the last `days`: close with EMA 21/50/200, RSI-14 (30/70 lines), MACD histogram.
 
     `features` is the long features table; only `symbol` at `timeframe` is drawn. Returns the PNG path.
     """
@@ -52,6 +57,25 @@ def plot_features(features: pl.DataFrame, symbol: str, timeframe: str, out: Path
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def feature_charts(
+    warehouse: Warehouse, symbols: list[str], last_day: date, days: int = 30
+) -> dict[str, Path]:
+    """One PNG per symbol of the 1h features of the `days` up to `last_day` (included), written to
+    `<warehouse>/reports/features_<symbol>_1h.png`; symbols without 1h features there get none."""
+    end = datetime.combine(last_day + timedelta(days=1), datetime.min.time(), UTC)
+    recent = warehouse.read(
+        "features", symbols=symbols, timeframes=["1h"], start=end - timedelta(days=days), end=end
+    )
+    reports = Path(warehouse.root) / "reports"
+    return {
+        symbol: plot_features(
+            recent, symbol, "1h", reports / f"features_{symbol.replace('/', '-')}_1h.png", days
+        )
+        for symbol in symbols
+        if recent.filter(pl.col("symbol") == symbol).height
+    }
 
 
 def _bar_width(rows: pl.DataFrame) -> float:

@@ -9,14 +9,21 @@ loop, so a prompt in training is byte-for-byte what the model would have seen li
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from crypto_pipeline.market.timeframes import Timeframe
+
+if TYPE_CHECKING:
+    from crypto_pipeline.ingest import DateLike
+    from crypto_pipeline.quality import CheckResult
+    from crypto_pipeline.warehouse import Warehouse
 
 STATE_TIMEFRAMES: tuple[str, ...] = ("15m", "1h", "4h", "1d")
 
@@ -307,6 +314,104 @@ def build_market_state(features: pl.DataFrame, symbol: str, at: datetime) -> Mar
 
 def states_from_table(table: pl.DataFrame) -> list[MarketState]:
     return [state_from_row(row) for row in table.iter_rows(named=True)]
+
+
+# --- the market_states table ----------------------------------------------------------------------
+
+DEFAULT_DECISION_TIMEFRAME = "1h"
+DEFAULT_STATES_LOOKBACK_DAYS = 10  # history needed for the 7-day volume averages
+
+
+@dataclass
+class MarketStatesReport:
+    symbols: list[str]
+    decision_timeframe: str
+    first_day: date
+    last_day: date
+    states: int = 0
+    prompt_version: str = ""
+    example_prompt: str = ""
+    seconds: float = 0.0
+    checks: list[CheckResult] = field(default_factory=list)  # data-quality checks of the states built
+
+    def summary(self) -> str:
+        return (
+            f"market states {self.first_day}..{self.last_day} for {len(self.symbols)} symbol(s) at every "
+            f"{self.decision_timeframe} close: {self.states:,} states ({self.prompt_version}) in {self.seconds:.1f} s"
+        )
+
+
+def decision_points(
+    features: pl.DataFrame, decision_timeframe: str, start: datetime, end: datetime
+) -> pl.DataFrame:
+    """(symbol, at): the close of every `decision_timeframe` bar that opens in [start, end)."""
+    tf = Timeframe.parse(decision_timeframe)
+    return features.filter(
+        (pl.col("timeframe") == tf.value) & (pl.col("timestamp") >= start) & (pl.col("timestamp") < end)
+    ).select("symbol", (pl.col("timestamp") + tf.duration).alias("at"))
+
+
+def with_prompts(table: pl.DataFrame, decision_timeframe: str) -> pl.DataFrame:
+    """`market_state_table` rows with the prompt each state gives (`build_user_prompt(state)`, byte for
+    byte what `LocalLLM` sees), its `prompt_version` and `prompt_hash`, and the decision bar's key."""
+    from crypto_pipeline.llm.prompts import PROMPT_VERSION, build_user_prompt, prompt_hash
+
+    tf = Timeframe.parse(decision_timeframe)
+    prompts = [build_user_prompt(state) for state in states_from_table(table)]
+    return table.with_columns(
+        pl.Series("prompt", prompts, dtype=pl.String),
+        pl.lit(PROMPT_VERSION).alias("prompt_version"),
+        pl.Series("prompt_hash", [prompt_hash(p) for p in prompts], dtype=pl.String),
+        (pl.col("at") - tf.duration).alias("timestamp"),
+        pl.lit(tf.value).alias("timeframe"),
+    )
+
+
+def build_market_states(
+    warehouse: Warehouse,
+    symbols: Sequence[str] | str,
+    start: DateLike,
+    end: DateLike,
+    *,
+    decision_timeframe: str = DEFAULT_DECISION_TIMEFRAME,
+    lookback_days: int = DEFAULT_STATES_LOOKBACK_DAYS,
+    audit_cuts: int = 3,
+    build: Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame] = market_state_table,
+) -> MarketStatesReport:
+    """One state per symbol at every close of a `decision_timeframe` bar opening in the days
+    `start`..`end` (both included), from the warehouse's `features`; upserted into `market_states`.
+
+    The report carries the `no_lookahead` check: `quality.check_no_lookahead` re-runs `build` (the state
+    builder, `market_state_table` unless a test swaps it) at `audit_cuts` sampled decision times.
+    """
+    from crypto_pipeline.ingest import normalize_symbols, resolve_range
+    from crypto_pipeline.llm.prompts import PROMPT_VERSION
+    from crypto_pipeline.quality import check_no_lookahead
+
+    started = time.perf_counter()
+    wanted = normalize_symbols(symbols)
+    lo, hi = resolve_range(start, end)
+    decision_tf = Timeframe.parse(decision_timeframe).value
+    feats = warehouse.read("features", symbols=wanted, start=lo - timedelta(days=lookback_days), end=hi)
+    points = decision_points(feats, decision_tf, lo, hi) if feats.height else pl.DataFrame()
+    report = MarketStatesReport(
+        symbols=wanted,
+        decision_timeframe=decision_tf,
+        first_day=lo.date(),
+        last_day=(hi - timedelta(microseconds=1)).date(),
+        prompt_version=PROMPT_VERSION,
+    )
+    if points.is_empty():
+        report.checks = [check_no_lookahead(feats, pl.DataFrame({"at": []}))]
+        return report
+    table = build(feats, points).filter(pl.col("price").is_not_null())
+    table = with_prompts(table, decision_tf)
+    warehouse.upsert("market_states", table)
+    report.states = table.height
+    report.example_prompt = table["prompt"][-1] if table.height else ""
+    report.checks = [check_no_lookahead(feats, points, build=build, cuts=audit_cuts)]
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 # --- formatting helpers --------------------------------------------------------------------------

@@ -1,8 +1,11 @@
-"""Jobs and schedules: what runs together, and when."""
+"""Jobs and schedules: what runs together, and when; `make_definitions` puts the project together."""
 
 import dagster as dg
 
+from assets.features import features, market_states
+from assets.market_data import bars, raw_bars
 from assets.partitions import DAILY_PARTITIONS
+from assets.resources import MarketDataSourceResource, WarehouseResource
 
 MARKET_DATA_ASSETS = dg.AssetSelection.assets("raw_bars", "bars", "features", "market_states")
 
@@ -17,3 +20,20 @@ market_data_job = dg.define_asset_job(
 daily_market_data_schedule = dg.build_schedule_from_partitioned_job(
     market_data_job, hour_of_day=0, minute_of_hour=15, name="daily_market_data"
 )
+
+
+def make_definitions(
+    *, warehouse: WarehouseResource | None = None, market_data_source: MarketDataSourceResource | None = None
+) -> dg.Definitions:
+    """The project's definitions; `definitions.py` uses the defaults, `crypto-pipeline run` passes the
+    resources of its run (e.g. the local exchange it started, with that run's keys)."""
+    return dg.Definitions(
+        assets=[raw_bars, bars, features, market_states],
+        jobs=[market_data_job],
+        schedules=[daily_market_data_schedule],
+        resources={
+            "warehouse": warehouse or WarehouseResource(),
+            # Keys default to Settings (ALPACA_API_KEY / ALPACA_SECRET_KEY), read when a run starts.
+            "market_data_source": market_data_source or MarketDataSourceResource(),
+        },
+    )

@@ -15,11 +15,6 @@ import pytest
 from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.market.clean import (
     Reason,
-    check_gaps,
-    check_monotonic,
-    check_ohlc,
-    check_quarantine,
-    check_unique,
     clean_bars,
     count_out_of_order,
     flag_gaps,
@@ -27,6 +22,7 @@ from crypto_pipeline.market.clean import (
     screen_raw,
 )
 from crypto_pipeline.market.schema import INGESTED_AT, QUARANTINE_SCHEMA, conform_bars
+from crypto_pipeline.quality import check_gaps, check_monotonic, check_ohlc, check_unique
 
 BARS_5M = SHARED_MARKET_DATA / "binance-spot-2024" / "bars_5m.parquet"
 pytestmark = pytest.mark.skipif(not BARS_5M.exists(), reason="shared market data is absent")
@@ -179,7 +175,7 @@ def test_checks_fail_on_injected_faults_with_counts_and_json_safe_samples(real: 
     assert (monotonic.passed, monotonic.count) == (False, 1)  # only the first step back in time
     for outcome in (unique, ohlc, monotonic):
         assert outcome.sample.height > 0
-        json.dumps(outcome.to_metadata())
+        json.dumps(outcome.sample_records())
 
 
 def test_gap_check_passes_within_the_threshold_and_fails_beyond_it(real: pl.DataFrame) -> None:
@@ -189,12 +185,3 @@ def test_gap_check_passes_within_the_threshold_and_fails_beyond_it(real: pl.Data
     outcome = check_gaps(holed, "5m", max_gap_ratio=0.02)
     assert not outcome.passed and outcome.count == 1
     assert outcome.sample["gap_ratio"][0] == pytest.approx(29 / 288)
-
-
-def test_quarantine_check_reports_counts_by_reason(real: pl.DataFrame) -> None:
-    frame, expected = _faulty(real)
-    result = clean_bars(frame, timeframe="5m", known_symbols=["BTC/USDT", "ETH/USDT"], now=NOW)
-    outcome = check_quarantine(result.quarantine, frame.height, max_ratio=0.0)
-    assert not outcome.passed and outcome.count == sum(expected.values())
-    assert dict(outcome.sample.iter_rows()) == expected
-    assert check_quarantine(result.quarantine.clear(), frame.height).passed

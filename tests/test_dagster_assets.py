@@ -11,14 +11,15 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from assets.features import features, market_states
 from assets.market_data import bars, raw_bars
 from assets.resources import MarketDataSourceResource, WarehouseResource
 from crypto_pipeline.config import REPO_ROOT, SHARED_MARKET_DATA
+from crypto_pipeline.llm.prompts import PROMPT_VERSION
 from crypto_pipeline.warehouse import Warehouse
 from definitions import defs
+from jobs.run_offline import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
 DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"
 ALL_ASSETS = [raw_bars, bars, features, market_states]
@@ -49,7 +50,7 @@ def run_range(
             "market_data_source": MarketDataSourceResource(kind="recorded", data_dir=str(data_dir)),
         },
         run_config={"ops": {k: v for k, v in op_config.items() if k in selected}},
-        tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+        tags={PARTITION_RANGE_START_TAG: first, PARTITION_RANGE_END_TAG: last},
         raise_on_error=False,
     )
 
@@ -111,6 +112,7 @@ def test_a_week_materializes_every_stage_with_all_checks_passing(tmp_path):
     states = wh.read("market_states")
     assert states.height == 2 * 7 * 24  # one state per symbol per hour
     assert states["prompt"].str.contains("chg24h").all()
+    assert (states["prompt_version"] == PROMPT_VERSION).all() and states["prompt_hash"].n_unique() == states.height
     # Every state reads only bars closed at its decision time.
     for column in [c for c in states.columns if c.startswith("bar_close_")]:
         assert states.filter(pl.col(column) > pl.col("at")).is_empty()

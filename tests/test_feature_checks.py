@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 
 from crypto_pipeline.config import SHARED_MARKET_DATA
-from crypto_pipeline.feature_checks import check_warm_features
 from crypto_pipeline.features import compute_features
+from crypto_pipeline.quality import check_warm_features
 
 
 @pytest.fixture(scope="module")

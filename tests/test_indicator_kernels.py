@@ -9,7 +9,7 @@ import pytest
 import talib
 
 from crypto_pipeline.config import SHARED_MARKET_DATA
-from crypto_pipeline.indicator_kernels import recursive_indicators
+from crypto_pipeline.features.kernels import recursive_indicators
 
 DATA = SHARED_MARKET_DATA / "binance-spot-2024"
 requires_data = pytest.mark.skipif(not DATA.exists(), reason=f"recorded market data not found at {DATA}")

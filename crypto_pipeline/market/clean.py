@@ -4,15 +4,13 @@ Nothing is dropped silently: every input row ends up either in `CleanResult.clea
 `CleanResult.quarantine` (with `reason`, `stage`, `detected_at`). Rows that merely arrived out of
 time order are kept (re-sorted) and counted, since their data is fine.
 
-The `check_*` functions compute the data-quality checks that the Dagster layer turns into blocking
-asset checks; each returns a `CheckResult` (passed, count, total, a few sample rows) that converts to
-JSON-safe metadata with `to_metadata()`.
+The data-quality checks on the cleaned bars live in `crypto_pipeline.quality`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -27,8 +25,6 @@ from crypto_pipeline.market.schema import (
     conform_bars,
 )
 from crypto_pipeline.market.timeframes import Timeframe
-
-SAMPLE_ROWS = 5
 
 
 class Reason(StrEnum):
@@ -342,121 +338,3 @@ def gap_report(
     report = report.with_columns((pl.col("expected") - pl.col("present")).alias("missing"))
     report = report.with_columns((pl.col("missing") / pl.col("expected")).alias("gap_ratio"))
     return report.select([pl.col(n).cast(t) for n, t in schema.items()]).sort(keys)
-
-
-# --- checks ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One data-quality check: whether it passed, how many rows (or series) offend, a small sample."""
-
-    name: str
-    passed: bool
-    count: int
-    total: int
-    description: str
-    sample: pl.DataFrame = field(default_factory=pl.DataFrame)
-
-    def sample_records(self) -> list[dict[str, str | None]]:
-        """The sample as JSON-safe records (every value rendered as text)."""
-        return [{k: None if v is None else str(v) for k, v in row.items()} for row in self.sample.to_dicts()]
-
-    def to_metadata(self) -> dict[str, object]:
-        """JSON-safe metadata for a Dagster `AssetCheckResult` (wrap values in MetadataValue as wished)."""
-        return {
-            "passed": self.passed,
-            "offending": self.count,
-            "checked": self.total,
-            "description": self.description,
-            "sample": self.sample_records(),
-        }
-
-
-def check_unique(df: pl.DataFrame, keys: Sequence[str] | None = None) -> CheckResult:
-    """No two rows share (symbol, [timeframe,] timestamp)."""
-    keys = list(keys) if keys is not None else [*_series_keys(df), "timestamp"]
-    dup = df.filter(pl.struct(keys).is_duplicated()) if df.height else df
-    return CheckResult(
-        name="unique_key",
-        passed=dup.is_empty(),
-        count=dup.height,
-        total=df.height,
-        description=f"rows sharing ({', '.join(keys)}) with another row",
-        sample=dup.sort(keys).head(SAMPLE_ROWS),
-    )
-
-
-def check_ohlc(df: pl.DataFrame) -> CheckResult:
-    """Every price is finite and > 0, low <= min(open, close), max(open, close) <= high, volume >= 0."""
-    ok = (
-        pl.all_horizontal([_finite(c) for c in OHLCV_COLUMNS])
-        & pl.all_horizontal([pl.col(c) > 0 for c in PRICE_COLUMNS])
-        & (pl.col("low") <= pl.min_horizontal("open", "close"))
-        & (pl.max_horizontal("open", "close") <= pl.col("high"))
-        & (pl.col("volume") >= 0)
-    ).fill_null(False)
-    bad = df.filter(~ok)
-    return CheckResult(
-        name="ohlc_consistent",
-        passed=bad.is_empty(),
-        count=bad.height,
-        total=df.height,
-        description="rows with non-finite or non-positive prices, open/close outside [low, high] or volume < 0",
-        sample=bad.head(SAMPLE_ROWS),
-    )
-
-
-def check_monotonic(df: pl.DataFrame) -> CheckResult:
-    """Within each series, timestamps strictly increase in row order (no repeats, nothing out of order)."""
-    keys = _series_keys(df)
-    not_after = pl.col("timestamp") <= pl.col("timestamp").shift(1).over(keys)
-    bad = df.filter(not_after.fill_null(False)) if df.height else df
-    return CheckResult(
-        name="monotonic_time",
-        passed=bad.is_empty(),
-        count=bad.height,
-        total=df.height,
-        description="rows whose timestamp is not after the previous row of the same series",
-        sample=bad.head(SAMPLE_ROWS),
-    )
-
-
-def check_gaps(
-    df: pl.DataFrame,
-    timeframe: str | Timeframe | None = None,
-    *,
-    max_gap_ratio: float = 0.02,
-    start: datetime | None = None,
-    end: datetime | None = None,
-) -> CheckResult:
-    """Each series misses at most `max_gap_ratio` of its expected bars (see `gap_report`)."""
-    report = gap_report(df, timeframe, start=start, end=end)
-    over = report.filter(pl.col("gap_ratio") > max_gap_ratio).sort("gap_ratio", descending=True)
-    return CheckResult(
-        name="gap_ratio",
-        passed=over.is_empty(),
-        count=over.height,
-        total=report.height,
-        description=f"series missing more than {max_gap_ratio:.2%} of their expected bars",
-        sample=(over if not over.is_empty() else report.sort("gap_ratio", descending=True)).head(SAMPLE_ROWS),
-    )
-
-
-def check_quarantine(quarantine: pl.DataFrame, total_rows: int, *, max_ratio: float = 0.0) -> CheckResult:
-    """Quarantined rows are at most `max_ratio` of the rows seen; the sample counts them by reason."""
-    by_reason = (
-        quarantine.group_by("reason").len().sort("len", descending=True)
-        if not quarantine.is_empty()
-        else pl.DataFrame(schema={"reason": pl.Utf8, "len": pl.UInt32})
-    )
-    seen = max(total_rows, quarantine.height)
-    ratio = quarantine.height / seen if seen else 0.0
-    return CheckResult(
-        name="quarantine_ratio",
-        passed=ratio <= max_ratio,
-        count=quarantine.height,
-        total=seen,
-        description=f"rows quarantined (tolerated: {max_ratio:.2%} of rows seen)",
-        sample=by_reason,
-    )

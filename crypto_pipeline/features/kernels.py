@@ -152,8 +152,8 @@ def recursive_indicators(
     atr_period: int,
 ) -> np.ndarray:
     """Rows of RSI (one per period), MACD line, signal and histogram, EMA (one per period) and ATR, for
-    rows grouped by symbol in time order; `starts` holds the row of each symbol's first bar. See
-    `_recursive_indicators`."""
+    rows grouped by symbol in time order; `starts` holds the row of each symbol's first bar. See the
+    compiled kernel `_recursive_indicators`."""
     if len(close) == 0:
         return np.empty((len(rsi_periods) + 3 + len(ema_periods) + 1, 0))
     return _recursive_indicators(

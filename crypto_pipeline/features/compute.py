@@ -50,7 +50,6 @@ import polars as pl
 from crypto_pipeline.market.timeframes import Timeframe
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("vwap", "trade_count")
 _PRICE_VOLUME_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 
 EMA_PERIODS: tuple[int, ...] = (9, 21, 50, 200)
@@ -249,14 +248,14 @@ def _spans(bars: int, timeframe: Timeframe, layout: _Layout) -> pl.Expr:
 RECURSIVE_COLUMNS: tuple[str, ...] = FEATURE_COLUMNS[: FEATURE_COLUMNS.index(f"atr_{ATR_PERIOD}") + 1]
 
 
-def _recursive_indicators(work: pl.DataFrame, layout: _Layout) -> pl.DataFrame:
+def _recursive_frame(work: pl.DataFrame, layout: _Layout) -> pl.DataFrame:
     """RSI, MACD, EMA and ATR (`RECURSIVE_COLUMNS`), null before each one's first TA-Lib value.
 
     These are recursive averages, which polars can only run through ``ewm_mean`` (about 3-4x slower per
     value than TA-Lib): a compiled kernel runs them all in one pass over the symbols' rows instead.
     """
     # Imported here: numba takes a while to import, and only computing features needs it.
-    from crypto_pipeline.indicator_kernels import recursive_indicators
+    from crypto_pipeline.features.kernels import recursive_indicators
 
     values = recursive_indicators(
         work["close"].to_numpy(),
@@ -371,7 +370,7 @@ def compute_features(
     # The recursive indicators' kernel releases the GIL: it runs on one core while polars computes the
     # windows on the others.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        recursive = pool.submit(_recursive_indicators, work, layout)
+        recursive = pool.submit(_recursive_frame, work, layout)
         features = work.with_columns(_windows(tf)).select(_features(tf, layout, warm_table))
         return pl.concat([ordered, recursive.result(), features], how="horizontal")
 
@@ -413,7 +412,7 @@ def _windows(timeframe: Timeframe) -> list[pl.Expr]:
 
 
 def _features(timeframe: Timeframe, layout: _Layout, warm_table: Mapping[str, int]) -> list[pl.Expr]:
-    """The features that are not recursive averages (see `_recursive_indicators`), and ``warm``."""
+    """The features that are not recursive averages (see `_recursive_frame`), and ``warm``."""
     exprs: list[pl.Expr] = []
     # %B = (close - lower) / (upper - lower) with lower = mean - k * std and upper - lower = 2k * std.
     band_width = 2.0 * BB_STDDEVS * pl.col("bb_std")
