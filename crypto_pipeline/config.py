@@ -36,12 +36,13 @@ class Settings(BaseSettings):
     symbols: list[str] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
     base_timeframe: str = Field(default="5m", description="Timeframe ingested; coarser ones are resampled.")
     timeframes: list[str] = Field(default_factory=lambda: ["15m", "1h", "4h", "1d"])
+    # Day ranges include both ends everywhere (start/end, partitions_start/partitions_end, a partition range).
     start: str = Field(default="2024-01-01", description="First day (UTC) ingested by default.")
     end: str = Field(default="2024-09-06", description="Last day (UTC, inclusive) ingested by default.")
     partitions_start: str = Field(default="2024-01-01", description="First daily partition of the Dagster assets.")
     partitions_end: str | None = Field(
-        default="2024-09-07",
-        description="Day after the last daily partition (exclusive); empty for open-ended live data.",
+        default="2024-09-06",
+        description="Last daily partition (inclusive, like `end`); empty for open-ended live data.",
     )
     max_gap_ratio: float = Field(default=0.02, description="Asset check: largest tolerated share of missing bars.")
 

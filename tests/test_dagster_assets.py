@@ -189,3 +189,12 @@ def test_appending_a_day_rewrites_only_that_day(tmp_path):
     new_files = set(after) - set(before)
     assert new_files and all("2024-03-07" in str(p) or "2024-03-06" in str(p) for p in new_files)
     assert Warehouse(tmp_path).read("bars", timeframes=["1d"], symbols=["BTC/USDT"]).height == 4
+
+
+def test_partitions_cover_partitions_start_to_partitions_end_both_included():
+    from assets.partitions import DAILY_PARTITIONS
+    from crypto_pipeline.config import get_settings
+
+    settings = get_settings()
+    keys = DAILY_PARTITIONS.get_partition_keys()
+    assert (keys[0], keys[-1]) == (settings.partitions_start, settings.partitions_end)
