@@ -28,6 +28,7 @@ from crypto_pipeline.market.resample import resample_bars
 from crypto_pipeline.market.schema import BAR_SCHEMA, TIMESTAMP_DTYPE
 from crypto_pipeline.market.sources import BarSource
 from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.timeutil import as_utc
 from crypto_pipeline.warehouse import PARTITION_DATE, Warehouse, WriteReport
 
 DateLike = date | datetime | str
@@ -60,18 +61,12 @@ def _parse_bound(value: DateLike, name: str) -> date | datetime:
         ) from None
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def resolve_range(start: DateLike, end: DateLike) -> tuple[datetime, datetime]:
     """[start, end) in UTC. Days cover whole days, end day included; datetimes are exact (naive = UTC)."""
     first, last = _parse_bound(start, "start"), _parse_bound(end, "end")
-    lo = _as_utc(first) if isinstance(first, datetime) else datetime.combine(first, datetime.min.time(), UTC)
+    lo = as_utc(first) if isinstance(first, datetime) else datetime.combine(first, datetime.min.time(), UTC)
     hi = (
-        _as_utc(last)
-        if isinstance(last, datetime)
-        else datetime.combine(last, datetime.min.time(), UTC) + DAY
+        as_utc(last) if isinstance(last, datetime) else datetime.combine(last, datetime.min.time(), UTC) + DAY
     )
     if lo >= hi:
         raise UserInputError(f"start {first} is not before end {last}: the range is empty")
@@ -205,7 +200,7 @@ def ingest_raw(
     wanted = normalize_symbols(symbols)
     lo, hi = resolve_range(start, end)
     _check_symbols(source, wanted, tf)
-    stamp = _as_utc(ingested_at) if ingested_at is not None else datetime.now(UTC)
+    stamp = as_utc(ingested_at) if ingested_at is not None else datetime.now(UTC)
 
     report = IngestReport(source=source.description, timeframe=tf.value, symbols=wanted, start=lo, end=hi)
     rows_per_symbol = dict.fromkeys(wanted, 0)
@@ -378,7 +373,7 @@ def build_bars(
     wanted = normalize_symbols(symbols)
     lo, hi = resolve_range(start, end)
     first_day, last_day = lo.date(), (hi - timedelta(microseconds=1)).date()
-    now = _as_utc(now) if now is not None else datetime.now(UTC)
+    now = as_utc(now) if now is not None else datetime.now(UTC)
     timeframes = [base, *targets]
 
     report = BuildReport(symbols=wanted, base_timeframe=base.value, first_day=first_day, last_day=last_day)

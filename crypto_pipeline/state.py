@@ -19,6 +19,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.timeutil import as_utc
 
 if TYPE_CHECKING:
     from crypto_pipeline.ingest import DateLike
@@ -305,7 +306,7 @@ def state_from_row(row: dict[str, Any], timeframes: Iterable[str] = STATE_TIMEFR
 
 def build_market_state(features: pl.DataFrame, symbol: str, at: datetime) -> MarketState:
     """The state of `symbol` at decision time `at` from the long features table."""
-    at = _as_utc(at)
+    at = as_utc(at)
     table = market_state_table(
         features.filter(pl.col("symbol") == symbol), pl.DataFrame({"symbol": [symbol], "at": [at]})
     )
@@ -417,10 +418,6 @@ def build_market_states(
 # --- formatting helpers --------------------------------------------------------------------------
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _clean(value: Any) -> float | None:
     if value is None:
         return None
@@ -441,7 +438,7 @@ def build_market_state_from_recorded(symbol: str, at: datetime, settings: Any = 
     from crypto_pipeline.features import compute_features
 
     settings = settings or get_settings()
-    at = _as_utc(at)
+    at = as_utc(at)
     frames = []
     for tf_name in STATE_TIMEFRAMES:
         tf = Timeframe.parse(tf_name)

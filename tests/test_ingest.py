@@ -12,10 +12,10 @@ import pytest
 from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.ingest import build_bars, ingest_raw, resolve_range
-from crypto_pipeline.market.clean import check_monotonic, check_ohlc, check_unique
 from crypto_pipeline.market.schema import conform_bars
 from crypto_pipeline.market.sources import RecordedSource
 from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.quality import check_monotonic, check_ohlc, check_unique
 from crypto_pipeline.warehouse import Warehouse
 
 BINANCE = SHARED_MARKET_DATA / "binance-spot-2024"

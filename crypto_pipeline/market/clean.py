@@ -25,6 +25,7 @@ from crypto_pipeline.market.schema import (
     conform_bars,
 )
 from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.timeutil import as_utc
 
 
 class Reason(StrEnum):
@@ -58,10 +59,6 @@ class CleanResult:
         return dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _finite(name: str) -> pl.Expr:
     return pl.col(name).is_finite().fill_null(False)
 
@@ -91,7 +88,7 @@ def _reason_expr(
             step_us = int(timeframe.duration / timedelta(microseconds=1))
             rules.append(((ts.dt.epoch("us") % step_us) != 0, Reason.MISALIGNED))
         if now is not None:
-            rules.append((ts + timeframe.duration > _utc(now), Reason.FUTURE))
+            rules.append((ts + timeframe.duration > as_utc(now), Reason.FUTURE))
         rules += [
             (~pl.all_horizontal([_finite(c) for c in OHLCV_COLUMNS]), Reason.NON_FINITE),
             (pl.any_horizontal([pl.col(c) <= 0 for c in PRICE_COLUMNS]), Reason.NON_POSITIVE_PRICE),
@@ -319,10 +316,10 @@ def gap_report(
     frame = valid.sort([*keys, "timestamp"]).with_columns(_durations(valid, timeframe).alias("_duration"))
     step = pl.col("timestamp").diff().over(keys)
     frame = frame.with_columns((step - pl.col("_duration")).alias("_hole"))
-    lo = pl.lit(_utc(start), TIMESTAMP_DTYPE) if start is not None else pl.col("timestamp").min()
+    lo = pl.lit(as_utc(start), TIMESTAMP_DTYPE) if start is not None else pl.col("timestamp").min()
     step_us = pl.col("_duration").first().dt.total_microseconds()
     hi = (
-        pl.lit(_utc(end), TIMESTAMP_DTYPE)
+        pl.lit(as_utc(end), TIMESTAMP_DTYPE)
         if end is not None
         else pl.col("timestamp").max() + pl.col("_duration").first()
     )

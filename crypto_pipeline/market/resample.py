@@ -10,13 +10,14 @@ A period with missing source bars is still emitted; `bar_count` says how many so
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 
 import polars as pl
 
 from crypto_pipeline.market.clean import is_sorted_by_symbol_time
 from crypto_pipeline.market.schema import INGESTED_AT, TIMESTAMP_DTYPE
 from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.timeutil import as_utc
 
 RESAMPLED_COLUMNS: tuple[str, ...] = (
     "symbol",
@@ -33,10 +34,6 @@ RESAMPLED_COLUMNS: tuple[str, ...] = (
 )
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _horizons(
     frame: pl.DataFrame, source: Timeframe, complete_until: datetime | Mapping[str, datetime] | None
 ) -> pl.DataFrame:
@@ -45,9 +42,9 @@ def _horizons(
     if complete_until is None:
         return last_close
     if isinstance(complete_until, datetime):
-        return last_close.with_columns(pl.lit(_as_utc(complete_until), TIMESTAMP_DTYPE).alias("_horizon"))
+        return last_close.with_columns(pl.lit(as_utc(complete_until), TIMESTAMP_DTYPE).alias("_horizon"))
     given = pl.DataFrame(
-        {"symbol": list(complete_until), "_given": [_as_utc(v) for v in complete_until.values()]},
+        {"symbol": list(complete_until), "_given": [as_utc(v) for v in complete_until.values()]},
         schema={"symbol": pl.Utf8, "_given": TIMESTAMP_DTYPE},
     )
     return (

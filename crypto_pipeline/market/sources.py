@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -29,6 +29,7 @@ from crypto_pipeline.config import Settings
 from crypto_pipeline.errors import SourceError, UserInputError
 from crypto_pipeline.market.schema import BAR_SCHEMA, conform_bars, empty_frame
 from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,6 @@ class BarSource(Protocol):
     ) -> pl.DataFrame:
         """Bars of `symbols` with start <= timestamp < end, conformed to BAR_SCHEMA, unjudged."""
         ...
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # --- recorded files --------------------------------------------------------------------------------
@@ -157,7 +154,7 @@ class RecordedSource:
     ) -> pl.DataFrame:
         timeframe = Timeframe.parse(timeframe)
         self._require(timeframe)
-        start, end = _utc(start), _utc(end)
+        start, end = as_utc(start), as_utc(end)
         frames: list[pl.DataFrame] = []
         wanted = list(symbols)
         if timeframe in self._parquet and wanted:
@@ -365,7 +362,7 @@ class AlpacaSource:
         self, symbols: Sequence[str], timeframe: Timeframe, start: datetime, end: datetime
     ) -> pl.DataFrame:
         timeframe = Timeframe.parse(timeframe)
-        start, end = _utc(start), _utc(end)
+        start, end = as_utc(start), as_utc(end)
         if not symbols or start >= end:
             return empty_frame(BAR_SCHEMA)
         amount, unit = _ALPACA_TIMEFRAMES[timeframe]
