@@ -429,28 +429,27 @@ def _clean(value: Any) -> float | None:
 
 
 def build_market_state_from_recorded(symbol: str, at: datetime, settings: Any = None) -> MarketState:
-    """The state of `symbol` at `at`, computed in memory from the recorded Parquet bars.
+    """The state of `symbol` at `at`, computed in memory from the recorded bars (`RecordedSource`).
 
     Only bars that had closed by `at` are read (the filter is pushed into the Parquet scan), so the
     state cannot see the future even by accident. Timeframes missing from the recording are left out.
     """
     from crypto_pipeline.config import get_settings
     from crypto_pipeline.features import compute_features
+    from crypto_pipeline.market.sources import RecordedSource
 
     settings = settings or get_settings()
     at = as_utc(at)
+    source = RecordedSource(settings.market_data_dir)
+    recorded = set(source.timeframes())
     frames = []
     for tf_name in STATE_TIMEFRAMES:
         tf = Timeframe.parse(tf_name)
-        path = settings.market_data_dir / f"bars_{tf.value}.parquet"
-        if not path.exists():
+        if tf not in recorded:
             continue
-        bars = (
-            pl.scan_parquet(path)
-            .filter((pl.col("symbol") == symbol) & (pl.col("timestamp") + tf.duration <= at))
-            .with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
-            .collect()
-        )
+        # fetch_bars reads [start, end) of bar open times: a bar has closed by `at` if it opened by at - d.
+        closed_by_at = at - tf.duration + timedelta(microseconds=1)
+        bars = source.fetch_bars([symbol], tf, datetime(1970, 1, 1, tzinfo=UTC), closed_by_at)
         if bars.height:
             frames.append(compute_features(bars, tf).with_columns(pl.lit(tf.value).alias("timeframe")))
     if not frames:
