@@ -5,7 +5,7 @@ from pydantic import Field
 
 from assets.checks import check_result, check_specs, report_metadata
 from assets.market_data import bars, partition_days
-from assets.partitions import DAILY_PARTITIONS, SINGLE_RUN_BACKFILL
+from assets.partitions import daily_asset
 from assets.resources import WarehouseResource
 from crypto_pipeline.config import get_settings
 from crypto_pipeline.features import build_features
@@ -41,10 +41,8 @@ class MarketStatesConfig(dg.Config):
     )
 
 
-@dg.asset(
+@daily_asset(
     deps=[bars],
-    partitions_def=DAILY_PARTITIONS,
-    backfill_policy=SINGLE_RUN_BACKFILL,
     group_name="features",
     kinds={"polars", "parquet"},
     description="RSI, MACD, EMAs, ATR, Bollinger %B, volatility, returns, volume and VWAP measures per timeframe.",
@@ -75,10 +73,8 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig, warehous
     )
 
 
-@dg.asset(
+@daily_asset(
     deps=[features],
-    partitions_def=DAILY_PARTITIONS,
-    backfill_policy=SINGLE_RUN_BACKFILL,
     group_name="features",
     kinds={"polars", "parquet"},
     description="One market-state snapshot (its prompt text, prompt version and hash) per symbol at every decision-bar close.",

@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.checks import check_result, check_specs, report_metadata, warehouse_metadata
-from assets.partitions import DAILY_PARTITIONS, SINGLE_RUN_BACKFILL
+from assets.partitions import daily_asset
 from assets.resources import MarketDataSourceResource, WarehouseResource
 from crypto_pipeline.config import get_settings
 from crypto_pipeline.ingest import build_bars, ingest_raw, resolve_range
@@ -31,9 +31,7 @@ def partition_days(context: dg.AssetExecutionContext) -> tuple[date, date]:
     return window.start.date(), (window.end - timedelta(days=1)).date()
 
 
-@dg.asset(
-    partitions_def=DAILY_PARTITIONS,
-    backfill_policy=SINGLE_RUN_BACKFILL,
+@daily_asset(
     group_name="market_data",
     kinds={"duckdb", "parquet", "alpaca"},
     description="Bars as the source delivered them (base timeframe), one Parquet file per timeframe and day.",
@@ -61,10 +59,8 @@ def raw_bars(
     )
 
 
-@dg.asset(
+@daily_asset(
     deps=[raw_bars],
-    partitions_def=DAILY_PARTITIONS,
-    backfill_policy=SINGLE_RUN_BACKFILL,
     group_name="market_data",
     kinds={"duckdb", "parquet", "polars"},
     description="Clean bars: sorted, de-duplicated, gaps flagged, bad rows quarantined, resampled to 15m/1h/4h/1d.",

@@ -4,6 +4,7 @@ Dagster needs a partitions definition when the definitions load, so `Settings.pa
 `partitions_end` (both days included) are read then; everything else is read when a run starts.
 """
 
+import functools
 import warnings
 from datetime import date, timedelta
 
@@ -29,3 +30,8 @@ DAILY_PARTITIONS = daily_partitions()
 # Single-run backfills: a range of days is one run that reads and writes each partition once,
 # instead of hundreds of tiny runs (and it lets `dagster asset materialize --partition-range` work).
 SINGLE_RUN_BACKFILL = dg.BackfillPolicy.single_run()
+
+# Every market-data asset: daily partitions, a range of days in one run.
+daily_asset = functools.partial(
+    dg.asset, partitions_def=DAILY_PARTITIONS, backfill_policy=SINGLE_RUN_BACKFILL
+)

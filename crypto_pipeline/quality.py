@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 import polars as pl
 
@@ -91,6 +91,18 @@ class CheckResult:
     def sample_records(self) -> list[dict[str, str | None]]:
         """The sample as JSON-safe records (every value rendered as text)."""
         return [{k: None if v is None else str(v) for k, v in row.items()} for row in self.sample.to_dicts()]
+
+
+@dataclass(kw_only=True)
+class CheckedReport:
+    """What a builder (`build_features`, `build_market_states`) did over whole days, with the data-quality
+    checks of the rows it built; the Dagster layer turns `checks` into asset-check results."""
+
+    symbols: list[str]
+    first_day: date
+    last_day: date  # included
+    seconds: float = 0.0
+    checks: list[CheckResult] = field(default_factory=list)
 
 
 # --- bars ------------------------------------------------------------------------------------------

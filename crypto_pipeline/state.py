@@ -11,19 +11,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.quality import CheckedReport
 from crypto_pipeline.timeutil import as_utc
 
 if TYPE_CHECKING:
     from crypto_pipeline.ingest import DateLike
-    from crypto_pipeline.quality import CheckResult
     from crypto_pipeline.warehouse import Warehouse
 
 STATE_TIMEFRAMES: tuple[str, ...] = ("15m", "1h", "4h", "1d")
@@ -323,17 +323,12 @@ DEFAULT_DECISION_TIMEFRAME = "1h"
 DEFAULT_STATES_LOOKBACK_DAYS = 10  # history needed for the 7-day volume averages
 
 
-@dataclass
-class MarketStatesReport:
-    symbols: list[str]
+@dataclass(kw_only=True)
+class MarketStatesReport(CheckedReport):
     decision_timeframe: str
-    first_day: date
-    last_day: date
     states: int = 0
     prompt_version: str = ""
     example_prompt: str = ""
-    seconds: float = 0.0
-    checks: list[CheckResult] = field(default_factory=list)  # data-quality checks of the states built
 
     def summary(self) -> str:
         return (

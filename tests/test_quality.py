@@ -8,18 +8,12 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
+from crypto_pipeline import state as states
 from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.llm.prompts import PROMPT_VERSION, build_user_prompt, prompt_hash
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.quality import NO_LOOKAHEAD, QUALITY_CHECKS, check_no_lookahead, checks_for
-from crypto_pipeline.state import (
-    STATE_TIMEFRAMES,
-    build_market_states,
-    decision_points,
-    market_state_table,
-    states_from_table,
-)
 from crypto_pipeline.warehouse import Warehouse
 
 DATA = SHARED_MARKET_DATA / "binance-spot-2024"
@@ -33,13 +27,13 @@ def peeking(features: pl.DataFrame, points: pl.DataFrame) -> pl.DataFrame:
     shifted = features.with_columns(
         pl.col("timestamp") - pl.col("timeframe").replace_strict(durations, return_dtype=pl.Duration("us"))
     )
-    return market_state_table(shifted, points)
+    return states.market_state_table(shifted, points)
 
 
 @pytest.fixture(scope="module")
 def features() -> pl.DataFrame:
     frames = []
-    for tf in STATE_TIMEFRAMES:
+    for tf in states.STATE_TIMEFRAMES:
         bars = pl.read_parquet(DATA / f"bars_{tf}.parquet").filter(
             pl.col("symbol").is_in(["BTC/USDT", "ETH/USDT"]) & (pl.col("timestamp") < END)
         )
@@ -56,7 +50,7 @@ def test_every_check_has_one_unique_name_and_a_description() -> None:
 
 @requires_data
 def test_no_lookahead_passes_on_the_state_builder_and_fails_on_a_one_bar_peek(features: pl.DataFrame) -> None:
-    points = decision_points(features, "1h", FIRST, END)
+    points = states.decision_points(features, "1h", FIRST, END)
     assert points.height == 2 * 3 * 24
     honest = check_no_lookahead(features, points)
     assert honest.passed and honest.total == 3, honest.sample_records()
@@ -71,18 +65,20 @@ def test_build_market_states_stores_the_prompt_its_version_and_hash_and_reports_
 ) -> None:
     wh = Warehouse(tmp_path)
     wh.upsert("features", features)
-    report = build_market_states(wh, ["BTC/USDT", "ETH/USDT"], "2024-03-04", "2024-03-06")
+    report = states.build_market_states(wh, ["BTC/USDT", "ETH/USDT"], "2024-03-04", "2024-03-06")
     assert report.states == 2 * 3 * 24 and [c.passed for c in report.checks] == [True]
     stored = wh.read("market_states").sort("symbol", "at")
     assert (stored["prompt_version"] == PROMPT_VERSION).all()
     # The stored prompt is byte for byte what the model is shown for the state, and so is its hash.
-    for state, row in zip(states_from_table(stored), stored.iter_rows(named=True), strict=True):
+    for state, row in zip(states.states_from_table(stored), stored.iter_rows(named=True), strict=True):
         assert row["prompt"] == build_user_prompt(state)
         assert row["prompt_hash"] == prompt_hash(build_user_prompt(state))
 
-    leaky = build_market_states(Warehouse(tmp_path / "leaky"), ["BTC/USDT"], "2024-03-04", "2024-03-06")
+    leaky = states.build_market_states(
+        Warehouse(tmp_path / "leaky"), ["BTC/USDT"], "2024-03-04", "2024-03-06"
+    )
     assert leaky.states == 0  # nothing to build from an empty warehouse
     wh_peek = Warehouse(tmp_path / "peek")
     wh_peek.upsert("features", features)
-    peek = build_market_states(wh_peek, ["BTC/USDT"], "2024-03-04", "2024-03-06", build=peeking)
+    peek = states.build_market_states(wh_peek, ["BTC/USDT"], "2024-03-04", "2024-03-06", build=peeking)
     assert [c.passed for c in peek.checks] == [False]

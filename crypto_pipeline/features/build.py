@@ -4,32 +4,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import date, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import polars as pl
 
 from crypto_pipeline.features.compute import compute_features
+from crypto_pipeline.quality import CheckedReport, check_warm_features
 
 if TYPE_CHECKING:
     from crypto_pipeline.ingest import DateLike
-    from crypto_pipeline.quality import CheckResult
     from crypto_pipeline.warehouse import Warehouse
 
 DEFAULT_LOOKBACK_DAYS = 400  # history read before the range so slow indicators (EMA-200 on 1d) warm up
 
 
-@dataclass
-class FeaturesReport:
-    symbols: list[str]
+@dataclass(kw_only=True)
+class FeaturesReport(CheckedReport):
     timeframes: list[str]
-    first_day: date
-    last_day: date
     rows: int = 0
     warm_rows: int = 0
-    seconds: float = 0.0
-    checks: list[CheckResult] = field(default_factory=list)  # data-quality checks of the rows built
 
     def summary(self) -> str:
         return (
@@ -55,7 +50,6 @@ def build_features(
     """
     # Imported here: `crypto_pipeline.features` stays a light import for those who only compute features.
     from crypto_pipeline.ingest import normalize_symbols, parse_timeframe, resolve_range
-    from crypto_pipeline.quality import check_warm_features
 
     started = time.perf_counter()
     wanted = normalize_symbols(symbols)
