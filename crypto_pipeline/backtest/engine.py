@@ -15,6 +15,7 @@ Two entry points:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -335,7 +336,7 @@ def _execute(
 ) -> None:
     """Fill a market intent at the open of the bar starting at `at`, or drop it (no bar, no cash)."""
     symbol = intent.symbol
-    open_price = opens.at[at, symbol] if symbol in opens.columns else np.nan
+    open_price = float(opens.at[at, symbol]) if symbol in opens.columns else math.nan
     if not np.isfinite(open_price) or open_price <= 0:
         log.info("no open for %s at %s: order dropped", symbol, at)
         return
@@ -347,7 +348,7 @@ def _execute(
         move = slip_model.impact(qty, volume)
     else:
         move = slippage_bps / 10_000
-    price = open_price * (1 + move) if intent.side == OrderSide.BUY else open_price * (1 - move)
+    price = float(open_price * (1 + move) if intent.side == OrderSide.BUY else open_price * (1 - move))
     if intent.side == OrderSide.BUY:
         # The open may gap above the decision's price: shrink the order to the cash there is.
         affordable = rules.floor_qty(book.cash / (price * (1 + fee_bps / 10_000)))
