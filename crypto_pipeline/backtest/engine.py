@@ -223,6 +223,7 @@ def run_policy(
     slippage_bps: float | None = None,
     init_cash: float = INIT_CASH,
     decide: Callable[[DecisionProvider, list[MarketState]], list[TradeDecision]] = decide_safely,
+    lag_bars: int = 0,
 ) -> PolicyRun:
     """Backtest `provider` on `states` (rows of `state.market_state_table`, one per symbol and decision
     time `at`) against `bars` (the execution timeframe, keyed by open time).
@@ -231,6 +232,7 @@ def run_policy(
     updated, every symbol's state gets the account's portfolio, the provider decides (through `decide`,
     e.g. a decision cache), and the risk engine turns each decision into an order intent or a rejection.
     Approved intents fill at the open of the bar starting at `at`, paying `fee_bps` and the slippage.
+    `lag_bars` delays every fill by that many bars (the one-bar-lag audit).
     """
     import time
 
@@ -281,10 +283,14 @@ def run_policy(
                 # Later decisions of this batch see the order as if filled at the last close: exposure
                 # caps then hold across symbols decided at the same time.
                 account = _projected(book, account, outcome.intent, state.price, marks)
+        position = int(opens.index.get_loc(at_ts)) + lag_bars
+        if position >= len(opens.index):
+            continue
+        fill_ts = opens.index[position]
         # Sells first, so that a rotation frees cash before buying.
         for intent, decided_at in sorted(intents, key=lambda x: x[0].side != OrderSide.SELL):
             _execute(
-                book, intent, opens, volumes, at_ts, fee_bps, slippage_bps, slip_model, fills, decided_at
+                book, intent, opens, volumes, fill_ts, fee_bps, slippage_bps, slip_model, fills, decided_at
             )
     portfolio = _replay(fills, opens, closes, fee_bps, init_cash)
     equity = portfolio.value()
