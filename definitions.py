@@ -4,6 +4,7 @@ import os
 
 import dagster as dg
 
+from assets.backtest import baseline_backtests, llm_backtests, walk_forward_report
 from assets.features import features, market_states
 from assets.market_data import bars, raw_bars
 from assets.resources import MarketDataSourceResource, WarehouseResource
@@ -16,7 +17,7 @@ def _secret(name: str) -> dg.EnvVar | None:
 
 
 defs = dg.Definitions(
-    assets=[raw_bars, bars, features, market_states],
+    assets=[raw_bars, bars, features, market_states, baseline_backtests, llm_backtests, walk_forward_report],
     jobs=[market_data_job],
     schedules=[daily_market_data_schedule],
     resources={

@@ -264,3 +264,31 @@ def walk_forward(
     if cache is not None:
         cache.save()
     return WalkForwardReport(folds, results, time.perf_counter() - started)
+
+
+# --- per-fold results at rest (Dagster partitions write them; the report reads them all) ----------
+def save_fold_results(results: Sequence[FoldResult], directory: Path) -> Path:
+    """One Parquet pair per (fold, policy set): metrics and the out-of-sample returns."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        stem = f"{r.fold}__{r.policy.replace(':', '_').replace('/', '_')}"
+        pl.DataFrame(
+            [{"policy": r.policy, "fold": r.fold, **r.metrics, **{f"llm_{k}": v for k, v in r.llm.items()}}]
+        ).write_parquet(directory / f"{stem}.metrics.parquet")
+        pl.DataFrame({"timestamp": r.returns.index.to_list(), "ret": r.returns.to_numpy()}).write_parquet(
+            directory / f"{stem}.returns.parquet"
+        )
+    return directory
+
+
+def load_fold_results(directory: Path, folds: Sequence[Fold]) -> WalkForwardReport:
+    results = []
+    for path in sorted(directory.glob("*.metrics.parquet")):
+        row = pl.read_parquet(path).row(0, named=True)
+        returns = pl.read_parquet(path.with_name(path.name.replace(".metrics.", ".returns.")))
+        series = pd.Series(returns["ret"].to_numpy(), index=pd.DatetimeIndex(returns["timestamp"].to_list()))
+        llm = {k[4:]: v for k, v in row.items() if k.startswith("llm_")}
+        metrics = {k: v for k, v in row.items() if k not in ("policy", "fold") and not k.startswith("llm_")}
+        results.append(FoldResult(row["policy"], row["fold"], metrics, series, llm))
+    keys = {r.fold for r in results}
+    return WalkForwardReport([f for f in folds if f.key in keys], results)
