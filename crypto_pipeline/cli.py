@@ -373,5 +373,26 @@ def backtest_command(
     typer.echo(json.dumps(summary, default=float))
 
 
+@app.command("promote")
+def promote_command(
+    challenger: str = typer.Option("challenger", help="Registered version number or alias of crypto-policy."),
+) -> None:
+    """Run the promotion gate on a registered version; print one JSON object with the verdict and reasons."""
+    import json
+
+    from rich.console import Console
+
+    from crypto_pipeline.backtest.gate import promote
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.errors import UserInputError
+
+    try:
+        result = promote(challenger, settings=Settings())
+    except UserInputError as error:
+        Console(stderr=True).print(f"[red]promote:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result, default=str))
+
+
 if __name__ == "__main__":
     app()

@@ -117,3 +117,58 @@ def record_in_mlflow(
         "champion_after": version if decision.promoted else before,
         "reasons": decision.reasons,
     }
+
+
+def promote(
+    challenger_ref: str = "challenger",
+    *,
+    settings: Any = None,
+    config: Any = None,
+    model_name: str = "crypto-policy",
+) -> dict[str, Any]:
+    """Run the gate on a registered version (a number or an alias, default `challenger`): walk-forward of
+    the challenger, the champion (if any) and the baselines from the decision cache where it can, the
+    truncation audit on a sample, then record the verdict. Raises UserInputError for a missing version."""
+    from mlflow import MlflowClient
+
+    from crypto_pipeline.backtest.audits import truncation_audit
+    from crypto_pipeline.backtest.cache import DecisionCache
+    from crypto_pipeline.backtest.run import make_provider
+    from crypto_pipeline.backtest.walkforward import MarketData, WalkForwardConfig, walk_forward
+    from crypto_pipeline.config import get_settings
+    from crypto_pipeline.errors import UserInputError
+    from crypto_pipeline.llm.rule_based import RuleBased
+
+    settings = settings or get_settings()
+    client = MlflowClient(
+        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
+    )
+    try:
+        version = (
+            client.get_model_version(model_name, challenger_ref).version
+            if challenger_ref.isdigit()
+            else client.get_model_version_by_alias(model_name, challenger_ref).version
+        )
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing version
+        raise UserInputError(
+            f"no version {challenger_ref!r} of {model_name}: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    try:
+        champion = client.get_model_version_by_alias(model_name, "champion").version
+    except Exception:  # noqa: BLE001 - no champion yet
+        champion = None
+    config = config or WalkForwardConfig(
+        decision_every_hours=12, test_days=7, data_dir=settings.market_data_dir
+    )
+    providers = {"challenger": make_provider(f"llm:{version}", settings), "rules": RuleBased()}
+    if champion and champion != version:
+        providers["champion"] = make_provider(f"llm:{champion}", settings)
+    data = MarketData.load(config)
+    cache = DecisionCache(settings.warehouse_dir / "decision_cache.parquet")
+    report = walk_forward(config, providers=providers, cache=cache, data=data)
+    samples = [(s, f.test_start) for f in report.folds for s in config.symbols][:4]
+    audits = [truncation_audit(lambda _: providers["challenger"], {"1h": data.bars}, samples)]
+    decision = decide_promotion(
+        report, "challenger", champion="champion" if "champion" in providers else None, audits=audits
+    )
+    return record_in_mlflow(client, model_name, version, decision)

@@ -54,3 +54,10 @@ def test_bad_input_gets_a_clear_error(args: list[str], message: str, tmp_path, m
     assert result.exit_code == 2
     assert message in result.output.replace("\n", " ")
     assert not (tmp_path / "out").exists() and not (tmp_path / "wh").exists()
+
+
+def test_promote_a_missing_version_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CRYPTO_PIPELINE_MLRUNS_DIR", str(tmp_path))
+    result = runner.invoke(app, ["promote", "--challenger", "7"])
+    assert result.exit_code == 2
+    assert "no version '7' of crypto-policy" in result.output.replace("\n", " ")
