@@ -3,8 +3,8 @@ folds run in parallel on the multiprocess executor or a cluster executor), then 
 
 Each asset is a thin call into `crypto_pipeline.backtest`."""
 
-
 import base64
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -77,7 +77,7 @@ def llm_backtests(context: dg.AssetExecutionContext, config: BacktestConfig) -> 
     """The LLM policy on one fold, through the risk engine, decisions cached by (model version, prompt hash)."""
     from crypto_pipeline.backtest.run import make_provider
 
-    wf = _config(config, config.llm_decision_every_hours)
+    wf = replace(_config(config, config.llm_decision_every_hours), symbols=tuple(config.llm_symbols))
     fold = fold_by_key(wf.folds(), context.partition_key)
     cache = DecisionCache(get_settings().warehouse_dir / "decision_cache.parquet")
     provider = make_provider(config.llm_policy)
