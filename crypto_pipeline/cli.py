@@ -335,5 +335,83 @@ def decide_command(
         raise typer.Exit(1)
 
 
+# --- backtest: one policy over one range, one JSON object ------------------------------------------
+@app.command("backtest")
+def backtest_command(
+    policy: str = typer.Option(
+        "ema_cross", help="ema_cross | rsi | buy_hold | rules | lgbm | llm[:ALIAS_OR_VERSION]."
+    ),
+    symbols: str = typer.Option("BTC/USDT", help="Comma-separated symbols of the recorded data."),
+    timeframe: str = typer.Option("1h", help="Bar timeframe the orders fill on."),
+    start: str = typer.Option("2024-01-01", help="First UTC day (YYYY-MM-DD) or ISO datetime."),
+    end: str = typer.Option("2024-09-07", help="End, excluded (YYYY-MM-DD) or ISO datetime."),
+    fast: int = typer.Option(9, help="ema_cross: fast EMA span."),
+    slow: int = typer.Option(21, help="ema_cross: slow EMA span."),
+    fee_bps: float = typer.Option(
+        25.0, "--fee-bps", help="Fee per fill, bps of notional (exchange taker: 25)."
+    ),
+    slippage_bps: float | None = typer.Option(
+        None,
+        "--slippage-bps",
+        help="Flat slippage in bps (default: 0 for signals, the exchange's impact model for rules/llm).",
+    ),
+    decision_every: float = typer.Option(4.0, "--decision-every", help="rules/llm: hours between decisions."),
+    out: str = typer.Option("warehouse/reports/backtest", help="Folder for the report (rules, lgbm, llm)."),
+) -> None:
+    """Backtest one policy; print one JSON object with final_equity, trades and the metrics."""
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from crypto_pipeline.backtest.run import backtest, config_from_options
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.errors import UserInputError
+
+    errors = Console(stderr=True)
+    settings = Settings()
+    try:
+        config = config_from_options(
+            symbols=tuple(s.strip() for s in symbols.split(",") if s.strip()),
+            timeframe=timeframe,
+            start=start,
+            end=end,
+            fast=fast,
+            slow=slow,
+            fee_bps=fee_bps,
+            slippage_bps=slippage_bps,
+            decision_every_hours=decision_every,
+            data_dir=settings.market_data_dir,
+        )
+        summary, _ = backtest(
+            policy, config, out_dir=Path(out), cache_path=settings.warehouse_dir / "decision_cache.parquet"
+        )
+    except (UserInputError, ValueError) as error:
+        errors.print(f"[red]backtest:[/red] {error}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(summary, default=float))
+
+
+@app.command("promote")
+def promote_command(
+    challenger: str = typer.Option("challenger", help="Registered version number or alias of crypto-policy."),
+) -> None:
+    """Run the promotion gate on a registered version; print one JSON object with the verdict and reasons."""
+    import json
+
+    from rich.console import Console
+
+    from crypto_pipeline.backtest.gate import promote
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.errors import UserInputError
+
+    try:
+        result = promote(challenger, settings=Settings())
+    except UserInputError as error:
+        Console(stderr=True).print(f"[red]promote:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result, default=str))
+
+
 if __name__ == "__main__":
     app()

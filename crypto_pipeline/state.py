@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from crypto_pipeline.ingest import DateLike
     from crypto_pipeline.warehouse import Warehouse
 
+if TYPE_CHECKING:  # the trading model is only named here; importing it would load alpaca-py's enums
+    from crypto_pipeline.trading import Account
+
 STATE_TIMEFRAMES: tuple[str, ...] = ("15m", "1h", "4h", "1d")
 
 # Indicator fields per timeframe, all scale-free (percentages/ratios) so that an anonymized prompt
@@ -81,7 +84,8 @@ class OrderBookSnapshot(BaseModel):
 
 
 class Portfolio(BaseModel):
-    """What the account holds of this symbol at decision time (added by the backtest or live loop)."""
+    """What the account holds of this symbol at decision time: the prompt's view of a
+    `crypto_pipeline.trading.Account` (build it with `Portfolio.from_account`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -89,6 +93,17 @@ class Portfolio(BaseModel):
     avg_entry_price: float | None = None
     cash: float = 0.0
     equity: float = 0.0
+
+    @classmethod
+    def from_account(cls, account: Account, symbol: str) -> Portfolio:
+        """The account's cash, equity and holding of `symbol`, as the backtest and live loop see it."""
+        position = account.position(symbol)
+        return cls(
+            position_qty=position.qty if position is not None else 0.0,
+            avg_entry_price=position.avg_entry_price if position is not None else None,
+            cash=account.cash,
+            equity=account.equity,
+        )
 
     def unrealized_pnl_pct(self, price: float) -> float | None:
         if self.position_qty <= 0 or not self.avg_entry_price:

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from assets.backtest import baseline_backtests, llm_backtests, walk_forward_report
 from assets.features import features, market_states
 from assets.market_data import bars, raw_bars
 from assets.partitions import DAILY_PARTITIONS
@@ -28,7 +29,7 @@ def make_definitions(
     """The project's definitions; `definitions.py` uses the defaults, `crypto-pipeline run` passes the
     resources of its run (e.g. the local exchange it started, with that run's keys)."""
     return dg.Definitions(
-        assets=[raw_bars, bars, features, market_states],
+        assets=[raw_bars, bars, features, market_states, baseline_backtests, llm_backtests, walk_forward_report],
         jobs=[market_data_job],
         schedules=[daily_market_data_schedule],
         resources={

@@ -1,0 +1,173 @@
+"""Leakage audits that run with every policy backtest; a failed audit blocks promotion.
+
+- truncation: a sample of decisions is re-made from data cut at the decision time (and, in the
+  shuffle-future variant, with every bar after it shuffled). Prompts and decisions must be identical:
+  a policy that reads anything after t is caught.
+- anonymized vs plain: the same states with symbol, dates and price levels hidden; a large disagreement
+  points to memorization of the period rather than reading the indicators.
+- one-bar lag: the same decisions filled one bar later; an edge that vanishes under lag was never real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from crypto_pipeline.features import compute_features
+from crypto_pipeline.llm.decision import TradeDecision
+from crypto_pipeline.llm.prompts import build_user_prompt
+from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
+from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.state import MarketState, market_state_table, states_from_table
+
+ProviderFactory = Callable[[dict[str, pl.DataFrame]], DecisionProvider]
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    name: str
+    passed: bool
+    detail: str
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+def _same(a: TradeDecision, b: TradeDecision) -> bool:
+    keys = ("action", "confidence", "position_size_pct", "stop_loss_pct", "take_profit_pct", "valid")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def _states(bars_by_tf: dict[str, pl.DataFrame], symbol: str, at: datetime) -> MarketState:
+    frames = [
+        compute_features(b.filter(pl.col("symbol") == symbol), tf).with_columns(pl.lit(tf).alias("timeframe"))
+        for tf, b in bars_by_tf.items()
+    ]
+    table = market_state_table(
+        pl.concat(frames, how="diagonal_relaxed"),
+        pl.DataFrame({"symbol": [symbol], "at": [at]}),
+        tuple(bars_by_tf),
+    )
+    return states_from_table(table)[0]
+
+
+def _cut(
+    bars_by_tf: dict[str, pl.DataFrame], at: datetime, *, shuffle: bool, seed: int
+) -> dict[str, pl.DataFrame]:
+    """Bars as they were known at `at` (closed by then); with `shuffle`, the later bars stay but their
+    values are permuted, so a policy reading the future sees a different future."""
+    out = {}
+    for tf, bars in bars_by_tf.items():
+        closed = pl.col("timestamp") + Timeframe.parse(tf).duration <= at
+        past = bars.filter(closed)
+        if shuffle:
+            future = bars.filter(~closed)
+            values = ["open", "high", "low", "close", "volume"]
+            permuted = future.select(values).sample(fraction=1.0, shuffle=True, seed=seed)
+            future = pl.concat([future.drop(values), permuted], how="horizontal").select(bars.columns)
+            out[tf] = pl.concat([past, future]).sort("symbol", "timestamp")
+        else:
+            out[tf] = past
+    return out
+
+
+def truncation_audit(
+    make_provider: ProviderFactory,
+    bars_by_tf: dict[str, pl.DataFrame],
+    samples: Sequence[tuple[str, datetime]],
+    *,
+    shuffle_future: bool = False,
+    seed: int = 0,
+) -> AuditResult:
+    """Re-make each sampled (symbol, decision time) from cut data; every prompt and decision must match.
+    `make_provider` builds the policy from the bars it may use (policies that hold data get the cut data;
+    an LLM ignores them)."""
+    name = "shuffle_future" if shuffle_future else "truncation"
+    full_provider = make_provider(bars_by_tf)
+    mismatches = []
+    for symbol, at in samples:
+        full_state = _states(bars_by_tf, symbol, at)
+        cut = _cut(bars_by_tf, at, shuffle=shuffle_future, seed=seed)
+        cut_state = _states(cut, symbol, at)
+        same_prompt = build_user_prompt(full_state) == build_user_prompt(cut_state)
+        full = decide_safely(full_provider, [full_state])[0]
+        again = decide_safely(make_provider(cut), [cut_state])[0]
+        if not (same_prompt and _same(full, again)):
+            mismatches.append(
+                f"{symbol}@{at:%Y-%m-%d %H:%M}: prompt {'same' if same_prompt else 'DIFFERS'}, "
+                f"{full.action.value}->{again.action.value}"
+            )
+    passed = not mismatches
+    detail = f"{len(samples)} decisions re-made from data cut at t: " + (
+        "all identical" if passed else f"{len(mismatches)} differ, e.g. {mismatches[:3]}"
+    )
+    return AuditResult(name, passed, detail, {"samples": len(samples), "mismatches": len(mismatches)})
+
+
+class _Anonymized(MarketState):
+    """A state whose prompt hides symbol, dates and price levels (the anonymized audit)."""
+
+    def to_prompt(self, anonymize: bool = False) -> str:
+        return super().to_prompt(anonymize=True)
+
+
+def anonymized_audit(
+    provider: DecisionProvider, states: Sequence[MarketState], *, max_disagreement: float = 0.3
+) -> AuditResult:
+    """Share of decisions whose action changes when the prompt is anonymized."""
+    plain = decide_safely(provider, list(states))
+    hidden = decide_safely(provider, [_Anonymized(**s.model_dump()) for s in states])
+    differ = (
+        float(np.mean([a.action != b.action for a, b in zip(plain, hidden, strict=True)])) if states else 0.0
+    )
+    passed = differ <= max_disagreement
+    return AuditResult(
+        "anonymized",
+        passed,
+        f"{differ:.0%} of {len(states)} actions change when symbol, dates and prices are hidden "
+        f"(limit {max_disagreement:.0%})",
+        {"disagreement": differ, "samples": len(states)},
+    )
+
+
+def lag_audit(sharpe_plain: float, sharpe_lagged: float, *, keep: float = 0.5) -> AuditResult:
+    """An edge (positive Sharpe) must keep at least `keep` of its Sharpe when fills come a bar later."""
+    passed = sharpe_plain <= 0 or sharpe_lagged >= keep * sharpe_plain
+    return AuditResult(
+        "one_bar_lag",
+        passed,
+        f"Sharpe {sharpe_plain:.2f} on time, {sharpe_lagged:.2f} one bar late"
+        + ("" if passed else f": the edge vanishes under lag (< {keep:.0%} kept)"),
+        {"sharpe": sharpe_plain, "sharpe_lagged": sharpe_lagged},
+    )
+
+
+@dataclass(frozen=True)
+class LeakyPolicy:
+    """Intentionally leaky (for the audits' own test): buys when the NEXT bar closes higher, which it
+    can only know by reading the bars it was given beyond the decision time."""
+
+    bars: pl.DataFrame
+    name: str = "leaky"
+
+    def decide(self, states: list[MarketState]) -> list[TradeDecision]:
+        out = []
+        for state in states:
+            ahead = self.bars.filter(
+                (pl.col("symbol") == state.symbol) & (pl.col("timestamp") >= state.at)
+            ).sort("timestamp")
+            up = ahead.height >= 1 and ahead["close"][0] > state.price
+            action = "BUY" if up else "HOLD"
+            out.append(
+                TradeDecision(
+                    action=action,
+                    confidence=90 if up else 0,
+                    position_size_pct=20 if up else 0,
+                    symbol=state.symbol,
+                    at=state.at,
+                    provider=self.name,
+                )
+            )
+        return out

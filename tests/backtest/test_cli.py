@@ -1,0 +1,63 @@
+"""`crypto-pipeline backtest`: one JSON object, clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from crypto_pipeline.cli import app
+from crypto_pipeline.config import SHARED_MARKET_DATA
+
+pytestmark = pytest.mark.skipif(
+    not (SHARED_MARKET_DATA / "binance-spot-2024").is_dir(), reason="recorded market data not present"
+)
+runner = CliRunner()
+
+
+def test_ema_cross_prints_one_json_object() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "backtest",
+            "--policy",
+            "ema_cross",
+            "--symbols",
+            "BTC/USDT",
+            "--start",
+            "2024-03-01",
+            "--end",
+            "2024-04-01",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["trades"] > 0 and summary["final_equity"] > 0
+    assert {"sharpe", "max_drawdown", "fees_paid", "turnover"} <= set(summary)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy", "nope"], "unknown policy"),
+        (["--symbols", "NOPE/USDT"], "unknown symbol"),
+        (["--start", "2024-05-01", "--end", "2024-04-01"], "before end"),
+        (["--start", "2030-01-01", "--end", "2030-02-01"], "no 1h bars"),
+        (["--policy", "llm:987654"], "no model"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(args: list[str], message: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CRYPTO_PIPELINE_MLRUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("CRYPTO_PIPELINE_WAREHOUSE_DIR", str(tmp_path / "wh"))
+    result = runner.invoke(app, ["backtest", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert message in result.output.replace("\n", " ")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "wh").exists()
+
+
+def test_promote_a_missing_version_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CRYPTO_PIPELINE_MLRUNS_DIR", str(tmp_path))
+    result = runner.invoke(app, ["promote", "--challenger", "7"])
+    assert result.exit_code == 2
+    assert "no version '7' of crypto-policy" in result.output.replace("\n", " ")

@@ -1,0 +1,72 @@
+"""The promotion gate on a real walk-forward, recorded in a real (sqlite) MLflow registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crypto_pipeline.backtest.audits import AuditResult
+from crypto_pipeline.backtest.gate import GateConfig, decide_promotion, record_in_mlflow
+from crypto_pipeline.backtest.walkforward import WalkForwardConfig, walk_forward
+from crypto_pipeline.config import SHARED_MARKET_DATA
+from crypto_pipeline.llm.rule_based import RuleBased
+
+pytestmark = pytest.mark.skipif(
+    not (SHARED_MARKET_DATA / "binance-spot-2024").is_dir(), reason="recorded market data not present"
+)
+
+
+@pytest.fixture(scope="module")
+def report():  # noqa: ANN201
+    config = WalkForwardConfig(
+        symbols=("BTC/USDT", "ETH/USDT"), start="2024-01-01", end="2024-04-01", n_folds=2, test_days=10
+    )
+    return walk_forward(
+        config, signal_policies=("buy_hold", "ema_cross"), providers={"challenger": RuleBased()}
+    )
+
+
+PASSING = [AuditResult("truncation", True, "ok")]
+
+
+def test_the_gate_promotes_only_what_beats_the_best_baseline(report) -> None:  # noqa: ANN001
+    verdict = decide_promotion(report, "challenger", audits=PASSING)
+    assert verdict.reasons and any("best baseline" in r for r in verdict.reasons)
+    # An impossible margin always fails; a failed audit always fails.
+    assert not decide_promotion(
+        report, "challenger", audits=PASSING, config=GateConfig(sharpe_margin=1e6)
+    ).promoted
+    failed = decide_promotion(report, "challenger", audits=[AuditResult("truncation", False, "leak")])
+    assert not failed.promoted and any("FAIL" in r for r in failed.reasons)
+    assert not decide_promotion(report, "challenger", audits=()).promoted
+    assert not decide_promotion(report, "nobody", audits=PASSING).promoted
+
+
+def test_the_verdict_and_reasons_are_recorded_and_the_alias_moves_only_on_promotion(
+    report, tmp_path: Path
+) -> None:  # noqa: ANN001
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
+    client.create_registered_model("crypto-policy")
+    v1 = client.create_model_version("crypto-policy", source=str(tmp_path)).version
+    v2 = client.create_model_version("crypto-policy", source=str(tmp_path)).version
+    client.set_registered_model_alias("crypto-policy", "champion", v1)
+    refused = decide_promotion(report, "challenger", audits=[AuditResult("truncation", False, "leak")])
+    out = record_in_mlflow(client, "crypto-policy", v2, refused)
+    assert out == {**out, "promoted": False, "champion_before": v1, "champion_after": v1}
+    assert client.get_model_version_by_alias("crypto-policy", "champion").version == v1
+    tags = client.get_model_version("crypto-policy", v2).tags
+    assert tags["gate.promoted"] == "false" and any(
+        "FAIL" in v for k, v in tags.items() if k.startswith("gate.reason")
+    )
+    forced = refused.__class__(True, "challenger", ["all pass"])
+    out = record_in_mlflow(client, "crypto-policy", v2, forced)
+    assert (
+        out["champion_after"] == v2 == client.get_model_version_by_alias("crypto-policy", "champion").version
+    )
+    del mlflow
