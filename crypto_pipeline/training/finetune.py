@@ -42,7 +42,9 @@ class FinetuneConfig(BaseModel):
     base_model: str | None = Field(
         None, description="HF folder or hub id (local cache only); None: the embedded SmolLM2-135M-Instruct."
     )
-    load_in_4bit: bool = Field(True, description="QLoRA: base in 4-bit NF4 (bitsandbytes); False: float LoRA.")
+    load_in_4bit: bool = Field(
+        True, description="QLoRA: base in 4-bit NF4 (bitsandbytes); False: float LoRA."
+    )
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
@@ -69,7 +71,9 @@ class FinetuneConfig(BaseModel):
 
     def fingerprint(self, data_fingerprint: str) -> str:
         """What a checkpoint must match to be resumed: the training config and the exact data."""
-        payload = json.dumps({"config": self.model_dump(mode="json"), "data": data_fingerprint}, sort_keys=True)
+        payload = json.dumps(
+            {"config": self.model_dump(mode="json"), "data": data_fingerprint}, sort_keys=True
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -132,7 +136,9 @@ def training_rows(frame: pl.DataFrame, config: FinetuneConfig) -> pl.DataFrame:
         rows = rows.filter(pl.col("label_end") <= cutoff)
     if rows.is_empty():
         where = f" with labels ending by {config.training_cutoff}" if config.training_cutoff else ""
-        raise DatasetError(f"the dataset holds no training examples{where}: build sft_dataset over a longer range")
+        raise DatasetError(
+            f"the dataset holds no training examples{where}: build sft_dataset over a longer range"
+        )
     missing = sorted(set(ACTIONS) - set(rows["action"].unique().to_list()))
     if missing:
         raise DatasetError(
@@ -160,7 +166,9 @@ def to_prompt_completion(rows: pl.DataFrame) -> Any:
 
     return Dataset.from_dict(
         {
-            "prompt": [build_messages(p, s) for p, s in zip(rows["prompt"], rows["system_prompt"], strict=True)],
+            "prompt": [
+                build_messages(p, s) for p, s in zip(rows["prompt"], rows["system_prompt"], strict=True)
+            ],
             "completion": [[{"role": "assistant", "content": r}] for r in rows["response"]],
         }
     )
@@ -228,7 +236,9 @@ def finetune(
     set_seed(config.seed)
     model, tokenizer, device = load_base(base, config.load_in_4bit)
     if config.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing
+        )
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -266,7 +276,9 @@ def finetune(
     )
 
     class _LogLines(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any
+        ) -> None:
             if log_line is not None and logs and "loss" in logs:
                 log_line(
                     f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "

@@ -136,7 +136,10 @@ def test_leakage_check_fails_on_unpurged_split() -> None:
     points = hand_points(40, horizon)
     # A naive split at hour 20 without purge or embargo: train labels reach into validation.
     naive = points.with_columns(
-        pl.when(pl.col("at") < T0 + 20 * H).then(pl.lit("train")).otherwise(pl.lit("validation")).alias("split")
+        pl.when(pl.col("at") < T0 + 20 * H)
+        .then(pl.lit("train"))
+        .otherwise(pl.lit("validation"))
+        .alias("split")
     )
     result = check_no_split_leakage(naive)
     assert not result.passed and result.count == 4  # at 16..19 end at 20..23 >= 20
@@ -145,7 +148,9 @@ def test_leakage_check_fails_on_unpurged_split() -> None:
 # --- the dataset on recorded data ----------------------------------------------------------------------
 
 
-def test_dataset_rows_are_what_the_decision_layer_sends(btc_dataset: SftDataset, btc_states: pl.DataFrame) -> None:
+def test_dataset_rows_are_what_the_decision_layer_sends(
+    btc_dataset: SftDataset, btc_states: pl.DataFrame
+) -> None:
     frame = btc_dataset.frame
     assert frame.columns == list(COLUMNS)
     assert frame.select("symbol", "at").is_duplicated().sum() == 0
