@@ -10,7 +10,9 @@ from typing import Any
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
+from crypto_pipeline.cli import app
 from crypto_pipeline.config import Settings, get_settings
 from crypto_pipeline.llm.base_model import BaseModelUnavailableError
 from crypto_pipeline.llm.local import LocalLLM
@@ -59,6 +61,9 @@ def test_qlora_registers_challenger_and_loads_back(
     versions = list_versions(settings.mlflow_tracking_uri)
     assert versions["aliases"].to_list() == ["challenger"]
     assert versions["majority_val_balanced_accuracy"][0] == pytest.approx(1 / 3)
+    shown = CliRunner().invoke(app, ["models"], env={"CRYPTO_PIPELINE_MLRUNS_DIR": str(settings.mlruns_dir)})
+    assert shown.exit_code == 0, shown.output
+    assert "challenger" in shown.output and "crypto-policy" in shown.output
 
     # The decision layer loads exactly what was registered, in 4-bit as trained, and decides validly.
     llm = LocalLLM(
@@ -107,3 +112,11 @@ def test_clear_errors(btc_dataset: SftDataset, tiny_llama_dir: Path, tmp_path: P
     no_buy = btc_dataset.frame.filter(pl.col("action") != "BUY")
     with pytest.raises(DatasetError, match="lack the class.*BUY"):
         finetune(no_buy, tiny_config(tiny_llama_dir), tmp_path, models_dir=models)
+
+
+def test_cli_finetune_without_a_dataset_says_what_to_do(tmp_path: Path) -> None:
+    env = {"CRYPTO_PIPELINE_WAREHOUSE_DIR": str(tmp_path / "wh"), "CRYPTO_PIPELINE_MLRUNS_DIR": str(tmp_path)}
+    result = CliRunner().invoke(app, ["finetune", "--max-steps", "1"], env=env)
+    assert result.exit_code == 2 and "no sft_dataset" in result.output
+    empty = CliRunner().invoke(app, ["models"], env=env)
+    assert empty.exit_code == 0 and "no versions of crypto-policy" in empty.output
