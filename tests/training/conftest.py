@@ -25,6 +25,22 @@ def recorded_bars(timeframe: str, symbol: str = "BTC/USDT", end: datetime = END)
     return bars.filter(pl.col("timestamp") < end)
 
 
+def btc_states_frame() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(market states, 1h bars) of BTC/USDT Feb-Mar 2024, outside pytest (benchmarks)."""
+    feats = pl.concat(
+        [
+            compute_features(recorded_bars(tf), tf).with_columns(pl.lit(tf).alias("timeframe"))
+            for tf in STATE_TIMEFRAMES
+        ],
+        how="diagonal_relaxed",
+    )
+    bars = recorded_bars("1h")
+    points = bars.filter(pl.col("timestamp") >= START).select(
+        "symbol", (pl.col("timestamp") + timedelta(hours=1)).alias("at")
+    )
+    return market_state_table(feats, points), bars
+
+
 @pytest.fixture(scope="session")
 def btc_features() -> pl.DataFrame:
     frames = [
