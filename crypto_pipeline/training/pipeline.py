@@ -67,6 +67,7 @@ def train_evaluate_register(
     eval_size: int | None = 24,
     eval_batch_size: int = 8,
     evaluate_test: bool = True,
+    eval_load_in_4bit: bool = False,
     progress: bool = False,
     log_line: Callable[[str], None] | None = None,
 ) -> TrainingOutcome:
@@ -83,7 +84,9 @@ def train_evaluate_register(
     base = resolve_base_model(config.base_model, models_dir)
     rows = evaluation_rows(frame, "validation", eval_size, config.seed)
     states = states_for(rows, market_states)
-    common = {"constrained": True, "batch_size": eval_batch_size, "load_in_4bit": config.load_in_4bit}
+    # Float by default: LocalLLM then merges the adapter into the weights (how it serves), and on CPU
+    # bitsandbytes' 4-bit matmuls decode several times slower than float here.
+    common = {"constrained": True, "batch_size": eval_batch_size, "load_in_4bit": eval_load_in_4bit}
     tuned_llm = LocalLLM(base, adapter=result.adapter_dir, **common)
     evaluations: dict[str, Evaluation] = {}
     for key, provider in (
