@@ -413,5 +413,116 @@ def promote_command(
     typer.echo(json.dumps(result, default=str))
 
 
+# --- training: fine-tune on sft_dataset, and list the registered model versions --------------
+@app.command("finetune")
+def finetune_command(
+    base_model: str = typer.Option("", help="Folder or cached hub id (default: the embedded SmolLM2)."),
+    load_in_4bit: bool = typer.Option(True, "--4bit/--float", help="QLoRA 4-bit NF4, or float LoRA."),
+    lora_r: int = typer.Option(16, help="LoRA rank."),
+    lora_alpha: int = typer.Option(32, help="LoRA alpha."),
+    lora_dropout: float = typer.Option(0.05, help="LoRA dropout."),
+    target_modules: str = typer.Option(
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", help="Comma-separated LoRA targets."
+    ),
+    learning_rate: float = typer.Option(1e-3, help="Peak learning rate."),
+    max_steps: int = typer.Option(60, help="Optimizer steps (0: use --epochs)."),
+    epochs: float = typer.Option(1.0, help="Epochs when --max-steps is 0."),
+    batch_size: int = typer.Option(4, help="Examples per step (per device)."),
+    grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
+    max_length: int = typer.Option(640, help="Longest tokenized example."),
+    seed: int = typer.Option(0, help="Seed for sampling, init and data order."),
+    training_cutoff: str = typer.Option("", help="ISO time: train labels end by it (default: all)."),
+    max_train_examples: int = typer.Option(240, help="Class-balanced train subsample (0: all)."),
+    eval_size: int = typer.Option(24, help="Class-balanced validation sample (0: all)."),
+    register: bool = typer.Option(True, "--register/--no-register", help="Log to MLflow and register."),
+) -> None:
+    """Fine-tune on the stored sft_dataset, evaluate against the references, register crypto-policy@challenger."""
+    from datetime import datetime
+
+    from rich.console import Console
+
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.llm.base_model import BaseModelUnavailableError
+    from crypto_pipeline.training.dataset import DatasetError, dataset_card, read_sft_dataset
+    from crypto_pipeline.training.finetune import FinetuneConfig
+    from crypto_pipeline.training.pipeline import train_evaluate_register
+    from crypto_pipeline.warehouse import Warehouse
+
+    console = Console()
+    settings = Settings()
+    wh = Warehouse(settings.warehouse_dir)
+    config = FinetuneConfig(
+        base_model=base_model or None,
+        load_in_4bit=load_in_4bit,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=[t.strip() for t in target_modules.split(",") if t.strip()],
+        learning_rate=learning_rate,
+        max_steps=max_steps or None,
+        epochs=epochs,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        seed=seed,
+        training_cutoff=datetime.fromisoformat(training_cutoff) if training_cutoff else None,
+        max_train_examples=max_train_examples or None,
+    )
+    frame = read_sft_dataset(wh)
+    try:
+        if frame.is_empty():
+            raise DatasetError(f"no sft_dataset in {wh.root}: materialize it first (the retrain job)")
+        outcome = train_evaluate_register(
+            frame,
+            wh.read("market_states", symbols=sorted(frame["symbol"].unique().to_list())),
+            config,
+            output_dir=settings.models_dir / "finetune",
+            models_dir=settings.models_dir,
+            tracking_uri=settings.mlflow_tracking_uri if register else None,
+            dataset_card=dataset_card(frame),
+            eval_size=eval_size or None,
+            progress=True,
+            log_line=console.print,
+        )
+    except (DatasetError, BaseModelUnavailableError) as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    for name, value in sorted(outcome.metrics.items()):
+        console.print(f"{name:32} {value:.3f}")
+
+
+@app.command("models")
+def models_command() -> None:
+    """The registered versions of crypto-policy: aliases, training cutoff and key metrics side by side."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.training.registry import KEY_METRICS, MODEL_NAME, list_versions
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    settings = Settings()
+    versions = list_versions(settings.mlflow_tracking_uri)
+    if versions.is_empty():
+        console.print(
+            f"no versions of {MODEL_NAME} in {settings.mlflow_tracking_uri}; run: crypto-pipeline finetune"
+        )
+        return
+    table = Table(title=f"{MODEL_NAME} ({settings.mlflow_tracking_uri})")
+    for column in ("version", "aliases", "training_cutoff", "base_model", *KEY_METRICS):
+        table.add_column(column.replace("_", " "), justify="right" if column in KEY_METRICS else "left")
+    for row in versions.iter_rows(named=True):
+        table.add_row(
+            str(row["version"]),
+            row["aliases"],
+            row["training_cutoff"][:16],
+            row["base_model"],
+            *("" if row[m] is None else f"{row[m]:.3f}" for m in KEY_METRICS),
+        )
+    console.print(table)
+
+
 if __name__ == "__main__":
     app()

@@ -57,7 +57,7 @@ from crypto_pipeline.market.timeframes import Timeframe
 
 log = logging.getLogger(__name__)
 
-TABLES: tuple[str, ...] = ("raw_bars", "bars", "features", "market_states", "quarantine")
+TABLES: tuple[str, ...] = ("raw_bars", "bars", "features", "market_states", "quarantine", "sft_dataset")
 DATA_FILE = "data.parquet"
 # lz4: measured here on the 2024 5m set, about 20% faster to write than zstd for 20% more disk.
 PARQUET_COMPRESSION = "lz4"

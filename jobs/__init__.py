@@ -7,6 +7,7 @@ from assets.features import features, market_states
 from assets.market_data import bars, raw_bars
 from assets.partitions import DAILY_PARTITIONS
 from assets.resources import MarketDataSourceResource, WarehouseResource
+from assets.training import MlflowResource, finetuned_model, retrain_job, sft_dataset, weekly_retrain_schedule
 
 MARKET_DATA_ASSETS = dg.AssetSelection.assets("raw_bars", "bars", "features", "market_states")
 
@@ -29,12 +30,23 @@ def make_definitions(
     """The project's definitions; `definitions.py` uses the defaults, `crypto-pipeline run` passes the
     resources of its run (e.g. the local exchange it started, with that run's keys)."""
     return dg.Definitions(
-        assets=[raw_bars, bars, features, market_states, baseline_backtests, llm_backtests, walk_forward_report],
-        jobs=[market_data_job],
-        schedules=[daily_market_data_schedule],
+        assets=[
+            raw_bars,
+            bars,
+            features,
+            market_states,
+            baseline_backtests,
+            llm_backtests,
+            walk_forward_report,
+            sft_dataset,
+            finetuned_model,
+        ],
+        jobs=[market_data_job, retrain_job],
+        schedules=[daily_market_data_schedule, weekly_retrain_schedule],
         resources={
             "warehouse": warehouse or WarehouseResource(),
             # Keys default to Settings (ALPACA_API_KEY / ALPACA_SECRET_KEY), read when a run starts.
             "market_data_source": market_data_source or MarketDataSourceResource(),
+            "mlflow": MlflowResource(),
         },
     )

@@ -1,0 +1,267 @@
+"""Training assets: `sft_dataset` (market states -> labelled prompt/response examples) and
+`finetuned_model` (QLoRA fine-tune -> evaluation -> MLflow `crypto-policy@challenger`). Thin wrappers over
+`crypto_pipeline.training`; the checks gate what a later step may use."""
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from assets.features import market_states
+from assets.resources import WarehouseResource
+from crypto_pipeline.config import get_settings
+from crypto_pipeline.market.clean import CheckResult
+from crypto_pipeline.state import STATE_TIMEFRAMES
+from crypto_pipeline.training.dataset import (
+    DatasetConfig,
+    build_sft_dataset,
+    check_classes_per_split,
+    check_prompts_point_in_time,
+    check_responses_parse,
+    load_inputs,
+    read_sft_dataset,
+    save_hf_dataset,
+    write_sft_dataset,
+)
+from crypto_pipeline.training.finetune import FinetuneConfig
+from crypto_pipeline.training.splits import check_no_split_leakage
+
+DATASET_CHECKS = ("responses_parse", "no_split_leakage", "classes_in_every_split", "prompts_point_in_time")
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking + model registry (sqlite under mlruns/, artifacts beside it). A thin resource around
+    `MlflowClient` rather than dagster-mlflow, which pins an older MLflow API (see STACK.md)."""
+
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI (None: Settings.mlflow_tracking_uri, read at run time).",
+    )
+
+    @property
+    def uri(self) -> str:
+        return self.tracking_uri or get_settings().mlflow_tracking_uri
+
+    def get_client(self):  # noqa: ANN201 - mlflow is imported lazily
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.uri)
+
+
+class SftDatasetConfig(dg.Config):
+    symbols: list[str] | None = Field(None, description="Symbols (None: all with market states).")
+    horizon_hours: int = Field(24, description="Forward-return horizon of the label.")
+    embargo_hours: int = Field(24, description="Purge/embargo at each split boundary (>= horizon).")
+    cutoff: str | None = Field(None, description="ISO time: no label ends after it (None: end of data).")
+    val_days: float = 45.0
+    test_days: float = 45.0
+    lookahead_sample: int = Field(24, description="Prompts rebuilt from truncated data by the check.")
+
+
+def _check(result: CheckResult) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=result.name,
+        passed=result.passed,
+        metadata={
+            "offending": result.count,
+            "total": result.total,
+            "description": result.description,
+            "sample": dg.MetadataValue.json(result.sample_records()),
+        },
+    )
+
+
+def _class_balance_png(card: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(card["splits"])
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for i, action in enumerate(("BUY", "HOLD", "SELL")):
+        counts = [card["splits"][s]["classes"][action] for s in splits]
+        ax.bar([x + (i - 1) * 0.27 for x in range(len(splits))], counts, width=0.27, label=action)
+    ax.set_xticks(range(len(splits)), splits)
+    ax.set_ylabel("examples")
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _image_md(path: Path | None) -> dg.MetadataValue:
+    import base64
+
+    if path is None or not path.is_file():
+        return dg.MetadataValue.md("(no plot)")
+    data = base64.b64encode(path.read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{path.name}](data:image/png;base64,{data})")
+
+
+@dg.asset(
+    deps=[market_states],
+    group_name="training",
+    kinds={"polars", "parquet", "huggingface"},
+    description="One prompt/response example per (symbol, decision time), labelled by the next 24 h.",
+    check_specs=[dg.AssetCheckSpec(name, asset="sft_dataset", blocking=True) for name in DATASET_CHECKS],
+)
+def sft_dataset(
+    context: dg.AssetExecutionContext, config: SftDatasetConfig, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    wh = warehouse.get()
+    ds_config = DatasetConfig(
+        symbols=config.symbols,
+        horizon_hours=config.horizon_hours,
+        embargo_hours=config.embargo_hours,
+        cutoff=datetime.fromisoformat(config.cutoff) if config.cutoff else None,
+        val_days=config.val_days,
+        test_days=config.test_days,
+    )
+    states, bars = load_inputs(wh, ds_config)
+    dataset = build_sft_dataset(states, bars, ds_config)
+    frame = dataset.frame
+    card = dataset.card()
+    write_sft_dataset(wh, frame)
+    folder = save_hf_dataset(frame, Path(wh.root) / "datasets" / "sft_dataset", card)
+    features = wh.read(
+        "features",
+        symbols=sorted(frame["symbol"].unique().to_list()),
+        timeframes=list(STATE_TIMEFRAMES),
+        # the lookback the point-in-time check rebuilds states from (see check_prompts_point_in_time)
+        start=frame["at"].min() - timedelta(days=10),
+        end=frame["at"].max() + timedelta(hours=1),
+    )
+    checks = [
+        check_responses_parse(frame),
+        check_no_split_leakage(frame),
+        check_classes_per_split(frame),
+        check_prompts_point_in_time(frame, features, sample_size=config.lookahead_sample),
+    ]
+    context.log.info(dataset.card_markdown())
+    return dg.MaterializeResult(
+        metadata={
+            "examples": frame.height,
+            "card": dg.MetadataValue.md(dataset.card_markdown()),
+            "hf_dataset": dg.MetadataValue.path(str(folder)),
+            "fingerprint": card["fingerprint"],
+            "class_balance": _image_md(_class_balance_png(card, folder / "class_balance.png")),
+        },
+        check_results=[_check(c) for c in checks],
+    )
+
+
+class FinetunedModelConfig(dg.Config):
+    base_model: str | None = Field(None, description="Folder or cached hub id (None: embedded SmolLM2).")
+    load_in_4bit: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    learning_rate: float = 1e-3
+    max_steps: int | None = 60
+    epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 640
+    seed: int = 0
+    training_cutoff: str | None = Field(None, description="ISO time; train labels end by it.")
+    max_train_examples: int | None = 240
+    eval_size: int | None = Field(24, description="Class-balanced validation sample (None: all).")
+
+
+@dg.asset(
+    deps=[sft_dataset],
+    group_name="training",
+    kinds={"pytorch", "mlflow"},
+    description="QLoRA adapter on sft_dataset, evaluated and registered as crypto-policy@challenger.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "valid_json_rate", asset="finetuned_model", description="100% valid on validation."
+        ),
+        dg.AssetCheckSpec(
+            "beats_base_model", asset="finetuned_model", description="Balanced accuracy > base."
+        ),
+    ],
+)
+def finetuned_model(
+    context: dg.AssetExecutionContext,
+    config: FinetunedModelConfig,
+    warehouse: WarehouseResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    from crypto_pipeline.training.dataset import dataset_card
+    from crypto_pipeline.training.pipeline import train_evaluate_register
+
+    wh = warehouse.get()
+    frame = read_sft_dataset(wh)
+    ft = FinetuneConfig(
+        **config.model_dump(exclude={"training_cutoff", "eval_size"}),
+        training_cutoff=datetime.fromisoformat(config.training_cutoff) if config.training_cutoff else None,
+    )
+    states = wh.read("market_states", symbols=sorted(frame["symbol"].unique().to_list()))
+    outcome = train_evaluate_register(
+        frame,
+        states,
+        ft,
+        output_dir=Path(wh.root) / "models" / "finetune",
+        models_dir=Path(wh.root) / "models",
+        tracking_uri=mlflow.uri,
+        dataset_card=dataset_card(frame),
+        eval_size=config.eval_size,
+        log_line=context.log.info,
+    )
+    m = outcome.metrics
+    reg = outcome.registered
+    return dg.MaterializeResult(
+        metadata={
+            "registered": reg.uri if reg else "",
+            "version": reg.version if reg else "",
+            # open with `mlflow ui --backend-store-uri <tracking_uri>`; the run id finds it there
+            "mlflow_run_id": reg.run_id if reg else "",
+            "mlflow_tracking_uri": mlflow.uri,
+            "steps": outcome.result.steps,
+            "loss_curve": _image_md(outcome.loss_plot),
+            **{k: float(v) for k, v in m.items()},
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="valid_json_rate",
+                passed=m["val_valid_json_rate"] == 1.0,
+                metadata={"val_valid_json_rate": m["val_valid_json_rate"]},
+            ),
+            dg.AssetCheckResult(
+                check_name="beats_base_model",
+                passed=m["val_balanced_accuracy"] > m["base_val_balanced_accuracy"],
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={k: m[k] for k in ("val_balanced_accuracy", "base_val_balanced_accuracy")},
+            ),
+        ],
+    )
+
+
+retrain_job = dg.define_asset_job(
+    name="retrain",
+    selection=dg.AssetSelection.assets("sft_dataset", "finetuned_model"),
+    description="Rebuild the dataset on the data available now and fine-tune + register a challenger.",
+)
+
+
+@dg.schedule(job=retrain_job, cron_schedule="0 3 * * 1", name="weekly_retrain")
+def weekly_retrain_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    # The cutoff moves forward with the schedule: labels may end no later than the tick.
+    cutoff = context.scheduled_execution_time.isoformat()
+    return dg.RunRequest(
+        run_key=cutoff,
+        run_config={
+            "ops": {
+                "sft_dataset": {"config": {"cutoff": cutoff}},
+                "finetuned_model": {"config": {"training_cutoff": cutoff}},
+            }
+        },
+    )

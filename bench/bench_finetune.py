@@ -1,0 +1,121 @@
+"""Fine-tuning throughput: QLoRA 4-bit NF4 against plain float LoRA on the same examples in the same run
+(training tokens/s, samples/s, peak memory), and decisions/min of the fine-tuned model with the adapter
+merged against unmerged. Each training mode runs in its own process so its peak memory is its own.
+
+    .venv/bin/python bench/bench_finetune.py [--quick] [--base FOLDER_OR_HUB_ID] [--steps N]
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import REPO_ROOT, BenchResult, print_table  # noqa: E402
+
+
+def _arg(name: str, default: str | None) -> str | None:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+def _dataset(out: Path, examples: int) -> Path:
+    """A real sft_dataset from the recorded 2024 BTC bars (Feb-Mar), saved as Parquet for the workers."""
+    from tests.training.conftest import SMALL_CONFIG, btc_states_frame
+
+    states, bars = btc_states_frame()
+    from crypto_pipeline.training.dataset import build_sft_dataset
+
+    frame = build_sft_dataset(states, bars, SMALL_CONFIG).frame
+    path = out / "sft.parquet"
+    frame.write_parquet(path)
+    states.write_parquet(out / "states.parquet")
+    return path
+
+
+def _train_worker(data: str, out: str, base: str | None, four_bit: bool, steps: int) -> None:
+    """Run in a child process: one fine-tune, print its figures as JSON on the last line."""
+    import resource
+
+    import polars as pl
+    import torch
+
+    from crypto_pipeline.config import get_settings
+    from crypto_pipeline.training.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        base_model=base, load_in_4bit=four_bit, max_steps=steps, batch_size=2, warmup_steps=0,
+        max_train_examples=max(12, steps * 2), save_steps=10_000,
+    )  # fmt: skip
+    result = finetune(pl.read_parquet(data), config, Path(out), models_dir=get_settings().models_dir)
+    peak_mb = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    print(json.dumps({
+        "tokens_per_s": result.tokens_per_second, "samples_per_s": result.samples_per_second,
+        "peak_mb": peak_mb, "adapter": str(result.adapter_dir), "base": result.base_model,
+    }))  # fmt: skip
+
+
+def _train(data: Path, out: Path, base: str | None, four_bit: bool, steps: int) -> dict:
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from bench.bench_finetune import _train_worker; "
+        f"_train_worker({str(data)!r}, {str(out)!r}, {base!r}, {four_bit!r}, {steps})"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _decisions_per_min(base: str, adapter: str, states: list, merged: bool) -> float:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from crypto_pipeline.llm.local import LocalLLM
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    if merged:
+        model = model.merge_and_unload()
+    llm = LocalLLM.from_objects(model.eval(), tokenizer, model_id=base, constrained=True, batch_size=8)
+    llm.decide(states[:2])  # warm-up: grammar compile, caches
+    started = time.perf_counter()
+    llm.decide(states)
+    return len(states) / (time.perf_counter() - started) * 60
+
+
+def run(quick: bool = False) -> list[BenchResult]:
+    import polars as pl
+
+    from crypto_pipeline.state import states_from_table
+
+    base = _arg("--base", None)
+    steps = int(_arg("--steps", "2" if quick else "6") or 6)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        data = _dataset(tmp_path, steps)
+        qlora = _train(data, tmp_path / "qlora", base, True, steps)
+        lora = _train(data, tmp_path / "lora", base, False, steps)
+        states = states_from_table(pl.read_parquet(tmp_path / "states.parquet").head(8 if quick else 24))
+        merged = _decisions_per_min(lora["base"], lora["adapter"], states, merged=True)
+        unmerged = _decisions_per_min(lora["base"], lora["adapter"], states, merged=False)
+    note = f"{steps} steps, batch 2, base {Path(qlora['base']).name}"
+    return [
+        BenchResult("QLoRA 4-bit train", qlora["tokens_per_s"], "tokens/s", "float LoRA", lora["tokens_per_s"],
+                    "report", note=note),
+        BenchResult("QLoRA 4-bit train", qlora["samples_per_s"], "samples/s", "float LoRA",
+                    lora["samples_per_s"], "report", note=note),
+        BenchResult("QLoRA 4-bit peak memory", qlora["peak_mb"], "MiB", "float LoRA", lora["peak_mb"],
+                    "< reference", higher_is_better=False, note=note),
+        BenchResult("decide, adapter merged", merged, "decisions/min", "adapter unmerged", unmerged,
+                    ">= 1x reference", note=f"{len(states)} states, constrained"),
+    ]  # fmt: skip
+
+
+if __name__ == "__main__":
+    print_table(run(quick="--quick" in sys.argv))

@@ -1,0 +1,98 @@
+"""A small real dataset: BTC/USDT market states of Feb-Mar 2024 from the recorded 1h bars."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from crypto_pipeline.config import SHARED_MARKET_DATA
+from crypto_pipeline.features import compute_features
+from crypto_pipeline.state import STATE_TIMEFRAMES, market_state_table
+from crypto_pipeline.training.dataset import DatasetConfig, SftDataset, build_sft_dataset
+
+DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"
+START = datetime(2024, 2, 1, tzinfo=UTC)
+END = datetime(2024, 4, 1, tzinfo=UTC)
+SMALL_CONFIG = DatasetConfig(val_days=10, test_days=10)
+
+
+def recorded_bars(timeframe: str, symbol: str = "BTC/USDT", end: datetime = END) -> pl.DataFrame:
+    bars = pl.read_parquet(DATA_2024 / f"bars_{timeframe}.parquet").filter(pl.col("symbol") == symbol)
+    bars = bars.with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
+    return bars.filter(pl.col("timestamp") < end)
+
+
+def btc_states_frame() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(market states, 1h bars) of BTC/USDT Feb-Mar 2024, outside pytest (benchmarks)."""
+    feats = pl.concat(
+        [
+            compute_features(recorded_bars(tf), tf).with_columns(pl.lit(tf).alias("timeframe"))
+            for tf in STATE_TIMEFRAMES
+        ],
+        how="diagonal_relaxed",
+    )
+    bars = recorded_bars("1h")
+    points = bars.filter(pl.col("timestamp") >= START).select(
+        "symbol", (pl.col("timestamp") + timedelta(hours=1)).alias("at")
+    )
+    return market_state_table(feats, points), bars
+
+
+@pytest.fixture(scope="session")
+def btc_features() -> pl.DataFrame:
+    frames = [
+        compute_features(recorded_bars(tf), tf).with_columns(pl.lit(tf).alias("timeframe"))
+        for tf in STATE_TIMEFRAMES
+    ]
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+@pytest.fixture(scope="session")
+def btc_bars_1h() -> pl.DataFrame:
+    return recorded_bars("1h")
+
+
+@pytest.fixture(scope="session")
+def btc_states(btc_features: pl.DataFrame, btc_bars_1h: pl.DataFrame) -> pl.DataFrame:
+    points = btc_bars_1h.filter(pl.col("timestamp") >= START).select(
+        "symbol", (pl.col("timestamp") + timedelta(hours=1)).alias("at")
+    )
+    return market_state_table(btc_features, points)
+
+
+@pytest.fixture(scope="session")
+def btc_dataset(btc_states: pl.DataFrame, btc_bars_1h: pl.DataFrame) -> SftDataset:
+    return build_sft_dataset(btc_states, btc_bars_1h, SMALL_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-64 Llama with the SmolLM2 tokenizer and chat template, saved as a folder: a real
+    transformers model that fine-tunes in seconds (the embedded SmolLM2 takes about a minute a step here)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from crypto_pipeline.config import get_settings
+    from crypto_pipeline.llm.base_model import ensure_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_base_model(get_settings().models_dir))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
