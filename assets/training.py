@@ -8,10 +8,10 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from assets.checks import check_result
 from assets.features import market_states
 from assets.resources import WarehouseResource
 from crypto_pipeline.config import get_settings
-from crypto_pipeline.market.clean import CheckResult
 from crypto_pipeline.state import STATE_TIMEFRAMES
 from crypto_pipeline.training.dataset import (
     DatasetConfig,
@@ -57,19 +57,6 @@ class SftDatasetConfig(dg.Config):
     val_days: float = 45.0
     test_days: float = 45.0
     lookahead_sample: int = Field(24, description="Prompts rebuilt from truncated data by the check.")
-
-
-def _check(result: CheckResult) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        check_name=result.name,
-        passed=result.passed,
-        metadata={
-            "offending": result.count,
-            "total": result.total,
-            "description": result.description,
-            "sample": dg.MetadataValue.json(result.sample_records()),
-        },
-    )
 
 
 def _class_balance_png(card: dict, out: Path) -> Path:
@@ -150,7 +137,7 @@ def sft_dataset(
             "fingerprint": card["fingerprint"],
             "class_balance": _image_md(_class_balance_png(card, folder / "class_balance.png")),
         },
-        check_results=[_check(c) for c in checks],
+        check_results=[check_result(c) for c in checks],
     )
 
 

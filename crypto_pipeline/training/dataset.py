@@ -32,8 +32,8 @@ from crypto_pipeline.llm.prompts import (
     build_user_prompt,
     prompt_hash,
 )
-from crypto_pipeline.market.clean import SAMPLE_ROWS, CheckResult
 from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.quality import SAMPLE_ROWS, CheckResult
 from crypto_pipeline.state import market_state_table, state_from_row
 from crypto_pipeline.training.labels import (
     DEFAULT_VOLATILITY_COLUMN,

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from crypto_pipeline.market.clean import SAMPLE_ROWS, CheckResult
+from crypto_pipeline.quality import SAMPLE_ROWS, CheckResult
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
