@@ -14,19 +14,12 @@ from crypto_pipeline.exchange.book import BarView, bar_view
 from crypto_pipeline.exchange.clock import ReplayClock
 from crypto_pipeline.exchange.config import ExchangeConfig
 from crypto_pipeline.exchange.market import MarketData
-from crypto_pipeline.exchange.matching import (
-    QTY_DECIMALS,
-    Fill,
-    FillTerms,
-    add_qty,
-    fill_against_bar,
-    fill_against_quote,
-    floor_qty,
-    stop_triggered,
-)
+from crypto_pipeline.exchange.matching import Match, fill_against_bar, fill_against_quote, stop_triggered
 from crypto_pipeline.exchange.records import AccountRecord, FillRecord, OrderRecord, PositionRecord
 from crypto_pipeline.exchange.store import ExchangeStore
 from crypto_pipeline.exchange.wire import AlpacaError, forbidden, not_found, unprocessable
+from crypto_pipeline.trading import OrderStatus
+from crypto_pipeline.trading.rules import QTY_DECIMALS, FeeSchedule, SlippageModel, add_qty, floor_qty
 
 ASSET_NAMESPACE = uuid.UUID("5b0c7a3e-8f1d-4c39-9a57-2f1e6d0b9c11")
 MIN_NOTIONAL = 1.0
@@ -34,7 +27,7 @@ CLIENT_ORDER_ID_MAX = 128
 ORDER_TYPES = ("market", "limit", "stop_limit")
 TIMES_IN_FORCE = ("gtc", "ioc")
 
-TradeUpdateSink = Callable[[str, OrderRecord, int, Fill | None, str | None], None]
+TradeUpdateSink = Callable[[str, OrderRecord, int, Match | None, str | None], None]
 
 
 def asset_id(symbol: str) -> str:
@@ -75,9 +68,8 @@ class Broker:
         self.clock = clock
         self.store = store
         self.publish = publish
-        self.terms = FillTerms(
-            config.impact_coefficient, config.max_participation, config.maker_fee_bps, config.taker_fee_bps
-        )
+        self.fees = FeeSchedule(config.maker_fee_bps, config.taker_fee_bps)
+        self.slippage = SlippageModel(config.impact_coefficient, config.max_participation)
         self._by_compact = {s.replace("/", ""): s for s in market.symbols()}
         self._min_sizes: dict[str, float] = {}
         account = store.load_account()
@@ -199,7 +191,7 @@ class Broker:
             raise forbidden(f"cost basis must be >= minimal amount of order {MIN_NOTIONAL:g}")
         if side == "buy":
             needed = (
-                order_notional * self._market_buffer(order_type) * (1 + self.terms.taker_fee_bps / 10_000)
+                order_notional * self._market_buffer(order_type) * (1 + self.fees.worst_rate)
             )
             available = self.buying_power()
             if needed > available + 1e-9:
@@ -226,7 +218,7 @@ class Broker:
             notional=notional,
             limit_price=limit_price,
             stop_price=stop_price,
-            status="new",
+            status=OrderStatus.NEW,
             created_at_ns=now,
             updated_at_ns=now,
             next_bar_open_ns=now,
@@ -248,7 +240,7 @@ class Broker:
             order.stop_triggered = True
         limit = order.limit_price if order.type != "market" else None
         _, quote = self.market.touch(order.symbol, bar, now)
-        fill = fill_against_quote(order.side, order.remaining_qty, limit, quote, bar, self.terms)
+        fill = fill_against_quote(order.side, order.remaining_qty, limit, quote, bar, self.slippage)
         if fill is not None:
             self._apply_fill(order, fill, now)
         self._expire_ioc(order, now)
@@ -281,17 +273,17 @@ class Broker:
             return  # an armed stop works as a limit from the next bar on
         limit = order.limit_price if order.type != "market" else None
         half_spread = self.market.spread.spread_fraction(bar) / 2
-        fill = fill_against_bar(order.side, order.remaining_qty, limit, half_spread, bar, self.terms)
+        fill = fill_against_bar(order.side, order.remaining_qty, limit, half_spread, bar, self.slippage)
         if fill is not None:
             self._apply_fill(order, fill, bar.known_ns)
 
-    def _apply_fill(self, order: OrderRecord, fill: Fill, now: int) -> None:
+    def _apply_fill(self, order: OrderRecord, fill: Match, now: int) -> None:
         qty = floor_qty(fill.qty)
         short_of_cash = False
         if order.side == "buy":
             # The price may have run up since submission: never buy more than the cash pays for.
             affordable = floor_qty(
-                max(0.0, self.account.cash) / (fill.price * (1 + self.terms.taker_fee_bps / 10_000))
+                max(0.0, self.account.cash) / (fill.price * (1 + self.fees.worst_rate))
             )
             if qty > affordable:
                 qty, short_of_cash = affordable, True
@@ -301,7 +293,7 @@ class Broker:
                 self._cancel(order, now)
             return
         notional = qty * fill.price
-        fee = self.terms.fee(notional, fill.liquidity)
+        fee = self.fees.fee(notional, fill.liquidity)
         position = self.positions.setdefault(order.symbol, PositionRecord(order.symbol, order.asset_id))
         if order.side == "buy":
             self.account.cash -= notional + fee
@@ -320,7 +312,7 @@ class Broker:
         order.fees_paid += fee
         order.updated_at_ns = now
         complete = order.remaining_qty < 10**-QTY_DECIMALS
-        order.status = "filled" if complete else "partially_filled"
+        order.status = OrderStatus.FILLED if complete else OrderStatus.PARTIALLY_FILLED
         if complete:
             order.filled_at_ns = now
         record = FillRecord(
@@ -334,7 +326,7 @@ class Broker:
             self._cancel(order, now)  # the rest cannot be paid for: cancel it rather than leave it hanging
 
     def _cancel(self, order: OrderRecord, now: int) -> None:
-        order.status = "canceled"
+        order.status = OrderStatus.CANCELED
         order.canceled_at_ns = now
         order.updated_at_ns = now
         self.store.save(orders=[order])
@@ -355,7 +347,7 @@ class Broker:
     def cancel(self, order_id: str) -> None:
         order = self.get_order(order_id)
         if not order.is_open:
-            raise AlpacaError(422, 42210000, f'order is already in "{order.status}" state')
+            raise AlpacaError(422, 42210000, f'order is already in "{order.status.value}" state')
         self._cancel(order, self.clock.now_ns())
 
     def cancel_all(self) -> list[OrderRecord]:
@@ -376,7 +368,7 @@ class Broker:
                     bar = self.market.last_bar(order.symbol, now)
                     price = self.market.touch(order.symbol, bar, now)[1].ask_price if bar else 0.0
                 price *= self._market_buffer(order.type)
-                reserved += order.remaining_qty * price * (1 + self.terms.taker_fee_bps / 10_000)
+                reserved += order.remaining_qty * price * (1 + self.fees.worst_rate)
         return reserved
 
     def _market_buffer(self, order_type: str) -> float:
@@ -384,7 +376,7 @@ class Broker:
         so that buying power checked at submission still covers the fill and cash never goes negative."""
         if order_type != "market":
             return 1.0
-        return 1 + self.terms.impact_coefficient * self.terms.max_participation
+        return self.slippage.worst_impact_factor
 
     def buying_power(self) -> float:
         return max(0.0, self.account.cash - self.reserved_cash())
