@@ -7,7 +7,6 @@ import dataclasses
 import math
 import uuid
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
 
 from crypto_pipeline.exchange.bars import SymbolBars
 from crypto_pipeline.exchange.book import BarView, bar_view
@@ -19,13 +18,24 @@ from crypto_pipeline.exchange.records import AccountRecord, FillRecord, OrderRec
 from crypto_pipeline.exchange.store import ExchangeStore
 from crypto_pipeline.exchange.wire import AlpacaError, forbidden, not_found, unprocessable
 from crypto_pipeline.trading import OrderStatus
-from crypto_pipeline.trading.rules import QTY_DECIMALS, FeeSchedule, SlippageModel, add_qty, floor_qty
+from crypto_pipeline.trading.rules import (
+    CLIENT_ORDER_ID_MAX,
+    CRYPTO_ORDER_TYPES,
+    CRYPTO_TIMES_IN_FORCE,
+    MIN_NOTIONAL,
+    QTY_DECIMALS,
+    FeeSchedule,
+    SlippageModel,
+    add_qty,
+    decimal_places,
+    floor_qty,
+    min_order_size,
+)
 
 ASSET_NAMESPACE = uuid.UUID("5b0c7a3e-8f1d-4c39-9a57-2f1e6d0b9c11")
-MIN_NOTIONAL = 1.0
-CLIENT_ORDER_ID_MAX = 128
-ORDER_TYPES = ("market", "limit", "stop_limit")
-TIMES_IN_FORCE = ("gtc", "ioc")
+# Alpaca's crypto rules live in crypto_pipeline.trading.rules (one copy for exchange, backtest and risk).
+ORDER_TYPES = CRYPTO_ORDER_TYPES
+TIMES_IN_FORCE = CRYPTO_TIMES_IN_FORCE
 
 TradeUpdateSink = Callable[[str, OrderRecord, int, Match | None, str | None], None]
 
@@ -45,14 +55,6 @@ def _number(body: dict[str, object], field: str) -> float | None:
     if not math.isfinite(number):
         raise unprocessable(f"invalid {field}: {value!r}")
     return number
-
-
-def _decimals(value: object) -> int:
-    try:
-        exponent = Decimal(str(value)).normalize().as_tuple().exponent
-    except InvalidOperation:
-        return 0
-    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
 
 
 class Broker:
@@ -107,8 +109,7 @@ class Broker:
                 None,
             )
             price = float(bars.close[0]) if bars is not None and len(bars.close) else 1.0
-            exponent = math.floor(math.log10(1.0 / price)) if price > 0 else 0
-            self._min_sizes[symbol] = float(10 ** max(-QTY_DECIMALS, exponent))
+            self._min_sizes[symbol] = min_order_size(price)
         return self._min_sizes[symbol]
 
     def asset_wire(self, symbol: str) -> dict[str, object]:
@@ -165,7 +166,7 @@ class Broker:
         if qty is not None:
             if qty <= 0:
                 raise unprocessable("qty must be > 0")
-            if _decimals(body.get("qty")) > QTY_DECIMALS:
+            if decimal_places(body.get("qty")) > QTY_DECIMALS:
                 raise unprocessable(f"qty must have at most {QTY_DECIMALS} decimal places")
             if qty < self.min_order_size(symbol):
                 raise unprocessable(
@@ -190,9 +191,7 @@ class Broker:
         if order_notional < MIN_NOTIONAL:
             raise forbidden(f"cost basis must be >= minimal amount of order {MIN_NOTIONAL:g}")
         if side == "buy":
-            needed = (
-                order_notional * self._market_buffer(order_type) * (1 + self.fees.worst_rate)
-            )
+            needed = order_notional * self._market_buffer(order_type) * (1 + self.fees.worst_rate)
             available = self.buying_power()
             if needed > available + 1e-9:
                 raise forbidden(
@@ -282,9 +281,7 @@ class Broker:
         short_of_cash = False
         if order.side == "buy":
             # The price may have run up since submission: never buy more than the cash pays for.
-            affordable = floor_qty(
-                max(0.0, self.account.cash) / (fill.price * (1 + self.fees.worst_rate))
-            )
+            affordable = floor_qty(max(0.0, self.account.cash) / (fill.price * (1 + self.fees.worst_rate)))
             if qty > affordable:
                 qty, short_of_cash = affordable, True
                 fill = dataclasses.replace(fill, qty=qty)
