@@ -7,34 +7,37 @@ import dataclasses
 import math
 import uuid
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
 
 from crypto_pipeline.exchange.bars import SymbolBars
 from crypto_pipeline.exchange.book import BarView, bar_view
 from crypto_pipeline.exchange.clock import ReplayClock
 from crypto_pipeline.exchange.config import ExchangeConfig
 from crypto_pipeline.exchange.market import MarketData
-from crypto_pipeline.exchange.matching import (
-    QTY_DECIMALS,
-    Fill,
-    FillTerms,
-    add_qty,
-    fill_against_bar,
-    fill_against_quote,
-    floor_qty,
-    stop_triggered,
-)
+from crypto_pipeline.exchange.matching import Match, fill_against_bar, fill_against_quote, stop_triggered
 from crypto_pipeline.exchange.records import AccountRecord, FillRecord, OrderRecord, PositionRecord
 from crypto_pipeline.exchange.store import ExchangeStore
 from crypto_pipeline.exchange.wire import AlpacaError, forbidden, not_found, unprocessable
+from crypto_pipeline.trading import OrderStatus
+from crypto_pipeline.trading.rules import (
+    CLIENT_ORDER_ID_MAX,
+    CRYPTO_ORDER_TYPES,
+    CRYPTO_TIMES_IN_FORCE,
+    MIN_NOTIONAL,
+    QTY_DECIMALS,
+    FeeSchedule,
+    SlippageModel,
+    add_qty,
+    decimal_places,
+    floor_qty,
+    min_order_size,
+)
 
 ASSET_NAMESPACE = uuid.UUID("5b0c7a3e-8f1d-4c39-9a57-2f1e6d0b9c11")
-MIN_NOTIONAL = 1.0
-CLIENT_ORDER_ID_MAX = 128
-ORDER_TYPES = ("market", "limit", "stop_limit")
-TIMES_IN_FORCE = ("gtc", "ioc")
+# Alpaca's crypto rules live in crypto_pipeline.trading.rules (one copy for exchange, backtest and risk).
+ORDER_TYPES = CRYPTO_ORDER_TYPES
+TIMES_IN_FORCE = CRYPTO_TIMES_IN_FORCE
 
-TradeUpdateSink = Callable[[str, OrderRecord, int, Fill | None, str | None], None]
+TradeUpdateSink = Callable[[str, OrderRecord, int, Match | None, str | None], None]
 
 
 def asset_id(symbol: str) -> str:
@@ -54,14 +57,6 @@ def _number(body: dict[str, object], field: str) -> float | None:
     return number
 
 
-def _decimals(value: object) -> int:
-    try:
-        exponent = Decimal(str(value)).normalize().as_tuple().exponent
-    except InvalidOperation:
-        return 0
-    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
-
-
 class Broker:
     def __init__(
         self,
@@ -75,9 +70,8 @@ class Broker:
         self.clock = clock
         self.store = store
         self.publish = publish
-        self.terms = FillTerms(
-            config.impact_coefficient, config.max_participation, config.maker_fee_bps, config.taker_fee_bps
-        )
+        self.fees = FeeSchedule(config.maker_fee_bps, config.taker_fee_bps)
+        self.slippage = SlippageModel(config.impact_coefficient, config.max_participation)
         self._by_compact = {s.replace("/", ""): s for s in market.symbols()}
         self._min_sizes: dict[str, float] = {}
         account = store.load_account()
@@ -115,8 +109,7 @@ class Broker:
                 None,
             )
             price = float(bars.close[0]) if bars is not None and len(bars.close) else 1.0
-            exponent = math.floor(math.log10(1.0 / price)) if price > 0 else 0
-            self._min_sizes[symbol] = float(10 ** max(-QTY_DECIMALS, exponent))
+            self._min_sizes[symbol] = min_order_size(price)
         return self._min_sizes[symbol]
 
     def asset_wire(self, symbol: str) -> dict[str, object]:
@@ -173,7 +166,7 @@ class Broker:
         if qty is not None:
             if qty <= 0:
                 raise unprocessable("qty must be > 0")
-            if _decimals(body.get("qty")) > QTY_DECIMALS:
+            if decimal_places(body.get("qty")) > QTY_DECIMALS:
                 raise unprocessable(f"qty must have at most {QTY_DECIMALS} decimal places")
             if qty < self.min_order_size(symbol):
                 raise unprocessable(
@@ -198,9 +191,7 @@ class Broker:
         if order_notional < MIN_NOTIONAL:
             raise forbidden(f"cost basis must be >= minimal amount of order {MIN_NOTIONAL:g}")
         if side == "buy":
-            needed = (
-                order_notional * self._market_buffer(order_type) * (1 + self.terms.taker_fee_bps / 10_000)
-            )
+            needed = order_notional * self._market_buffer(order_type) * (1 + self.fees.worst_rate)
             available = self.buying_power()
             if needed > available + 1e-9:
                 raise forbidden(
@@ -226,7 +217,7 @@ class Broker:
             notional=notional,
             limit_price=limit_price,
             stop_price=stop_price,
-            status="new",
+            status=OrderStatus.NEW,
             created_at_ns=now,
             updated_at_ns=now,
             next_bar_open_ns=now,
@@ -248,7 +239,7 @@ class Broker:
             order.stop_triggered = True
         limit = order.limit_price if order.type != "market" else None
         _, quote = self.market.touch(order.symbol, bar, now)
-        fill = fill_against_quote(order.side, order.remaining_qty, limit, quote, bar, self.terms)
+        fill = fill_against_quote(order.side, order.remaining_qty, limit, quote, bar, self.slippage)
         if fill is not None:
             self._apply_fill(order, fill, now)
         self._expire_ioc(order, now)
@@ -281,18 +272,16 @@ class Broker:
             return  # an armed stop works as a limit from the next bar on
         limit = order.limit_price if order.type != "market" else None
         half_spread = self.market.spread.spread_fraction(bar) / 2
-        fill = fill_against_bar(order.side, order.remaining_qty, limit, half_spread, bar, self.terms)
+        fill = fill_against_bar(order.side, order.remaining_qty, limit, half_spread, bar, self.slippage)
         if fill is not None:
             self._apply_fill(order, fill, bar.known_ns)
 
-    def _apply_fill(self, order: OrderRecord, fill: Fill, now: int) -> None:
+    def _apply_fill(self, order: OrderRecord, fill: Match, now: int) -> None:
         qty = floor_qty(fill.qty)
         short_of_cash = False
         if order.side == "buy":
             # The price may have run up since submission: never buy more than the cash pays for.
-            affordable = floor_qty(
-                max(0.0, self.account.cash) / (fill.price * (1 + self.terms.taker_fee_bps / 10_000))
-            )
+            affordable = floor_qty(max(0.0, self.account.cash) / (fill.price * (1 + self.fees.worst_rate)))
             if qty > affordable:
                 qty, short_of_cash = affordable, True
                 fill = dataclasses.replace(fill, qty=qty)
@@ -301,7 +290,7 @@ class Broker:
                 self._cancel(order, now)
             return
         notional = qty * fill.price
-        fee = self.terms.fee(notional, fill.liquidity)
+        fee = self.fees.fee(notional, fill.liquidity)
         position = self.positions.setdefault(order.symbol, PositionRecord(order.symbol, order.asset_id))
         if order.side == "buy":
             self.account.cash -= notional + fee
@@ -320,7 +309,7 @@ class Broker:
         order.fees_paid += fee
         order.updated_at_ns = now
         complete = order.remaining_qty < 10**-QTY_DECIMALS
-        order.status = "filled" if complete else "partially_filled"
+        order.status = OrderStatus.FILLED if complete else OrderStatus.PARTIALLY_FILLED
         if complete:
             order.filled_at_ns = now
         record = FillRecord(
@@ -334,7 +323,7 @@ class Broker:
             self._cancel(order, now)  # the rest cannot be paid for: cancel it rather than leave it hanging
 
     def _cancel(self, order: OrderRecord, now: int) -> None:
-        order.status = "canceled"
+        order.status = OrderStatus.CANCELED
         order.canceled_at_ns = now
         order.updated_at_ns = now
         self.store.save(orders=[order])
@@ -355,7 +344,7 @@ class Broker:
     def cancel(self, order_id: str) -> None:
         order = self.get_order(order_id)
         if not order.is_open:
-            raise AlpacaError(422, 42210000, f'order is already in "{order.status}" state')
+            raise AlpacaError(422, 42210000, f'order is already in "{order.status.value}" state')
         self._cancel(order, self.clock.now_ns())
 
     def cancel_all(self) -> list[OrderRecord]:
@@ -376,7 +365,7 @@ class Broker:
                     bar = self.market.last_bar(order.symbol, now)
                     price = self.market.touch(order.symbol, bar, now)[1].ask_price if bar else 0.0
                 price *= self._market_buffer(order.type)
-                reserved += order.remaining_qty * price * (1 + self.terms.taker_fee_bps / 10_000)
+                reserved += order.remaining_qty * price * (1 + self.fees.worst_rate)
         return reserved
 
     def _market_buffer(self, order_type: str) -> float:
@@ -384,7 +373,7 @@ class Broker:
         so that buying power checked at submission still covers the fill and cash never goes negative."""
         if order_type != "market":
             return 1.0
-        return 1 + self.terms.impact_coefficient * self.terms.max_participation
+        return self.slippage.worst_impact_factor
 
     def buying_power(self) -> float:
         return max(0.0, self.account.cash - self.reserved_cash())

@@ -14,7 +14,7 @@ from crypto_pipeline.exchange.clock import ReplayClock, to_ns
 from crypto_pipeline.exchange.config import DEFAULT_CAPTURE_DIR, ExchangeConfig
 from crypto_pipeline.exchange.faults import RestFaults
 from crypto_pipeline.exchange.market import MarketData
-from crypto_pipeline.exchange.matching import Fill
+from crypto_pipeline.exchange.matching import Match
 from crypto_pipeline.exchange.records import OrderRecord
 from crypto_pipeline.exchange.replay import Replayer
 from crypto_pipeline.exchange.store import ExchangeStore
@@ -77,7 +77,7 @@ class Venue:
         return max(known) if known else bars.time_range()[0]
 
     def _publish_trade_update(
-        self, event: str, order: OrderRecord, at_ns: int, fill: Fill | None, execution_id: str | None
+        self, event: str, order: OrderRecord, at_ns: int, fill: Match | None, execution_id: str | None
     ) -> None:
         position = self.broker.positions.get(order.symbol)
         update = trade_update_wire(event, order, at_ns, fill, execution_id, position.qty if position else 0.0)

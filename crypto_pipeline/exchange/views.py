@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crypto_pipeline.exchange.broker import Broker
-from crypto_pipeline.exchange.matching import Fill
+from crypto_pipeline.exchange.matching import Match
 from crypto_pipeline.exchange.records import OrderRecord, PositionRecord
 from crypto_pipeline.exchange.wire import decimal_str, rfc3339
 
@@ -132,7 +132,7 @@ def trade_update_wire(
     event: str,
     order: OrderRecord,
     at_ns: int,
-    fill: Fill | None,
+    fill: Match | None,
     execution_id: str | None,
     position_qty: float,
 ) -> dict[str, object]:

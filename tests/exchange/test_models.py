@@ -14,19 +14,16 @@ from crypto_pipeline.exchange.capture import CaptureFormatError, read_lines
 from crypto_pipeline.exchange.config import FaultConfig
 from crypto_pipeline.exchange.depth import BookState, CapturedBook, DepthDiff, DepthSnapshot, synchronize
 from crypto_pipeline.exchange.faults import RestFaults
-from crypto_pipeline.exchange.matching import (
-    FillTerms,
-    add_qty,
-    fill_against_bar,
-    fill_against_quote,
-    floor_qty,
-)
+from crypto_pipeline.exchange.matching import fill_against_bar, fill_against_quote
 from crypto_pipeline.exchange.minute_bars import CapturedTrade, minute_bar_versions, next_half_minute_mark
 from crypto_pipeline.exchange.records import AccountRecord, OrderRecord, PositionRecord
 from crypto_pipeline.exchange.store import ExchangeStore
+from crypto_pipeline.trading import Liquidity, OrderSide
+from crypto_pipeline.trading.rules import SlippageModel, add_qty, floor_qty
 
 BAR = BarView("BTC/USDT", 0, 0, 300 * NS_PER_S, 100.0, 102.0, 98.0, 101.0, 50.0, None, None)
-TERMS = FillTerms(impact_coefficient=0.1, max_participation=0.1, maker_fee_bps=15, taker_fee_bps=25)
+TERMS = SlippageModel(impact_coefficient=0.1, max_participation=0.1)
+BUY, SELL = OrderSide.BUY, OrderSide.SELL
 
 
 def test_spread_is_a_share_of_the_bar_range_with_a_floor() -> None:
@@ -41,20 +38,20 @@ def test_spread_is_a_share_of_the_bar_range_with_a_floor() -> None:
 
 def test_impact_grows_with_size_and_fills_are_capped_by_participation() -> None:
     quote = SpreadModel(1.0, 0.05, 3).quote(BAR)
-    small = fill_against_quote("buy", 0.1, None, quote, BAR, TERMS)
-    large = fill_against_quote("buy", 4.0, None, quote, BAR, TERMS)
-    capped = fill_against_quote("buy", 100.0, None, quote, BAR, TERMS)
+    small = fill_against_quote(BUY, 0.1, None, quote, BAR, TERMS)
+    large = fill_against_quote(BUY, 4.0, None, quote, BAR, TERMS)
+    capped = fill_against_quote(BUY, 100.0, None, quote, BAR, TERMS)
     assert small.price < large.price and small.price > quote.ask_price
     assert capped.qty == 5.0  # 10% of 50
-    assert fill_against_quote("buy", 1.0, quote.ask_price * 0.99, quote, BAR, TERMS) is None
+    assert fill_against_quote(BUY, 1.0, quote.ask_price * 0.99, quote, BAR, TERMS) is None
 
 
 def test_resting_limits_trade_at_their_price_only_when_the_bar_trades_through() -> None:
-    assert fill_against_bar("buy", 1.0, 98.5, 0.0, BAR, TERMS).price == 98.5
-    assert fill_against_bar("buy", 1.0, 97.0, 0.0, BAR, TERMS) is None
-    assert fill_against_bar("sell", 1.0, 101.5, 0.0, BAR, TERMS).liquidity == "maker"
-    gap = fill_against_bar("buy", 1.0, 150.0, 0.0, BAR, TERMS)  # opens below the limit: taker at the open
-    assert gap.liquidity == "taker" and 100.0 < gap.price < 150.0
+    assert fill_against_bar(BUY, 1.0, 98.5, 0.0, BAR, TERMS).price == 98.5
+    assert fill_against_bar(BUY, 1.0, 97.0, 0.0, BAR, TERMS) is None
+    assert fill_against_bar(SELL, 1.0, 101.5, 0.0, BAR, TERMS).liquidity == Liquidity.MAKER
+    gap = fill_against_bar(BUY, 1.0, 150.0, 0.0, BAR, TERMS)  # opens below the limit: taker at the open
+    assert gap.liquidity == Liquidity.TAKER and 100.0 < gap.price < 150.0
 
 
 def test_quantities_round_down_to_nine_decimals_exactly() -> None:
