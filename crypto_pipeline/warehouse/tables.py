@@ -44,7 +44,8 @@ class TableSpec:
       are rebuilt from others, and a write replaces the rows it covers, so a rebuild drops stale rows.
     - `time_column`: the row's time: it picks the day partition and the column `read(start, end)`
       and `as_of` filter on.
-    - `stamp_column`: a bookkeeping column set to the write time when the writer leaves it out.
+    - `stamp_column`: a bookkeeping column set to the write time when the writer leaves it out
+      (added to the schema when not declared).
     - `nullable_key`: rows may lack key values (quarantined rows without a timestamp).
     """
 
@@ -63,6 +64,10 @@ class TableSpec:
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
             raise ValueError(f"table names are identifiers, got {self.name!r}")
+        if self.stamp_column is not None and self.stamp_column not in self.schema:
+            # Every write stamps rows, so the column is part of the table whether declared or not.
+            schema = pl.Schema({**self.schema, self.stamp_column: TIMESTAMP_DTYPE})
+            object.__setattr__(self, "schema", schema)
         missing = [c for c in self.key if c not in self.schema]
         if missing:
             raise ValueError(f"{self.name}: key column(s) {missing} are not in the schema")
