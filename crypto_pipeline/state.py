@@ -393,21 +393,20 @@ def build_market_state_from_recorded(symbol: str, at: datetime, settings: Any = 
     """
     from crypto_pipeline.config import get_settings
     from crypto_pipeline.features import compute_features
+    from crypto_pipeline.market.sources import RecordedSource
 
     settings = settings or get_settings()
     at = _as_utc(at)
+    source = RecordedSource(settings.market_data_dir)
     frames = []
     for tf_name in STATE_TIMEFRAMES:
         tf = Timeframe.parse(tf_name)
-        path = settings.market_data_dir / f"bars_{tf.value}.parquet"
-        if not path.exists():
+        if tf not in source.timeframes():
             continue
-        bars = (
-            pl.scan_parquet(path)
-            .filter((pl.col("symbol") == symbol) & (pl.col("timestamp") + tf.duration <= at))
-            .with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
-            .collect()
-        )
+        # Closed by `at`: open time + duration <= at, i.e. open time < at - duration + 1 us.
+        end = at - tf.duration + timedelta(microseconds=1)
+        bars = source.fetch_bars([symbol], tf, datetime(1970, 1, 1, tzinfo=UTC), end)
+        bars = bars.filter(pl.col("timestamp").is_not_null())
         if bars.height:
             frames.append(compute_features(bars, tf).with_columns(pl.lit(tf.value).alias("timeframe")))
     if not frames:
