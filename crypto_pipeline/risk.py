@@ -13,12 +13,13 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from crypto_pipeline.llm.decision import Action, TradeDecision
+from crypto_pipeline.timeutil import as_utc
 from crypto_pipeline.trading import Account, OrderIntent, OrderSide, OrderType, rules
 
 
@@ -76,7 +77,7 @@ class RiskEngine:
     def update(self, account: Account, prices: Mapping[str, float], now: datetime) -> list[OrderIntent]:
         """Track the day's start equity and the peak; trip the breakers. Returns the orders that close
         every position when the drawdown kill switch trips (once), else nothing."""
-        now = _utc(now)
+        now = as_utc(now)
         equity = account.equity
         if self._day != now.date():
             self._day, self._day_start_equity, self.daily_breaker = now.date(), equity, False
@@ -119,7 +120,7 @@ class RiskEngine:
         exposures; held symbols missing from it are valued at their entry price), `returns` recent
         per-symbol returns for the correlation rule.
         """
-        cfg, now = self.config, _utc(now)
+        cfg, now = self.config, as_utc(now)
         symbol = decision.symbol
         if self.killed:
             return RiskResult(reason=f"kill switch: {self.kill_reason}; a person must reset it")
@@ -227,7 +228,3 @@ def correlated_with(
         if np.corrcoef(mine[-n:], theirs[-n:])[0, 1] > threshold:
             out.add(other)
     return out
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,5 +1,7 @@
-"""The warehouse: idempotent upserts, appends that touch one day, point-in-time reads, atomic writes,
-and DuckDB views over the Parquet files."""
+"""The warehouse on real 5m bars: upserts that are idempotent and touch only their days, point-in-time
+and filtered reads, `replace` dropping rows a rebuild no longer produces, atomic writes, refused keyless
+rows, quarantine de-duplication, DuckDB views, open tables gaining columns, and `info()`.
+The registry's other tables (journal, decision cache, SFT dataset) are tested in tests/warehouse/."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.risk import RiskEngine, RiskResult
 from crypto_pipeline.state import MarketState, Portfolio, state_from_row
+from crypto_pipeline.timeutil import as_utc
 from crypto_pipeline.trading import Account, OrderIntent, OrderSide, Position, rules
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,6 @@ DEFAULT_FEE_BPS = rules.FeeSchedule().taker_bps  # market orders pay the local e
 
 
 # --- data ---------------------------------------------------------------------------------------
-def _utc(value: datetime | str) -> datetime:
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise UserInputError(f"not a date: {value!r} (expected YYYY-MM-DD or ISO datetime)") from exc
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def load_bars(
@@ -59,7 +53,7 @@ def load_bars(
 ) -> pl.DataFrame:
     """Recorded bars of `symbols` with open times in [start, end). Clear errors for bad input."""
     tf = Timeframe.parse(timeframe)
-    first, last = _utc(start), _utc(end)
+    first, last = as_utc(start), as_utc(end)
     if first >= last:
         raise UserInputError(f"start {first:%Y-%m-%d %H:%M} must be before end {last:%Y-%m-%d %H:%M}")
     path = Path(data_dir) / f"bars_{tf.value}.parquet"

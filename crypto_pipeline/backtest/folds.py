@@ -8,7 +8,9 @@ the test window); `embargo` is an extra gap against serial correlation across th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+
+from crypto_pipeline.timeutil import as_utc
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,6 @@ class Fold:
         }
 
 
-def _utc(value: datetime | str) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def walk_forward_folds(
     start: datetime | str,
     end: datetime | str,
@@ -61,7 +57,7 @@ def walk_forward_folds(
     before `cutoff + purge + embargo`, so a model is never judged on data it was trained on.
     Raises ValueError for an empty range or folds that leave no training data.
     """
-    first, last = _utc(start), _utc(end)
+    first, last = as_utc(start), as_utc(end)
     if first >= last:
         raise ValueError(f"start {first:%Y-%m-%d %H:%M} is not before end {last:%Y-%m-%d %H:%M}")
     if n_folds < 1:
@@ -80,7 +76,7 @@ def walk_forward_folds(
             )
         folds.append(Fold(i, train_start, train_end, test_start, test_start + test))
     if training_cutoff is not None:
-        earliest = _utc(training_cutoff) + gap
+        earliest = as_utc(training_cutoff) + gap
         folds = [f for f in folds if f.test_start >= earliest]
         if not folds:
             raise ValueError(f"no test window starts after the training cutoff {training_cutoff} + {gap}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -78,6 +79,39 @@ _CSV_SPANS = {"MINUTE": Timeframe.M1, "HOUR": Timeframe.H1, "DAY": Timeframe.D1}
 _PARQUET_NAME = re.compile(r"^bars_(?P<tf>[0-9]+[a-z]+)\.parquet$")
 
 
+@dataclass(frozen=True)
+class RecordedFile:
+    """One recorded file: a `bars_<tf>.parquet` of many symbols (`symbol` None) or one symbol's CSV."""
+
+    path: Path
+    timeframe: Timeframe
+    symbol: str | None = None
+
+
+def parse_recorded_name(name: str) -> tuple[Timeframe, str | None] | None:
+    """The one reading of the recorded-file naming: `bars_<tf>.parquet` -> (tf, None),
+    `<BASE>-<QUOTE>_<MINUTE|HOUR|DAY>.csv` -> (tf, "BASE/QUOTE"), anything else (including a
+    timeframe we do not model, e.g. bars_1w.parquet) -> None."""
+    if match := _PARQUET_NAME.match(name):
+        try:
+            return Timeframe.parse(match["tf"]), None
+        except ValueError:
+            return None
+    if match := _CSV_NAME.match(name):
+        return _CSV_SPANS[match["span"]], f"{match['base'].upper()}/{match['quote'].upper()}"
+    return None
+
+
+def recorded_files(data_dir: Path | str) -> list[RecordedFile]:
+    """The recorded bar files of a directory, sorted by name."""
+    found = []
+    for path in sorted(Path(data_dir).expanduser().iterdir()):
+        parsed = parse_recorded_name(path.name)
+        if parsed is not None:
+            found.append(RecordedFile(path, *parsed))
+    return found
+
+
 class RecordedSource:
     """Bars recorded on disk: `bars_<tf>.parquet` files (columns symbol, timestamp, OHLCV, optionally
     trade_count and vwap), and/or Alpaca-shaped CSVs named `<BASE>-<QUOTE>_<MINUTE|HOUR|DAY>.csv`
@@ -92,15 +126,11 @@ class RecordedSource:
             raise UserInputError(f"recorded data directory {self.data_dir} does not exist")
         self._parquet: dict[Timeframe, Path] = {}
         self._csv: dict[Timeframe, dict[str, Path]] = {}
-        for path in sorted(self.data_dir.iterdir()):
-            if match := _PARQUET_NAME.match(path.name):
-                try:
-                    self._parquet[Timeframe.parse(match["tf"])] = path
-                except ValueError:
-                    continue  # a timeframe we do not model (e.g. bars_1w.parquet)
-            elif match := _CSV_NAME.match(path.name):
-                symbol = f"{match['base'].upper()}/{match['quote'].upper()}"
-                self._csv.setdefault(_CSV_SPANS[match["span"]], {})[symbol] = path
+        for file in recorded_files(self.data_dir):
+            if file.symbol is None:
+                self._parquet[file.timeframe] = file.path
+            else:
+                self._csv.setdefault(file.timeframe, {})[file.symbol] = file.path
         if not self._parquet and not self._csv:
             raise UserInputError(
                 f"no recorded bars in {self.data_dir}: expected bars_<timeframe>.parquet files "

@@ -16,7 +16,7 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from crypto_pipeline.llm.prompts import (
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.quality import SAMPLE_ROWS, CheckResult
 from crypto_pipeline.state import market_state_table, state_from_row
+from crypto_pipeline.timeutil import as_utc
 from crypto_pipeline.training.labels import (
     DEFAULT_VOLATILITY_COLUMN,
     Thresholds,
@@ -111,12 +112,12 @@ class DatasetConfig(BaseModel):
 
     def boundaries(self, data_end: datetime) -> SplitBoundaries:
         """The split boundaries: explicit ones where given, else rolling back from the cutoff."""
-        end = _utc(min(self.cutoff, data_end) if self.cutoff else data_end)
+        end = as_utc(min(self.cutoff, data_end) if self.cutoff else data_end)
         rolling = SplitBoundaries.rolling(
             end, val_days=self.val_days, test_days=self.test_days, embargo=self.embargo
         )
-        val_end = _utc(self.val_end) if self.val_end else rolling.val_end
-        train_end = _utc(self.train_end) if self.train_end else val_end - timedelta(days=self.val_days)
+        val_end = as_utc(self.val_end) if self.val_end else rolling.val_end
+        train_end = as_utc(self.train_end) if self.train_end else val_end - timedelta(days=self.val_days)
         return SplitBoundaries(train_end=train_end, val_end=val_end, cutoff=end, embargo=self.embargo)
 
 
@@ -568,7 +569,3 @@ def _sample_rows(frame: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
         return frame
     picks = sorted(random.Random(seed).sample(range(frame.height), n))
     return frame[picks]
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
