@@ -15,7 +15,7 @@ from typing import Any
 from crypto_pipeline.backtest import metrics as m
 from crypto_pipeline.backtest.baselines import signal_baseline
 from crypto_pipeline.backtest.cache import DecisionCache
-from crypto_pipeline.backtest.engine import _utc, backtest_long_signals, load_bars, wide
+from crypto_pipeline.backtest.engine import backtest_long_signals, load_bars, wide
 from crypto_pipeline.backtest.folds import Fold
 from crypto_pipeline.backtest.walkforward import (
     MarketData,
@@ -25,6 +25,7 @@ from crypto_pipeline.backtest.walkforward import (
 )
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.llm.provider import DecisionProvider
+from crypto_pipeline.timeutil import as_utc
 
 POLICIES = ("ema_cross", "rsi", "buy_hold", "rules", "lgbm", "llm")
 REGISTERED_MODEL = "crypto-policy"
@@ -66,7 +67,7 @@ def backtest(
 ) -> tuple[dict[str, Any], WalkForwardReport | None]:
     """Run one policy; returns the JSON-ready summary (final_equity, trades, metrics) and the report."""
     base = check_policy(policy)
-    first, last = _utc(config.start), _utc(config.end)
+    first, last = as_utc(config.start), as_utc(config.end)
     if first >= last:
         raise UserInputError(f"start {first:%Y-%m-%d %H:%M} must be before end {last:%Y-%m-%d %H:%M}")
     if base in ("ema_cross", "rsi", "buy_hold"):
@@ -125,4 +126,4 @@ def config_from_options(**options: Any) -> WalkForwardConfig:
 
 
 def parse_day(text: str) -> datetime:
-    return _utc(text)
+    return as_utc(text)
