@@ -75,7 +75,9 @@ def states_for(rows: pl.DataFrame, market_states: pl.DataFrame) -> list[MarketSt
     """
     from crypto_pipeline.llm.prompts import build_user_prompt
 
-    keyed = market_states.join(rows.select("symbol", "at", "prompt"), on=["symbol", "at"], how="inner")
+    # The example's own prompt is the reference: the table's prompt columns (if any) are not read.
+    stored = market_states.drop("prompt", "prompt_version", "prompt_hash", strict=False)
+    keyed = stored.join(rows.select("symbol", "at", "prompt"), on=["symbol", "at"], how="inner")
     by_key = {(r["symbol"], r["at"]): r for r in keyed.iter_rows(named=True)}
     states = []
     for symbol, at in rows.select("symbol", "at").iter_rows():
