@@ -121,15 +121,20 @@ def run_command(
     source: str = typer.Option(
         "exchange", help="'exchange' (alpaca-py via the local exchange) or 'recorded' (Parquet files)."
     ),
+    train: bool = typer.Option(
+        True, "--train/--no-train", help="Also build the dataset, QLoRA-tune briefly and run the walk-forward."
+    ),
 ) -> None:
-    """Run the market_data job (raw_bars → bars → features → market_states) over Settings.start..end
-    (both days included) in one run, print what it built, then the warehouse summary."""
+    """The offline run: the market_data job (raw_bars → bars → features → market_states) over
+    Settings.start..end (both days included) in one run; then the dataset, a short QLoRA fine-tune registered
+    as MLflow's `challenger`, and the walk-forward baselines with their report. One line per stage, the
+    full logs in a file; then the warehouse summary."""
     if source not in ("exchange", "recorded"):
         raise typer.BadParameter("expected 'exchange' or 'recorded'", param_hint="--source")
     # Imported here: the library never imports Dagster; the job lives in the Dagster layer (jobs/).
     from jobs.run_offline import run
 
-    if not run(source):
+    if not run(source, train=train):
         raise typer.Exit(1)
     info_command(table="")
 

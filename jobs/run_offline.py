@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 from rich.console import Console
@@ -30,7 +33,15 @@ PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 console = Console(width=max(Console().width, 120))
-_SUMMARY_KEYS = ("rows_fetched", "rows_stored", "rows", "warm_rows", "states", "quarantined")
+_SUMMARY_KEYS = (
+    *("rows_fetched", "rows_stored", "rows", "warm_rows", "states", "quarantined"),  # market data
+    *("examples", "registered", "steps", "val_valid_json_rate", "val_balanced_accuracy"),  # training
+    *("base_val_balanced_accuracy", "audits_passed", "html"),  # training, walk-forward
+)
+
+# A short QLoRA run that shows the whole path (dataset → adapter → MLflow `challenger`) on two CPU cores in
+# a few minutes; `crypto-pipeline finetune` or the `retrain` job with its defaults trains for real.
+QUICK_FINETUNE = {"max_steps": 2, "batch_size": 2, "max_train_examples": 16, "eval_size": 6}
 
 
 @contextlib.contextmanager
@@ -60,52 +71,192 @@ def local_exchange(settings: Settings, last_day: str) -> Iterator[MarketDataSour
 
 
 def run_market_data(
-    first_day: str, last_day: str, market_data_source: MarketDataSourceResource
+    first_day: str, last_day: str, market_data_source: MarketDataSourceResource, instance: dg.DagsterInstance
 ) -> dg.ExecuteInProcessResult:
     """The `market_data` job over the days `first_day`..`last_day` (both included) as one run."""
     job = make_definitions(market_data_source=market_data_source).resolve_job_def("market_data")
     tags = {PARTITION_RANGE_START_TAG: first_day, PARTITION_RANGE_END_TAG: last_day}
-    with dg.DagsterInstance.get() as instance:
-        return job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+    return job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
 
 
-def report(result: dg.ExecuteInProcessResult) -> None:
-    partitions: dict[str, int] = {}
-    shown: dict[str, dict] = {}
-    charts: dict[str, str] = {}
-    for evaluation in result.get_asset_check_evaluations():
-        mark = "[green]passed[/]" if evaluation.passed else "[red]FAILED[/]"
-        console.print(f"  check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {mark}")
-    for event in result.get_asset_materialization_events():
-        mat = event.materialization
-        key = mat.asset_key.to_user_string()
-        partitions[key] = partitions.get(key, 0) + 1
-        # One run covers every partition, so each partition's event carries the run's totals.
-        shown[key] = {k: v.value for k, v in mat.metadata.items() if k in _SUMMARY_KEYS}
-        charts.update({k: v.value for k, v in mat.metadata.items() if k.startswith("chart_")})
-    for key, count in partitions.items():
-        console.print(f"  [green]materialized[/] {key:<14} {count} daily partitions  {shown[key]}")
-    for name, path in sorted(charts.items()):
-        console.print(f"  chart {name.removeprefix('chart_')}: {path}")
+@dataclass
+class StageSummary:
+    """What one stage's runs did: per asset, how many partitions and its key figures; failed checks."""
+
+    partitions: dict[str, int] = field(default_factory=dict)
+    figures: dict[str, dict[str, object]] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
+    checks: int = 0
+    failed: list[str] = field(default_factory=list)  # blocking checks
+    warned: list[str] = field(default_factory=list)  # warnings
+
+    def add(self, result: dg.ExecuteInProcessResult) -> None:
+        for e in result.get_asset_check_evaluations():
+            self.checks += 1
+            if not e.passed:
+                name = f"{e.asset_key.to_user_string()}.{e.check_name}"
+                (self.warned if e.severity == dg.AssetCheckSeverity.WARN else self.failed).append(name)
+        for event in result.get_asset_materialization_events():
+            mat = event.materialization
+            key = mat.asset_key.to_user_string()
+            self.partitions[key] = self.partitions.get(key, 0) + 1
+            # One run covers every partition, so each partition's event carries the run's totals.
+            self.figures[key] = {k: _short(v.value) for k, v in mat.metadata.items() if k in _SUMMARY_KEYS}
+            if "table" in mat.metadata:
+                self.tables.append(_columns(mat.metadata["table"].value, _TABLE_COLUMNS))
+
+    def lines(self) -> list[str]:
+        shown = []
+        for key, n in self.partitions.items():
+            where = f"{n} partitions" if n > 1 else ""
+            figures = ", ".join(f"{k}={v}" for k, v in self.figures[key].items())
+            shown.append(f"{key:<19} {where:<15} {figures}".rstrip())
+        return shown + [line for table in self.tables for line in table.splitlines()]
 
 
-def run(source: str = "exchange") -> bool:
-    """The whole offline run; True when the job succeeded."""
+_TABLE_COLUMNS = ("policy", "total_return", "sharpe", "sharpe_lo", "sharpe_hi", "max_drawdown", "trades")
+
+
+def _columns(markdown: str, keep: tuple[str, ...]) -> str:
+    """The `keep` columns of a markdown table, aligned as plain text (the full table is in the report's
+    HTML and in the Dagster UI)."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in markdown.splitlines()]
+    if not rows:
+        return markdown
+    index = [i for i, name in enumerate(rows[0]) if name in keep]
+    body = [
+        [row[i] for i in index] for row in rows if len(row) == len(rows[0]) and not row[0].startswith(":-")
+    ]
+    widths = [max(len(row[c]) for row in body) for c in range(len(index))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if c == 0 else cell.rjust(w)
+            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in body
+    )
+
+
+def _short(value: object) -> object:
+    return round(value, 3) if isinstance(value, float) else value
+
+
+class Stages:
+    """Runs the stages of `make run`: one progress line each on the terminal, everything else (Dagster's
+    event log, the trainer, the exchange) in one log file."""
+
+    def __init__(self, out: Console, log_path: Path) -> None:
+        self.out, self.log_path, self.ok = out, log_path, True
+
+    def run(
+        self, name: str, step: Callable[[], dg.ExecuteInProcessResult | list[dg.ExecuteInProcessResult]]
+    ) -> bool:
+        if not self.ok:
+            self.out.print(f"  [dim]-[/] {name:<36} skipped: an earlier stage failed")
+            return False
+        started = time.perf_counter()
+        summary, error = StageSummary(), None
+        with (
+            self.out.status(f"{name} …"),
+            self.log_path.open("a") as log,
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+        ):
+            console.rule(f"stage: {name}")
+            try:
+                outcome = step()
+                results = outcome if isinstance(outcome, list) else [outcome]
+            except Exception as exc:  # the stage failed before Dagster could record it: say so, log it
+                console.print_exception()
+                results, error = [], f"{type(exc).__name__}: {exc}"
+        for result in results:
+            summary.add(result)
+        success = error is None and all(r.success for r in results) and not summary.failed
+        mark = "[green]✓[/]" if success else "[red]✗[/]"
+        passed = summary.checks - len(summary.failed) - len(summary.warned)
+        detail = f"{passed}/{summary.checks} checks passed" if summary.checks else ""
+        self.out.print(f"  {mark} {name:<36} {time.perf_counter() - started:5.0f} s  {detail}")
+        for line in summary.lines():
+            self.out.print(f"      {line}", highlight=False, markup=False)
+        if summary.failed:
+            self.out.print(f"      [red]failed checks:[/] {', '.join(summary.failed)}")
+        if summary.warned:
+            self.out.print(f"      [yellow]warnings (not blocking):[/] {', '.join(summary.warned)}")
+        if error:
+            self.out.print(f"      [red]{error}[/]", highlight=False)
+        self.ok = success
+        return success
+
+
+def run_retrain(instance: dg.DagsterInstance, finetune: dict) -> dg.ExecuteInProcessResult:
+    """The `retrain` job (sft_dataset → finetuned_model) on the states just built."""
+    job = make_definitions().resolve_job_def("retrain")
+    run_config = {"ops": {"finetuned_model": {"config": finetune}}}
+    return job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+
+
+def run_walk_forward(instance: dg.DagsterInstance, symbols: list[str]) -> list[dg.ExecuteInProcessResult]:
+    """The baselines (and RuleBased through the risk engine) on every walk-forward fold, then the report."""
+    import assets.backtest as backtest
+
+    config = {"symbols": symbols}
+    results = [
+        dg.materialize(
+            [backtest.baseline_backtests],
+            partition_key=key,
+            instance=instance,
+            run_config={"ops": {"baseline_backtests": {"config": config}}},
+            raise_on_error=False,
+        )
+        for key in backtest.FOLD_PARTITIONS.get_partition_keys()
+    ]
+    results.append(
+        dg.materialize(
+            [backtest.walk_forward_report],
+            selection=[backtest.walk_forward_report],
+            instance=instance,
+            run_config={"ops": {"walk_forward_report": {"config": config}}},
+            raise_on_error=False,
+        )
+    )
+    return results
+
+
+def run(source: str = "exchange", train: bool = True) -> bool:
+    """The whole offline run; True when every stage succeeded."""
     if source not in ("exchange", "recorded"):
         raise ValueError(f"unknown source {source!r}: expected 'exchange' or 'recorded'")
     settings = get_settings()
-    console.rule("[bold]crypto-pipeline: offline end-to-end run")
-    console.print(f"symbols: {', '.join(settings.symbols)}  days: {settings.start} .. {settings.end}")
+    out = Console(file=sys.stdout, width=max(Console().width, 120))
+    log_path = settings.warehouse_dir / "logs" / f"run-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out.rule("[bold]crypto-pipeline: offline end-to-end run")
+    out.print(f"symbols: {', '.join(settings.symbols)}  days: {settings.start} .. {settings.end}")
+    out.print(f"full logs: {log_path}")
+    stages = Stages(out, log_path)
     started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        if source == "exchange":
-            resource = stack.enter_context(local_exchange(settings, settings.end))
-            console.print("source: alpaca-py CryptoHistoricalDataClient → local exchange")
-        else:
-            resource = MarketDataSourceResource(kind="recorded", data_dir=str(settings.market_data_dir))
-            console.print(f"source: recorded Parquet files in {settings.market_data_dir}")
-        result = run_market_data(settings.start, settings.end, resource)
-        report(result)
-    status = "[green]success[/]" if result.success else "[red]failure[/]"
-    console.print(f"market_data job: {status} in {time.perf_counter() - started:.0f} s")
-    return result.success
+    with dg.DagsterInstance.get() as instance:
+
+        def market_data() -> dg.ExecuteInProcessResult:
+            with contextlib.ExitStack() as stack:
+                if source == "exchange":
+                    resource = stack.enter_context(local_exchange(settings, settings.end))
+                else:
+                    resource = MarketDataSourceResource(
+                        kind="recorded", data_dir=str(settings.market_data_dir)
+                    )
+                return run_market_data(settings.start, settings.end, resource, instance)
+
+        via = "alpaca-py → local exchange" if source == "exchange" else "recorded Parquet files"
+        stages.run(f"market data ({via})", market_data)
+        if train:
+            stages.run("dataset + QLoRA → MLflow challenger", lambda: run_retrain(instance, QUICK_FINETUNE))
+            stages.run(
+                "walk-forward baselines + report", lambda: run_walk_forward(instance, settings.symbols)
+            )
+    status = "[green]success[/]" if stages.ok else "[red]failure[/]"
+    out.print(f"offline run: {status} in {time.perf_counter() - started:.0f} s (full logs: {log_path})")
+    reports = settings.warehouse_dir / "reports"
+    if stages.ok and reports.is_dir():
+        out.print(f"reports and charts: {reports}")
+    return stages.ok
