@@ -36,7 +36,8 @@ console = Console(width=max(Console().width, 120))
 _SUMMARY_KEYS = (
     *("rows_fetched", "rows_stored", "rows", "warm_rows", "states", "quarantined"),  # market data
     *("examples", "registered", "steps", "val_valid_json_rate", "val_balanced_accuracy"),  # training
-    *("base_val_balanced_accuracy", "audits_passed", "html"),  # training, walk-forward
+    *("base_val_balanced_accuracy", "majority_val_balanced_accuracy", "rules_val_balanced_accuracy"),
+    *("audits_passed", "html"),  # walk-forward
 )
 
 # A short QLoRA run that shows the whole path (dataset → adapter → MLflow `challenger`) on two CPU cores in
