@@ -98,6 +98,7 @@ def fan_out(start: str, workdir: Path) -> tuple[float, int, int, list[bytes]]:
 
 
 def _sample_frames(server: ExchangeServer, symbols: list[str]) -> list[bytes]:
+    from crypto_pipeline.exchange.data_wire import stream_message, stream_time
     from crypto_pipeline.exchange.streams import MESSAGES_PER_FRAME, pack
 
     replay = server.venue.replayer
@@ -105,23 +106,9 @@ def _sample_frames(server: ExchangeServer, symbols: list[str]) -> list[bytes]:
     bars = [b for s in symbols if (b := server.venue.market.last_bar(s, now)) is not None]
     messages = []
     for bar in bars:
-        messages.append(replay._bar_message("b", bar))
-        messages.append(
-            {
-                **server.venue.market.latest_trade(bar),
-                "T": "t",
-                "S": bar.symbol,
-                "t": msgpack.Timestamp.from_unix_nano(bar.known_ns),
-            }
-        )
-        messages.append(
-            {
-                **server.venue.market.latest_quote(bar),
-                "T": "q",
-                "S": bar.symbol,
-                "t": msgpack.Timestamp.from_unix_nano(bar.known_ns),
-            }
-        )
+        messages.append(replay.bar_message("b", bar))
+        messages.append(stream_message("t", bar.symbol, server.venue.market.latest_trade(bar, stream_time)))
+        messages.append(stream_message("q", bar.symbol, server.venue.market.latest_quote(bar, stream_time)))
     return [pack(messages[i : i + MESSAGES_PER_FRAME]) for i in range(0, len(messages), MESSAGES_PER_FRAME)]
 
 

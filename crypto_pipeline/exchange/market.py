@@ -13,8 +13,14 @@ import numpy as np
 from crypto_pipeline.exchange.bars import NS_PER_S, BarStore, SymbolBars
 from crypto_pipeline.exchange.book import BarView, DerivedQuote, SpreadModel, bar_view
 from crypto_pipeline.exchange.capture import Capture, CapturedSymbol
-from crypto_pipeline.exchange.depth import BookState
-from crypto_pipeline.exchange.minute_bars import CapturedTrade
+from crypto_pipeline.exchange.data_wire import (
+    Stamp,
+    bar_wire,
+    book_wire,
+    derived_book_wire,
+    quote_wire,
+    trade_wire,
+)
 from crypto_pipeline.exchange.wire import AlpacaError, rfc3339, unprocessable
 
 DAY_NS = 86_400 * NS_PER_S
@@ -37,19 +43,6 @@ def parse_timeframe(value: str) -> int:
     return amount * _UNIT_SECONDS[unit] * NS_PER_S
 
 
-def bar_wire(bar: BarView) -> dict[str, object]:
-    return {
-        "t": rfc3339(bar.open_ns),
-        "o": bar.open,
-        "h": bar.high,
-        "l": bar.low,
-        "c": bar.close,
-        "v": bar.volume,
-        "n": bar.trade_count,
-        "vw": bar.vwap,
-    }
-
-
 def _encode_token(symbol: str, t_ns: int) -> str:
     return base64.urlsafe_b64encode(f"{symbol}|{t_ns}".encode()).decode()
 
@@ -62,36 +55,7 @@ def _decode_token(token: str) -> tuple[str, int]:
         raise unprocessable("invalid page_token") from None
 
 
-def quote_wire(at_ns: int, quote: DerivedQuote) -> dict[str, object]:
-    return {
-        "t": rfc3339(at_ns),
-        "bp": quote.bid_price,
-        "bs": quote.bid_size,
-        "ap": quote.ask_price,
-        "as": quote.ask_size,
-    }
-
-
-def captured_trade_wire(trade: CapturedTrade) -> dict[str, object]:
-    # Stamped with the time it traded (Binance's T); it was known a little later, when received.
-    return {
-        "t": rfc3339(trade.trade_ns),
-        "p": trade.price,
-        "s": trade.size,
-        "i": trade.id,
-        "tks": trade.taker_side,
-    }
-
-
-def book_wire(book: BookState) -> dict[str, object]:
-    return {
-        "t": rfc3339(book.event_ns),
-        "b": [{"p": price, "s": size} for price, size in book.bids],
-        "a": [{"p": price, "s": size} for price, size in book.asks],
-    }
-
-
-def combine(bars: list[BarView], open_ns: int) -> dict[str, object]:
+def combine(bars: list[BarView], open_ns: int) -> BarView:
     """One bar from consecutive bars; trade count and VWAP only when every part has them."""
     volume = sum(bar.volume for bar in bars)
     counts = [bar.trade_count for bar in bars]
@@ -99,16 +63,19 @@ def combine(bars: list[BarView], open_ns: int) -> dict[str, object]:
     vwap = None
     if None not in vwaps and volume > 0:
         vwap = sum(bar.vwap * bar.volume for bar in bars) / volume  # type: ignore[operator]
-    return {
-        "t": rfc3339(open_ns),
-        "o": bars[0].open,
-        "h": max(bar.high for bar in bars),
-        "l": min(bar.low for bar in bars),
-        "c": bars[-1].close,
-        "v": volume,
-        "n": None if None in counts else sum(counts),  # type: ignore[arg-type]
-        "vw": vwap,
-    }
+    return BarView(
+        symbol=bars[0].symbol,
+        index=bars[0].index,
+        open_ns=open_ns,
+        known_ns=bars[-1].known_ns,
+        open=bars[0].open,
+        high=max(bar.high for bar in bars),
+        low=min(bar.low for bar in bars),
+        close=bars[-1].close,
+        volume=volume,
+        trade_count=None if None in counts else sum(counts),  # type: ignore[arg-type]
+        vwap=vwap,
+    )
 
 
 class MarketData:
@@ -168,27 +135,17 @@ class MarketData:
         trade = captured.trade_at(now_ns) if captured is not None else None
         return trade.price if trade is not None else bar.close
 
-    def latest_quote(self, bar: BarView) -> dict[str, object]:
-        return quote_wire(bar.known_ns, self.spread.quote(bar))
+    def latest_quote(self, bar: BarView, stamp: Stamp = rfc3339) -> dict[str, object]:
+        return quote_wire(bar.known_ns, self.spread.quote(bar), stamp)
 
     @staticmethod
-    def latest_trade(bar: BarView) -> dict[str, object]:
+    def latest_trade(bar: BarView, stamp: Stamp = rfc3339) -> dict[str, object]:
         # The bar-close print: the bar's close at the time it became known (see docs/exchange.md).
-        return {
-            "t": rfc3339(bar.known_ns),
-            "p": bar.close,
-            "s": bar.volume,
-            "i": bar.index,
-            "tks": "B" if bar.close >= bar.open else "S",
-        }
+        taker_side = "B" if bar.close >= bar.open else "S"
+        return trade_wire(bar.known_ns, bar.close, bar.volume, bar.index, taker_side, stamp)
 
-    def latest_book(self, bar: BarView) -> dict[str, object]:
-        book = self.spread.book(bar)
-        return {
-            "t": rfc3339(bar.known_ns),
-            "b": [{"p": level.price, "s": level.size} for level in book.bids],
-            "a": [{"p": level.price, "s": level.size} for level in book.asks],
-        }
+    def latest_book(self, bar: BarView, stamp: Stamp = rfc3339) -> dict[str, object]:
+        return derived_book_wire(bar.known_ns, self.spread.book(bar), stamp)
 
     def _latest_one(self, kind: str, symbol: str, bar: BarView, now_ns: int) -> dict[str, object]:
         captured = self.captured(symbol, now_ns, load=True)
@@ -199,9 +156,12 @@ class MarketData:
             return quote_wire(*self.touch(symbol, bar, now_ns, load=True))
         if kind == "trades":
             trade = captured.trade_at(now_ns) if captured is not None else None
-            return captured_trade_wire(trade) if trade is not None else self.latest_trade(bar)
+            if trade is None:
+                return self.latest_trade(bar)
+            # Stamped with the time it traded (Binance's T); it was known a little later, when received.
+            return trade_wire(trade.trade_ns, trade.price, trade.size, trade.id, trade.taker_side)
         book = captured.book_at(now_ns) if captured is not None else None
-        return book_wire(book) if book is not None else self.latest_book(bar)
+        return book_wire(book.event_ns, book.bids, book.asks) if book is not None else self.latest_book(bar)
 
     def latest(self, kind: str, symbols: list[str], now_ns: int) -> dict[str, dict[str, object]]:
         result: dict[str, dict[str, object]] = {}
@@ -212,9 +172,7 @@ class MarketData:
         return result
 
     # --- snapshots ----------------------------------------------------------------------------
-    def day_bar(
-        self, symbol: str, day_start_ns: int, now_ns: int, load: bool = False
-    ) -> dict[str, object] | None:
+    def day_bar(self, symbol: str, day_start_ns: int, now_ns: int, load: bool = False) -> BarView | None:
         """The day's bar up to `now_ns`: its completed finest recorded bars, then the captured minute bars
         published after the last of them (so no minute is counted twice)."""
         bars = self.store.finest(symbol)
@@ -242,8 +200,8 @@ class MarketData:
                 "latestTrade": self._latest_one("trades", symbol, bar, now_ns),
                 "latestQuote": self._latest_one("quotes", symbol, bar, now_ns),
                 "minuteBar": self._latest_one("bars", symbol, bar, now_ns),
-                "dailyBar": self.day_bar(symbol, today, now_ns, load=True),
-                "prevDailyBar": self.day_bar(symbol, today - DAY_NS, now_ns, load=True),
+                "dailyBar": _optional_bar_wire(self.day_bar(symbol, today, now_ns, load=True)),
+                "prevDailyBar": _optional_bar_wire(self.day_bar(symbol, today - DAY_NS, now_ns, load=True)),
             }
         return result
 
@@ -350,6 +308,10 @@ def _summary(symbol: str, bars: SymbolBars, first: int, last: int) -> BarView:
         trade_count=count,
         vwap=vwap,
     )
+
+
+def _optional_bar_wire(bar: BarView | None) -> dict[str, object] | None:
+    return None if bar is None else bar_wire(bar)
 
 
 def split_symbols(raw: str | None) -> list[str]:

@@ -10,13 +10,19 @@ import logging
 import time
 from bisect import bisect_right
 
-import msgpack
-
 from crypto_pipeline.exchange.bars import SymbolBars
 from crypto_pipeline.exchange.book import BarView, bar_view
 from crypto_pipeline.exchange.broker import Broker
 from crypto_pipeline.exchange.capture import CaptureDay, CapturedSymbol, ReplayEvent
 from crypto_pipeline.exchange.clock import ReplayClock
+from crypto_pipeline.exchange.data_wire import (
+    bar_wire,
+    book_wire,
+    quote_wire,
+    stream_message,
+    stream_time,
+    trade_wire,
+)
 from crypto_pipeline.exchange.depth import BookState
 from crypto_pipeline.exchange.market import DAY_NS, MarketData
 from crypto_pipeline.exchange.streams import MarketDataHub
@@ -31,20 +37,10 @@ _CHANNEL_OF = {"q": "quotes", "t": "trades", "o": "orderbooks", "b": "bars", "u"
 _CHANNELS = ("bars", "updatedBars", "dailyBars", "quotes", "trades", "orderbooks")
 
 
-def _ts(ns: int) -> msgpack.Timestamp:
-    return msgpack.Timestamp.from_unix_nano(ns)
-
-
 def book_message(symbol: str, book: BookState, reset: bool) -> dict[str, object]:
-    message: dict[str, object] = {
-        "T": "o",
-        "S": symbol,
-        "t": _ts(book.event_ns),
-        "b": [{"p": price, "s": size} for price, size in book.bids],
-        "a": [{"p": price, "s": size} for price, size in book.asks],
-    }
+    message = stream_message("o", symbol, book_wire(book.event_ns, book.bids, book.asks, stream_time))
     if reset:
-        message["r"] = True
+        message["r"] = True  # the subscriber replaces its book instead of applying the levels
     return message
 
 
@@ -229,7 +225,7 @@ class Replayer:
         for (symbol, day_start), as_of in daily.items():
             day_bar = self.market.day_bar(symbol, day_start, as_of)
             if day_bar is not None:
-                timed.append((as_of, ("dailyBars", symbol, self._daily_message(symbol, day_start, day_bar))))
+                timed.append((as_of, ("dailyBars", symbol, self.bar_message("d", day_bar))))
         timed.sort(key=lambda pair: pair[0])  # stable: same-instant messages keep their order
         return [message for _, message in timed]
 
@@ -245,27 +241,13 @@ class Replayer:
         if asked("bars", symbol) and not (
             captured is not None and captured.covers_minutes_of(bar.open_ns, bar.known_ns)
         ):
-            messages.append(("bars", symbol, self._bar_message("b", bar)))
+            messages.append(("bars", symbol, self.bar_message("b", bar)))
         if asked("quotes", symbol) and (captured is None or captured.quote_at(bar.known_ns) is None):
-            quote = self.market.spread.quote(bar)
-            messages.append(
-                (
-                    "quotes",
-                    symbol,
-                    {
-                        "T": "q",
-                        "S": symbol,
-                        "t": _ts(bar.known_ns),
-                        "bp": quote.bid_price,
-                        "bs": quote.bid_size,
-                        "ap": quote.ask_price,
-                        "as": quote.ask_size,
-                    },
-                )
-            )
+            quote = self.market.latest_quote(bar, stream_time)
+            messages.append(("quotes", symbol, stream_message("q", symbol, quote)))
         if asked("trades", symbol) and (captured is None or captured.trade_at(bar.known_ns) is None):
-            trade = self.market.latest_trade(bar)
-            messages.append(("trades", symbol, {**trade, "T": "t", "S": symbol, "t": _ts(bar.known_ns)}))
+            trade = self.market.latest_trade(bar, stream_time)
+            messages.append(("trades", symbol, stream_message("t", symbol, trade)))
         if asked("orderbooks", symbol) and (captured is None or captured.book_at(bar.known_ns) is None):
             messages.append(("orderbooks", symbol, self.book_message(bar)))
         return messages
@@ -274,63 +256,26 @@ class Replayer:
         symbol = event.symbol
         if event.kind == "q":
             at, quote = captured.quotes[event.index]
-            return {
-                "T": "q",
-                "S": symbol,
-                "t": _ts(at),
-                "bp": quote.bid_price,
-                "bs": quote.bid_size,
-                "ap": quote.ask_price,
-                "as": quote.ask_size,
-            }
+            return stream_message("q", symbol, quote_wire(at, quote, stream_time))
         if event.kind == "t":
             trade = captured.trades[event.index]
-            return {
-                "T": "t",
-                "S": symbol,
-                "t": _ts(trade.trade_ns),
-                "p": trade.price,
-                "s": trade.size,
-                "i": trade.id,
-                "tks": trade.taker_side,
-            }
+            fields = trade_wire(trade.trade_ns, trade.price, trade.size, trade.id, trade.taker_side, stream_time)
+            return stream_message("t", symbol, fields)
         if event.kind == "o":
             # A full book resets the subscriber's; so does a lost one (empty: its levels are unknown now).
             step = captured.book.steps[event.index]
             return book_message(symbol, BookState(step.event_ns, step.bids, step.asks), step.kind != "diff")
         version = captured.bars[event.index]
-        return self._bar_message(version.kind, version.bar)
+        return self.bar_message(version.kind, version.bar)
 
     @staticmethod
-    def _bar_message(kind: str, bar: BarView) -> dict[str, object]:
-        return {
-            "T": kind,
-            "S": bar.symbol,
-            "t": _ts(bar.open_ns),
-            "o": bar.open,
-            "h": bar.high,
-            "l": bar.low,
-            "c": bar.close,
-            "v": bar.volume,
-            "n": bar.trade_count,
-            "vw": bar.vwap,
-        }
-
-    @staticmethod
-    def _daily_message(symbol: str, day_start: int, daily: dict[str, object]) -> dict[str, object]:
-        fields = {k: v for k, v in daily.items() if k != "t"}
-        return {"T": "d", "S": symbol, "t": _ts(day_start), **fields}
+    def bar_message(kind: str, bar: BarView) -> dict[str, object]:
+        """A bar on the websocket: `b` (minute bar), `u` (its correction) or `d` (the day so far)."""
+        return stream_message(kind, bar.symbol, bar_wire(bar, stream_time))
 
     def book_message(self, bar: BarView) -> dict[str, object]:
-        book = self.market.spread.book(bar)
-        return {
-            "T": "o",
-            "S": bar.symbol,
-            "t": _ts(bar.known_ns),
-            "b": [{"p": level.price, "s": level.size} for level in book.bids],
-            "a": [{"p": level.price, "s": level.size} for level in book.asks],
-            "r": True,
-        }
+        """The spread model's full book for a bar-only symbol (always a reset)."""
+        return {**stream_message("o", bar.symbol, self.market.latest_book(bar, stream_time)), "r": True}
 
     def book_snapshots(self, symbols: list[str]) -> list[dict[str, object]]:
         """Full books for new orderbook subscribers, as of the last step (see `processed_ns`)."""
