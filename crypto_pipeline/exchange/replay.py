@@ -259,7 +259,9 @@ class Replayer:
             return stream_message("q", symbol, quote_wire(at, quote, stream_time))
         if event.kind == "t":
             trade = captured.trades[event.index]
-            fields = trade_wire(trade.trade_ns, trade.price, trade.size, trade.id, trade.taker_side, stream_time)
+            fields = trade_wire(
+                trade.trade_ns, trade.price, trade.size, trade.id, trade.taker_side, stream_time
+            )
             return stream_message("t", symbol, fields)
         if event.kind == "o":
             # A full book resets the subscriber's; so does a lost one (empty: its levels are unknown now).
