@@ -4,19 +4,26 @@ behind key checks and fault injection."""
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Annotated
 
-from fastapi import FastAPI, Request, Response, WebSocket
+from fastapi import FastAPI, Query, Request, Response, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from crypto_pipeline.exchange.config import ExchangeConfig
 from crypto_pipeline.exchange.market import DAY_NS, split_symbols
+from crypto_pipeline.exchange.request_models import (
+    BarsQuery,
+    ClosePositionQuery,
+    OrderRequest,
+    OrdersQuery,
+    as_alpaca_error,
+)
 from crypto_pipeline.exchange.venue import Venue
-from crypto_pipeline.exchange.views import account_wire, order_wire, position_wire
-from crypto_pipeline.exchange.wire import AlpacaError, parse_time, rfc3339, unprocessable
+from crypto_pipeline.exchange.views import account_wire, asset_wire, order_wire, position_wire
+from crypto_pipeline.exchange.wire import AlpacaError, rfc3339
 
 PROTECTED_PREFIXES = ("/v2", "/v1beta3")
 LATEST_KINDS = ("bars", "quotes", "trades", "orderbooks")
@@ -24,31 +31,6 @@ LATEST_KINDS = ("bars", "quotes", "trades", "orderbooks")
 
 def _venue(request: Request | WebSocket) -> Venue:
     return request.app.state.venue
-
-
-def _int_param(value: str | None, field: str) -> int | None:
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except ValueError:
-        raise unprocessable(f"invalid {field}: {value!r}") from None
-
-
-def _float_param(value: str | None, field: str) -> float | None:
-    if value in (None, ""):
-        return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except ValueError:
-        raise unprocessable(f"invalid {field}: {value!r}") from None
-    if not math.isfinite(number):
-        raise unprocessable(f"invalid {field}: {value!r}")
-    return number
-
-
-def _bool_param(value: str | None) -> bool:
-    return str(value).lower() in ("true", "1", "yes")
 
 
 def create_app(config: ExchangeConfig, venue: Venue | None = None) -> FastAPI:
@@ -64,6 +46,11 @@ def create_app(config: ExchangeConfig, venue: Venue | None = None) -> FastAPI:
     @app.exception_handler(AlpacaError)
     async def alpaca_error(_: Request, error: AlpacaError) -> JSONResponse:
         return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        alpaca = as_alpaca_error(error)
+        return JSONResponse(alpaca.body(), status_code=alpaca.status)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -109,64 +96,50 @@ def create_app(config: ExchangeConfig, venue: Venue | None = None) -> FastAPI:
         return account_wire(_venue(request).broker)
 
     @app.get("/v2/assets")
-    async def assets(request: Request) -> list[dict[str, object]]:
-        params = request.query_params
-        broker = _venue(request).broker
-        if params.get("asset_class", "crypto") != "crypto" or params.get("status", "active") != "active":
+    async def assets(
+        request: Request, asset_class: str = "crypto", status: str = "active"
+    ) -> list[dict[str, object]]:
+        catalog = _venue(request).broker.catalog
+        if asset_class != "crypto" or status != "active":
             return []
-        return [broker.asset_wire(symbol) for symbol in broker.market.symbols()]
+        return [asset_wire(catalog, symbol) for symbol in catalog.symbols()]
 
     @app.get("/v2/assets/{symbol:path}")
     async def asset(request: Request, symbol: str) -> dict[str, object]:
-        broker = _venue(request).broker
-        return broker.asset_wire(broker.resolve_symbol(symbol))
+        catalog = _venue(request).broker.catalog
+        return asset_wire(catalog, catalog.resolve(symbol))
 
     @app.post("/v2/orders")
-    async def submit_order(request: Request) -> dict[str, object]:
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except json.JSONDecodeError:
-            raise unprocessable("request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise unprocessable("request body must be a JSON object")
-        return order_wire(_venue(request).broker.submit(body))
+    async def submit_order(request: Request, order: OrderRequest) -> dict[str, object]:
+        return order_wire(_venue(request).broker.submit(order))
 
     @app.get("/v2/orders")
-    async def list_orders(request: Request) -> list[dict[str, object]]:
-        params = request.query_params
+    async def list_orders(
+        request: Request, query: Annotated[OrdersQuery, Query()]
+    ) -> list[dict[str, object]]:
         broker = _venue(request).broker
-        status = params.get("status", "open")
-        if status not in ("open", "closed", "all"):
-            raise unprocessable(f"invalid status: {status!r}")
-        limit = _int_param(params.get("limit"), "limit") or 50
-        if not 1 <= limit <= 500:
-            raise unprocessable("invalid limit: must be between 1 and 500")
-        symbols = set(split_symbols(params["symbols"])) if params.get("symbols") else None
-        after = parse_time(params["after"], "after") if params.get("after") else None
-        until = parse_time(params["until"], "until") if params.get("until") else None
-        side = params.get("side")
+        symbols = set(split_symbols(query.symbols)) if query.symbols else None
         chosen = [
             order
             for order in broker.orders.values()
-            if (status == "all" or order.is_open == (status == "open"))
+            if (query.status == "all" or order.is_open == (query.status == "open"))
             and (symbols is None or order.symbol in symbols or order.symbol.replace("/", "") in symbols)
-            and (after is None or order.created_at_ns > after)
-            and (until is None or order.created_at_ns < until)
-            and (side is None or order.side == side)
+            and (query.after is None or order.created_at_ns > query.after)
+            and (query.until is None or order.created_at_ns < query.until)
+            and (query.side is None or order.side == query.side)
         ]
-        chosen.sort(key=lambda o: o.created_at_ns, reverse=params.get("direction", "desc") != "asc")
-        return [order_wire(order) for order in chosen[:limit]]
+        chosen.sort(key=lambda o: o.created_at_ns, reverse=query.direction == "desc")
+        return [order_wire(order) for order in chosen[: query.limit]]
 
     @app.get("/v2/orders:by_client_order_id")
-    async def order_by_client_id(request: Request) -> dict[str, object]:
-        client_order_id = request.query_params.get("client_order_id")
-        if not client_order_id:
-            raise unprocessable("client_order_id is required")
-        return order_wire(_venue(request).broker.get_by_client_id(client_order_id))
+    async def order_by_client_id(
+        request: Request, client_order_id: Annotated[str, Query(min_length=1)]
+    ) -> dict[str, object]:
+        return order_wire(_venue(request).broker.ledger.get_by_client_id(client_order_id))
 
     @app.get("/v2/orders/{order_id}")
     async def get_order(request: Request, order_id: str) -> dict[str, object]:
-        return order_wire(_venue(request).broker.get_order(order_id))
+        return order_wire(_venue(request).broker.ledger.get_order(order_id))
 
     @app.delete("/v2/orders/{order_id}", status_code=204)
     async def cancel_order(request: Request, order_id: str) -> Response:
@@ -191,15 +164,14 @@ def create_app(config: ExchangeConfig, venue: Venue | None = None) -> FastAPI:
         return position_wire(found, broker.mark_price(found.symbol))
 
     @app.delete("/v2/positions/{symbol:path}")
-    async def close_position(request: Request, symbol: str) -> dict[str, object]:
-        params = request.query_params
-        qty = _float_param(params.get("qty"), "qty")
-        percentage = _float_param(params.get("percentage"), "percentage")
-        return order_wire(_venue(request).broker.close_position(symbol, qty, percentage))
+    async def close_position(
+        request: Request, symbol: str, query: Annotated[ClosePositionQuery, Query()]
+    ) -> dict[str, object]:
+        return order_wire(_venue(request).broker.close_position(symbol, query.qty, query.percentage))
 
     @app.delete("/v2/positions")
-    async def close_all_positions(request: Request) -> JSONResponse:
-        results = _venue(request).broker.close_all(_bool_param(request.query_params.get("cancel_orders")))
+    async def close_all_positions(request: Request, cancel_orders: bool = False) -> JSONResponse:
+        results = _venue(request).broker.close_all(cancel_orders)
         body = []
         for symbol, status, outcome in results:
             if isinstance(outcome, AlpacaError):
@@ -217,41 +189,35 @@ def create_app(config: ExchangeConfig, venue: Venue | None = None) -> FastAPI:
 
     # --- crypto market data API -------------------------------------------------------------------
     @app.get("/v1beta3/crypto/{feed}/bars")
-    async def bars(request: Request, feed: str) -> dict[str, object]:
-        params = request.query_params
+    async def bars(request: Request, feed: str, query: Annotated[BarsQuery, Query()]) -> dict[str, object]:
         v = _venue(request)
-        timeframe = params.get("timeframe")
-        if not timeframe:
-            raise unprocessable("timeframe is required")
-        sort = params.get("sort", "asc")
-        if sort not in ("asc", "desc"):
-            raise unprocessable(f"invalid sort: {sort!r}")
-        page = await asyncio.to_thread(
+        return await asyncio.to_thread(
             v.market.bars_page,
-            split_symbols(params.get("symbols")),
-            timeframe,
+            split_symbols(query.symbols),
+            query.timeframe,
             v.clock.now_ns(),
-            parse_time(params["start"], "start") if params.get("start") else None,
-            parse_time(params["end"], "end") if params.get("end") else None,
-            _int_param(params.get("limit"), "limit"),
-            params.get("page_token") or None,
-            sort == "desc",
+            query.start,
+            query.end,
+            query.limit,
+            query.page_token,
+            query.sort == "desc",
         )
-        return page
 
     @app.get("/v1beta3/crypto/{feed}/latest/{kind}")
-    async def latest(request: Request, feed: str, kind: str) -> dict[str, object]:
+    async def latest(request: Request, feed: str, kind: str, symbols: str | None = None) -> dict[str, object]:
         if kind not in LATEST_KINDS:
             raise AlpacaError(404, 40410000, "endpoint not found")
         v = _venue(request)
-        symbols = split_symbols(request.query_params.get("symbols"))
-        return {kind: await asyncio.to_thread(v.market.latest, kind, symbols, v.clock.now_ns())}
+        return {
+            kind: await asyncio.to_thread(v.market.latest, kind, split_symbols(symbols), v.clock.now_ns())
+        }
 
     @app.get("/v1beta3/crypto/{feed}/snapshots")
-    async def snapshots(request: Request, feed: str) -> dict[str, object]:
+    async def snapshots(request: Request, feed: str, symbols: str | None = None) -> dict[str, object]:
         v = _venue(request)
-        symbols = split_symbols(request.query_params.get("symbols"))
-        return {"snapshots": await asyncio.to_thread(v.market.snapshots, symbols, v.clock.now_ns())}
+        return {
+            "snapshots": await asyncio.to_thread(v.market.snapshots, split_symbols(symbols), v.clock.now_ns())
+        }
 
     # --- websockets --------------------------------------------------------------------------------
     @app.websocket("/v1beta3/crypto/{feed}")

@@ -220,9 +220,7 @@ class MarketData:
         """One page of `{"bars": {symbol: [...]}, "next_page_token": ...}`; symbols in order, then time.
         Only bars complete at `now_ns` are visible, whatever `end` asks for."""
         duration_ns = parse_timeframe(timeframe)
-        limit = DEFAULT_PAGE_LIMIT if not limit else limit
-        if not 1 <= limit <= MAX_PAGE_LIMIT:
-            raise unprocessable(f"invalid limit: must be between 1 and {MAX_PAGE_LIMIT}")
+        limit = DEFAULT_PAGE_LIMIT if limit is None else limit  # 1..MAX_PAGE_LIMIT: see BarsQuery
         start_ns = now_ns - now_ns % DAY_NS if start_ns is None else start_ns
         end_ns = now_ns if end_ns is None else end_ns
         if end_ns < start_ns:

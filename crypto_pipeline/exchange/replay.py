@@ -1,5 +1,5 @@
 """The replayer: walks the recorded bars (in close-time order) and the websocket capture (in receive-time
-order) as the clock advances, lets the broker match working orders, and hands the stream's messages
+order) as the clock advances, lets the paper desk match working orders, and hands the stream's messages
 (b, u, d, q, t, o) to the market data hub, in time order."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from bisect import bisect_right
 
 from crypto_pipeline.exchange.bars import SymbolBars
 from crypto_pipeline.exchange.book import BarView, bar_view
-from crypto_pipeline.exchange.broker import Broker
 from crypto_pipeline.exchange.capture import CaptureDay, CapturedSymbol, ReplayEvent
 from crypto_pipeline.exchange.clock import ReplayClock
 from crypto_pipeline.exchange.data_wire import (
@@ -24,6 +23,7 @@ from crypto_pipeline.exchange.data_wire import (
     trade_wire,
 )
 from crypto_pipeline.exchange.depth import BookState
+from crypto_pipeline.exchange.desk import PaperDesk
 from crypto_pipeline.exchange.market import DAY_NS, MarketData
 from crypto_pipeline.exchange.streams import MarketDataHub
 
@@ -56,10 +56,10 @@ class _Wanted:
 
 
 class Replayer:
-    def __init__(self, market: MarketData, clock: ReplayClock, broker: Broker, hub: MarketDataHub) -> None:
+    def __init__(self, market: MarketData, clock: ReplayClock, desk: PaperDesk, hub: MarketDataHub) -> None:
         self.market = market
         self.clock = clock
-        self.broker = broker
+        self.desk = desk
         self.hub = hub
         self.series: dict[str, SymbolBars] = {}
         self._heap: list[tuple[int, str, int]] = []  # (known at, symbol, bar index)
@@ -187,8 +187,8 @@ class Replayer:
         completed = self._pop_completed(now)
         events = self._pop_capture(now)
         self.processed_ns = now
-        if self.broker.orders:
-            self.broker.on_clock(now)
+        if self.desk.orders:
+            self.desk.on_clock(now)
         if (completed or events) and self.hub.subscribers:
             await self.hub.broadcast(self._messages(completed, events))
 

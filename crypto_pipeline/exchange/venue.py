@@ -1,4 +1,4 @@
-"""One running exchange: the data, clock, broker, store and stream hubs built from an ExchangeConfig."""
+"""One running exchange: the data, clock, paper desk (`broker`), store and stream hubs built from an ExchangeConfig."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import logging
 
 from crypto_pipeline.exchange.bars import BarStore
 from crypto_pipeline.exchange.book import SpreadModel
-from crypto_pipeline.exchange.broker import Broker
 from crypto_pipeline.exchange.capture import Capture
 from crypto_pipeline.exchange.clock import ReplayClock, to_ns
 from crypto_pipeline.exchange.config import DEFAULT_CAPTURE_DIR, ExchangeConfig
+from crypto_pipeline.exchange.desk import PaperDesk
 from crypto_pipeline.exchange.faults import RestFaults
 from crypto_pipeline.exchange.market import MarketData
 from crypto_pipeline.exchange.matching import Match
@@ -45,7 +45,7 @@ class Venue:
         self.data_hub = MarketDataHub(self.credentials, config.faults)
         self.trade_hub = TradeUpdatesHub(self.credentials, config.faults)
         self.rest_faults = RestFaults(config.faults)
-        self.broker = Broker(config, self.market, self.clock, self.store, self._publish_trade_update)
+        self.broker = PaperDesk(config, self.market, self.clock, self.store, self._publish_trade_update)
         self.replayer = Replayer(self.market, self.clock, self.broker, self.data_hub)
         self.data_hub.book_snapshots = self.replayer.book_snapshots
         self._task: asyncio.Task[None] | None = None

@@ -1,8 +1,9 @@
-"""The trading API's wire shapes (Order, Position, Account, TradeUpdate) rendered from our records."""
+"""The trading API's wire shapes (Asset, Order, Position, Account, TradeUpdate) rendered from our records."""
 
 from __future__ import annotations
 
-from crypto_pipeline.exchange.broker import Broker
+from crypto_pipeline.exchange.assets import AssetCatalog, asset_id
+from crypto_pipeline.exchange.desk import PaperDesk
 from crypto_pipeline.exchange.matching import Match
 from crypto_pipeline.exchange.records import OrderRecord, PositionRecord
 from crypto_pipeline.exchange.wire import decimal_str, rfc3339
@@ -10,6 +11,28 @@ from crypto_pipeline.exchange.wire import decimal_str, rfc3339
 
 def _time(ns: int | None) -> str | None:
     return None if ns is None else rfc3339(ns)
+
+
+def asset_wire(catalog: AssetCatalog, symbol: str) -> dict[str, object]:
+    base, quote = symbol.split("/")[0], symbol.split("/")[-1]
+    return {
+        "id": asset_id(symbol),
+        "class": "crypto",
+        "exchange": "CRYPTO",
+        "symbol": symbol,
+        "name": f"{base} / {quote}",
+        "status": "active",
+        "tradable": True,
+        "marginable": False,
+        "maintenance_margin_requirement": 100,
+        "shortable": False,
+        "easy_to_borrow": False,
+        "fractionable": True,
+        "attributes": [],
+        "min_order_size": str(catalog.min_order_size(symbol)),
+        "min_trade_increment": f"{catalog.min_trade_increment(symbol):.9f}",
+        "price_increment": f"{catalog.price_increment(symbol):.9f}",
+    }
 
 
 def order_wire(order: OrderRecord) -> dict[str, object]:
@@ -81,7 +104,7 @@ def position_wire(position: PositionRecord, price: float | None) -> dict[str, ob
     }
 
 
-def account_wire(broker: Broker) -> dict[str, object]:
+def account_wire(broker: PaperDesk) -> dict[str, object]:
     account = broker.account
     long_value = sum(
         p.qty * (broker.mark_price(p.symbol) or p.avg_entry_price) for p in broker.positions.values()

@@ -55,25 +55,12 @@ def decimal_str(value: float | None, places: int = 9) -> str | None:
     return "0" if text in ("", "-0") else text
 
 
-def parse_time(value: str, field: str) -> int:
-    """A query datetime (RFC3339 or a date) to ns; a bad one is a 422 naming the field."""
-    text = value.strip().replace(" ", "+").replace("Z", "+00:00")
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise unprocessable(f"invalid {field}: {value!r} is not an RFC-3339 time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp()) * NS_PER_S + moment.microsecond * 1000
-
-
 __all__ = [
     "AlpacaError",
     "decimal_str",
     "forbidden",
     "from_ns",
     "not_found",
-    "parse_time",
     "rfc3339",
     "unprocessable",
 ]
