@@ -1,11 +1,12 @@
 """The REST requests as pydantic models: the order body and the query parameters of the trading and
-market data routes. They check types and ranges; the trading rules stay in `validation.py`. A request
+market data routes. They check types and ranges; the trading rules are applied in `validation.py`. A request
 that fails them is answered the way Alpaca answers it: 422 with `{"code", "message"}`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
@@ -35,20 +36,20 @@ def _to_ns(moment: datetime) -> int:
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Number = Annotated[FiniteFloat | None, BeforeValidator(_blank_is_none)]
 Percentage = Annotated[float, Field(allow_inf_nan=False, gt=0, le=100)]
-LowerText = Annotated[str | None, AfterValidator(lambda v: v.lower() if v else v)]
 # An RFC 3339 time or a date, as ns since the epoch.
 QueryTime = Annotated[datetime, BeforeValidator(_plus_restored), AfterValidator(_to_ns)]
 
 
 class OrderRequest(BaseModel):
-    """The JSON body of POST /v2/orders (alpaca-py sends numbers as JSON numbers, enums lowercase)."""
+    """The JSON body of POST /v2/orders (alpaca-py sends numbers as JSON numbers, enums lowercase).
+    Only its shape: the values become a `trading.OrderIntent` in the validator, which checks them."""
 
     model_config = ConfigDict(extra="ignore")
 
-    symbol: str | None = None
-    side: LowerText = None
-    type: LowerText = Field(None, validation_alias=AliasChoices("type", "order_type"))
-    time_in_force: LowerText = None
+    symbol: str
+    side: str
+    type: str = Field(validation_alias=AliasChoices("type", "order_type"))
+    time_in_force: str
     qty: Number = None
     notional: Number = None
     limit_price: Number = None
@@ -87,14 +88,23 @@ class BarsQuery(BaseModel):
     sort: Literal["asc", "desc"] = "asc"
 
 
-def as_alpaca_error(error: RequestValidationError) -> AlpacaError:
-    """Alpaca's 422 for the first problem pydantic found, naming the field."""
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"][1:])  # the first part is body, query or path
+def refusal(errors: Sequence[Mapping[str, Any]]) -> AlpacaError:
+    """Alpaca's 422 for the first problem pydantic found (`loc` without body/query/path), naming the field;
+    a rule's own message (a ValueError in a validator, e.g. OrderIntent's) is passed on as it is."""
+    first = errors[0]
+    field = ".".join(str(part) for part in first["loc"])
     if first["type"] == "json_invalid":
         return unprocessable("request body is not valid JSON")
+    if first["type"] == "value_error":
+        return unprocessable(str(first["ctx"]["error"]))
     if not field:
         return unprocessable("request body must be a JSON object")
     if first["type"] == "missing":
         return unprocessable(f"{field} is required")
     return unprocessable(f"invalid {field}: {first['msg']}")
+
+
+def as_alpaca_error(error: RequestValidationError) -> AlpacaError:
+    """Alpaca's 422 for a request FastAPI could not read into its models."""
+    # The first part of each location says where the value was: body, query or path.
+    return refusal([{**e, "loc": tuple(e["loc"])[1:]} for e in error.errors()])

@@ -48,8 +48,17 @@ def test_order_bodies_of_the_wrong_shape_are_a_422_and_book_nothing(
     assert refused(http.post("/v2/orders", json={**order, "symbol": 7})).startswith("invalid symbol:")
     # Well-formed but against a rule: the validator's message, as before.
     assert refused(http.post("/v2/orders", json={**order, "qty": 0.01, "symbol": ""})) == "symbol is required"
-    assert refused(http.post("/v2/orders", json={**order, "qty": 0.01, "side": "short"})) == (
-        "side must be buy or sell"
+    assert refused(http.post("/v2/orders", json={**order, "qty": 0.01, "side": "short"})).startswith(
+        "invalid side:"
+    )
+    assert refused(http.post("/v2/orders", json={"symbol": "BTC/USDT", "side": "buy", "qty": 0.01})) == (
+        "type is required"
+    )
+    assert refused(http.post("/v2/orders", json={**order, "qty": 0.01, "type": "stop"})) == (
+        "invalid order type for crypto order: stop"
+    )
+    assert refused(http.post("/v2/orders", json={**order, "qty": 0.0100000001})) == (
+        "qty must have at most 9 decimal places"
     )
     assert len(exchange.venue.broker.orders) == before
 
