@@ -5,13 +5,13 @@ that fails them is answered the way Alpaca answers it: 422 with `{"code", "messa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
-from crypto_pipeline.exchange.clock import NS_PER_S
+from crypto_pipeline.exchange.clock import to_ns
 from crypto_pipeline.exchange.market import MAX_PAGE_LIMIT
 from crypto_pipeline.exchange.wire import AlpacaError, unprocessable
 
@@ -27,17 +27,11 @@ def _plus_restored(value: object) -> object:
     return value.strip().replace(" ", "+") if isinstance(value, str) else value
 
 
-def _to_ns(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)  # Alpaca reads a time without offset as UTC
-    return int(moment.timestamp()) * NS_PER_S + moment.microsecond * 1000
-
-
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Number = Annotated[FiniteFloat | None, BeforeValidator(_blank_is_none)]
 Percentage = Annotated[float, Field(allow_inf_nan=False, gt=0, le=100)]
-# An RFC 3339 time or a date, as ns since the epoch.
-QueryTime = Annotated[datetime, BeforeValidator(_plus_restored), AfterValidator(_to_ns)]
+# An RFC 3339 time or a date (no offset: UTC, as Alpaca reads it), as ns since the epoch.
+QueryTime = Annotated[datetime, BeforeValidator(_plus_restored), AfterValidator(to_ns)]
 
 
 class OrderRequest(BaseModel):
