@@ -1,6 +1,6 @@
 """Alpaca's crypto market data wire shapes, written once for REST and the websocket: a bar, a quote, a
 trade and an order book. REST stamps times as RFC 3339 strings; the websocket stamps them as msgpack
-timestamps and puts the message type `T` and the symbol `S` ahead of the same fields."""
+timestamps and adds the message type `T` and the symbol `S` to the same fields."""
 
 from __future__ import annotations
 
@@ -21,8 +21,11 @@ def stream_time(ns: int) -> msgpack.Timestamp:
 
 
 def stream_message(kind: str, symbol: str, fields: dict[str, object]) -> dict[str, object]:
-    """A websocket message: type and symbol, then the fields of the shape (stamped with `stream_time`)."""
-    return {"T": kind, "S": symbol, **fields}
+    """A websocket message: the fields of a shape (stamped with `stream_time`) plus type and symbol.
+    Added in place, not copied: the stream builds tens of thousands a second (key order is free)."""
+    fields["T"] = kind
+    fields["S"] = symbol
+    return fields
 
 
 def bar_wire(bar: BarView, stamp: Stamp = rfc3339) -> dict[str, object]:

@@ -277,7 +277,9 @@ class Replayer:
 
     def book_message(self, bar: BarView) -> dict[str, object]:
         """The spread model's full book for a bar-only symbol (always a reset)."""
-        return {**stream_message("o", bar.symbol, self.market.latest_book(bar, stream_time)), "r": True}
+        message = stream_message("o", bar.symbol, self.market.latest_book(bar, stream_time))
+        message["r"] = True
+        return message
 
     def book_snapshots(self, symbols: list[str]) -> list[dict[str, object]]:
         """Full books for new orderbook subscribers, as of the last step (see `processed_ns`)."""
