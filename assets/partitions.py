@@ -4,16 +4,14 @@ Dagster needs a partitions definition when the definitions load, so `Settings.pa
 `partitions_end` (both days included) are read then; everything else is read when a run starts.
 """
 
-import functools
 import warnings
+from collections.abc import Callable
 from datetime import date, timedelta
+from typing import Any
 
 import dagster as dg
 
 from crypto_pipeline.config import get_settings
-
-# The single-run backfill policy is marked beta; the warning repeats for every asset in every process.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message=r".*backfill_policy.*")
 
 
 def daily_partitions() -> dg.DailyPartitionsDefinition:
@@ -31,7 +29,15 @@ DAILY_PARTITIONS = daily_partitions()
 # instead of hundreds of tiny runs (and it lets `dagster asset materialize --partition-range` work).
 SINGLE_RUN_BACKFILL = dg.BackfillPolicy.single_run()
 
-# Every market-data asset: daily partitions, a range of days in one run.
-daily_asset = functools.partial(
-    dg.asset, partitions_def=DAILY_PARTITIONS, backfill_policy=SINGLE_RUN_BACKFILL
-)
+
+def daily_asset(**kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """`dg.asset` for every market-data asset: daily partitions, a range of days in one run."""
+
+    def build(fn: Callable[..., Any]) -> dg.AssetsDefinition:
+        # Dagster marks `backfill_policy` beta and warns once per asset in every process (every run, every
+        # test); the policy is chosen on purpose, so silence exactly that warning while the asset is built.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=dg.BetaWarning, message=r".*backfill_policy.*")
+            return dg.asset(partitions_def=DAILY_PARTITIONS, backfill_policy=SINGLE_RUN_BACKFILL, **kwargs)(fn)
+
+    return build

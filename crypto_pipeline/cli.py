@@ -140,10 +140,26 @@ def run_command(
 
 
 # --- exchange: the local Alpaca-compatible paper exchange -----------------------------------
+def _exchange_default(name: str) -> str:
+    """The default `--help` shows for an option that falls back to Settings.exchange when left out."""
+    from crypto_pipeline.config import ExchangeSettings
+
+    return str(ExchangeSettings.model_fields[name].default)
+
+
 @app.command("exchange")
 def exchange_command(
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback unless told otherwise)."),
-    port: int = typer.Option(8765, help="Port for REST and both websockets (0 picks a free one)."),
+    # Options left out fall back to Settings.exchange (CRYPTO_PIPELINE_EXCHANGE__<FIELD>), then its defaults.
+    host: str | None = typer.Option(
+        None,
+        help="Interface to listen on (loopback unless told otherwise).",
+        show_default=_exchange_default("host"),
+    ),
+    port: int | None = typer.Option(
+        None,
+        help="Port for REST and both websockets (0 picks a free one).",
+        show_default=_exchange_default("port"),
+    ),
     data: str = typer.Option("", "--data", help="Directory of recorded bars (default: the shared 2024 set)."),
     capture: str = typer.Option(
         "", "--capture", help="Binance websocket capture replayed for its day (default: the shared one)."
@@ -154,8 +170,10 @@ def exchange_command(
     start: str = typer.Option(
         "", help="Replay clock start, UTC (e.g. 2024-06-01); the data's end serves all history."
     ),
-    speed: float = typer.Option(
-        1.0, help="Market seconds per wall second; 0 replays as fast as clients read."
+    speed: float | None = typer.Option(
+        None,
+        help="Market seconds per wall second; 0 replays as fast as clients read.",
+        show_default=_exchange_default("speed"),
     ),
     key: str = typer.Option(
         "", envvar="ALPACA_API_KEY", show_envvar=True, help="API key clients must present."
@@ -167,10 +185,16 @@ def exchange_command(
         show_default=False,
         help="API secret clients must present.",
     ),
-    db: str = typer.Option("", "--db", help="SQLite file for account, orders, fills and positions."),
+    db: str = typer.Option(
+        "", "--db", help="SQLite file for account, orders, fills and positions (default: in the warehouse)."
+    ),
     reset: bool = typer.Option(False, "--reset", help="Start a fresh account (drops the SQLite state)."),
-    maker_fee_bps: float = typer.Option(15.0, help="Maker fee in basis points."),
-    taker_fee_bps: float = typer.Option(25.0, help="Taker fee in basis points."),
+    maker_fee_bps: float | None = typer.Option(
+        None, help="Maker fee in basis points.", show_default=_exchange_default("maker_fee_bps")
+    ),
+    taker_fee_bps: float | None = typer.Option(
+        None, help="Taker fee in basis points.", show_default=_exchange_default("taker_fee_bps")
+    ),
     drop_ws_every_messages: int = typer.Option(0, help="Fault: close each websocket after N messages."),
     drop_ws_every_seconds: float = typer.Option(0.0, help="Fault: close each websocket after S seconds."),
     rest_error_rate: float = typer.Option(0.0, help="Fault: share of REST calls answered with an error."),
@@ -184,16 +208,17 @@ def exchange_command(
     from crypto_pipeline.exchange import ExchangeConfig, FaultConfig, run_exchange
 
     console = Console()
-    options: dict[str, object] = {
+    options: dict[str, object] = {"reset": reset}
+    given = {
         "host": host,
         "port": port,
         "speed": speed,
         "key": key,
         "secret": secret,
-        "reset": reset,
         "maker_fee_bps": maker_fee_bps,
         "taker_fee_bps": taker_fee_bps,
     }
+    options.update({name: value for name, value in given.items() if value is not None and value != ""})
     options.update(
         {name: value for name, value in (("data_dir", data), ("start", start), ("db_path", db)) if value}
     )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -14,6 +15,118 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MARKET_DATA = REPO_ROOT.parent / "shared" / "market-data"
 
 DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+DEFAULT_CAPTURE_DIR = SHARED_MARKET_DATA / "binance-ws-sample-20240808"
+
+
+class FaultConfig(BaseModel):
+    """Fault injection of the local exchange, for resilience drills; everything is off by default."""
+
+    drop_ws_every_messages: int = Field(
+        default=0, ge=0, description="Close each data stream after N messages."
+    )
+    drop_ws_every_seconds: float = Field(default=0.0, ge=0, description="Close each stream after S seconds.")
+    rest_error_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of REST calls answered in error."
+    )
+    rest_error_codes: list[int] = Field(default_factory=lambda: [429, 500, 504])
+    latency_ms: float = Field(default=0.0, ge=0, description="Delay added to every REST answer.")
+
+    @field_validator("rest_error_codes")
+    @classmethod
+    def _known_codes(cls, codes: list[int]) -> list[int]:
+        unknown = sorted(set(codes) - {429, 500, 502, 503, 504})
+        if unknown or not codes:
+            raise ValueError(f"rest_error_codes must be among 429, 500, 502, 503, 504; got {codes}")
+        return codes
+
+    @property
+    def any_active(self) -> bool:
+        return bool(
+            self.drop_ws_every_messages
+            or self.drop_ws_every_seconds
+            or self.rest_error_rate
+            or self.latency_ms
+        )
+
+
+class ExchangeSettings(BaseModel):
+    """The local exchange's part of `Settings` (`Settings.exchange`, env `CRYPTO_PIPELINE_EXCHANGE__<FIELD>`).
+
+    `data_dir`, `db_path`, `key` and `secret` left empty come from the rest of `Settings` when an
+    `ExchangeConfig` is built: the market data directory, `<warehouse_dir>/exchange.sqlite` and the Alpaca keys.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535, description="0 picks a free port.")
+    data_dir: Path | None = Field(default=None, description="Recorded bars; empty: Settings.market_data_dir.")
+    capture_dir: Path | None = Field(
+        default=DEFAULT_CAPTURE_DIR,
+        description="Binance websocket capture replayed for its day (quotes, trades, book); None: none.",
+    )
+    start: datetime | None = Field(
+        default=None,
+        description="Replay clock start (UTC); None resumes the saved clock or starts at the data.",
+    )
+    speed: float = Field(
+        default=1.0, ge=0, description="Market seconds per wall second; 0 = as fast as read."
+    )
+    stepped: bool = Field(
+        default=False,
+        description="The clock moves only when ExchangeServer.advance_to steps it (tests); needs speed 0.",
+    )
+    key: SecretStr | None = Field(default=None, description="Key clients must present; empty: ALPACA_API_KEY.")
+    secret: SecretStr | None = Field(
+        default=None, description="Secret clients must present; empty: ALPACA_SECRET_KEY."
+    )
+    db_path: Path | None = Field(
+        default=None, description="SQLite account, orders and fills; empty: <warehouse_dir>/exchange.sqlite."
+    )
+    reset: bool = False
+    initial_cash: float = Field(default=100_000.0, gt=0)
+    # Alpaca's crypto fee schedule, lowest volume tier: 15 bps maker, 25 bps taker.
+    maker_fee_bps: float = Field(default=15.0, ge=0)
+    taker_fee_bps: float = Field(default=25.0, ge=0)
+    # Spread/book model for symbols that only have bars (see docs/exchange.md).
+    min_spread_bps: float = Field(default=1.0, ge=0)
+    spread_range_fraction: float = Field(
+        default=0.05, ge=0, description="Spread as a share of the bar's range."
+    )
+    book_levels: int = Field(default=10, ge=1, le=50)
+    # Slippage/participation model: price impact grows linearly with size / bar volume.
+    impact_coefficient: float = Field(default=0.1, ge=0, description="Price impact at 100% of bar volume.")
+    max_participation: float = Field(
+        default=0.1, gt=0, le=1, description="Largest share of a bar one order fills."
+    )
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    @field_validator("capture_dir", mode="before")
+    @classmethod
+    def _no_capture(cls, value: object) -> object:
+        # An empty value (e.g. CRYPTO_PIPELINE_EXCHANGE__CAPTURE_DIR="") switches the capture off.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("data_dir", "db_path", "key", "secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An empty value means "derive it from the rest of Settings", as when it is not given at all.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _parse_start(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip():
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        if isinstance(value, str):
+            return None
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    @model_validator(mode="after")
+    def _stepped_clock_stands_still(self) -> ExchangeSettings:
+        if self.stepped and self.speed > 0:
+            raise ValueError("a stepped clock does not run by itself: use speed 0 with stepped")
+        return self
 
 
 class Settings(BaseSettings):
@@ -23,6 +136,8 @@ class Settings(BaseSettings):
         env_prefix="CRYPTO_PIPELINE_",
         env_file=".env",
         env_file_encoding="utf-8",
+        # Nested settings: CRYPTO_PIPELINE_EXCHANGE__PORT=9000 sets Settings().exchange.port.
+        env_nested_delimiter="__",
         extra="ignore",
     )
 
@@ -65,8 +180,7 @@ class Settings(BaseSettings):
     )
 
     # --- local exchange -------------------------------------------------------------------
-    exchange_host: str = "127.0.0.1"
-    exchange_port: int = 8765
+    exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
 
     @property
     def duckdb_path(self) -> Path:

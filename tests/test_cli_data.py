@@ -9,12 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crypto_pipeline.cli import app
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.warehouse import Warehouse
-
-BINANCE = SHARED_MARKET_DATA / "binance-spot-2024"
-ALPACA = SHARED_MARKET_DATA / "alpaca-btcusd-2021"
-pytestmark = pytest.mark.skipif(not BINANCE.exists(), reason="shared market data is absent")
 
 
 @pytest.fixture
@@ -23,10 +18,10 @@ def runner() -> CliRunner:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+def env(tmp_path: Path, recorded) -> dict[str, str]:
     return {
         "CRYPTO_PIPELINE_WAREHOUSE_DIR": str(tmp_path / "warehouse"),
-        "CRYPTO_PIPELINE_MARKET_DATA_DIR": str(BINANCE),
+        "CRYPTO_PIPELINE_MARKET_DATA_DIR": str(recorded("binance-spot-2024")),
         "CRYPTO_PIPELINE_SOURCE": "recorded",
         "COLUMNS": "160",
     }
@@ -90,11 +85,10 @@ def test_ingest_defaults_come_from_settings(runner: CliRunner, env: dict[str, st
     ]
 
 
-@pytest.mark.skipif(not ALPACA.exists(), reason="shared Alpaca data is absent")
 def test_ingest_reads_alpaca_shaped_csvs_from_another_data_dir(
-    runner: CliRunner, env: dict[str, str], tmp_path: Path
+    runner: CliRunner, env: dict[str, str], tmp_path: Path, recorded
 ) -> None:
-    args = ["ingest", "--data-dir", str(ALPACA), "--timeframe", "1m", "--symbols", "BTC/USD"]
+    args = ["ingest", "--data-dir", str(recorded("alpaca-btcusd-2021")), "--timeframe", "1m", "--symbols", "BTC/USD"]
     result = runner.invoke(
         app, [*args, "--start", "2021-01-02", "--end", "2021-01-02", "--raw-only", "--no-progress"], env=env
     )

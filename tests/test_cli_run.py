@@ -9,20 +9,17 @@ import pytest
 from typer.testing import CliRunner
 
 from crypto_pipeline.cli import app
-from crypto_pipeline.config import SHARED_MARKET_DATA, get_settings
+from crypto_pipeline.config import get_settings
 from crypto_pipeline.warehouse import Warehouse
-
-BINANCE = SHARED_MARKET_DATA / "binance-spot-2024"
-pytestmark = pytest.mark.skipif(not BINANCE.exists(), reason="shared market data is absent")
 
 
 @pytest.fixture
-def two_days(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def two_days(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorded) -> Path:
     """Settings for two days of one symbol in a temporary warehouse and Dagster instance."""
     (tmp_path / "dagster").mkdir()
     for name, value in {
         "CRYPTO_PIPELINE_WAREHOUSE_DIR": str(tmp_path / "warehouse"),
-        "CRYPTO_PIPELINE_MARKET_DATA_DIR": str(BINANCE),
+        "CRYPTO_PIPELINE_MARKET_DATA_DIR": str(recorded("binance-spot-2024")),
         "CRYPTO_PIPELINE_SYMBOLS": '["BTC/USDT"]',
         "CRYPTO_PIPELINE_START": "2024-03-04",
         "CRYPTO_PIPELINE_END": "2024-03-05",

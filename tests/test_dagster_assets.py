@@ -15,15 +15,19 @@ import pytest
 from assets.features import features, market_states
 from assets.market_data import bars, raw_bars
 from assets.resources import MarketDataSourceResource, WarehouseResource
-from crypto_pipeline.config import REPO_ROOT, SHARED_MARKET_DATA
+from crypto_pipeline.config import REPO_ROOT
 from crypto_pipeline.llm.prompts import PROMPT_VERSION
 from crypto_pipeline.warehouse import Warehouse
 from definitions import defs
 from jobs.run_offline import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
-DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"
 ALL_ASSETS = [raw_bars, bars, features, market_states]
 UTC = UTC
+
+
+@pytest.fixture(scope="module")
+def binance(recorded) -> Path:
+    return recorded("binance-spot-2024")
 
 
 def run_range(
@@ -31,7 +35,7 @@ def run_range(
     first: str,
     last: str,
     *,
-    data_dir: Path = DATA_2024,
+    data_dir: Path,
     symbols=("BTC/USDT", "ETH/USDT"),
     assets=ALL_ASSETS,
 ) -> dg.ExecuteInProcessResult:
@@ -89,8 +93,8 @@ def test_workspace_yaml_loads_in_the_dagster_cli(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_a_week_materializes_every_stage_with_all_checks_passing(tmp_path):
-    result = run_range(tmp_path, "2024-03-04", "2024-03-10")
+def test_a_week_materializes_every_stage_with_all_checks_passing(tmp_path, binance):
+    result = run_range(tmp_path, "2024-03-04", "2024-03-10", data_dir=binance)
     assert result.success
     assert materialized(result) == {"raw_bars", "bars", "features", "market_states"}
     checks = checks_by_name(result)
@@ -139,9 +143,9 @@ def _copy_with_faults(source: Path, target_dir: Path) -> pl.DataFrame:
     return faulty
 
 
-def test_bad_source_rows_are_quarantined_with_reasons_and_nothing_crashes(tmp_path):
+def test_bad_source_rows_are_quarantined_with_reasons_and_nothing_crashes(tmp_path, binance):
     data_dir = tmp_path / "faulty"
-    _copy_with_faults(DATA_2024, data_dir)
+    _copy_with_faults(binance, data_dir)
     result = run_range(
         tmp_path / "wh",
         "2024-03-04",
@@ -163,10 +167,10 @@ def test_bad_source_rows_are_quarantined_with_reasons_and_nothing_crashes(tmp_pa
     )
 
 
-def test_too_many_gaps_fail_the_blocking_check_and_stop_downstream_assets(tmp_path):
+def test_too_many_gaps_fail_the_blocking_check_and_stop_downstream_assets(tmp_path, binance):
     data_dir = tmp_path / "gappy"
     data_dir.mkdir()
-    bars_5m = pl.read_parquet(DATA_2024 / "bars_5m.parquet").filter(
+    bars_5m = pl.read_parquet(binance / "bars_5m.parquet").filter(
         (pl.col("symbol") == "BTC/USDT")
         & (pl.col("timestamp") >= datetime(2024, 3, 4, tzinfo=UTC))
         & (pl.col("timestamp") < datetime(2024, 3, 6, tzinfo=UTC))
@@ -179,11 +183,11 @@ def test_too_many_gaps_fail_the_blocking_check_and_stop_downstream_assets(tmp_pa
     assert not result.success
 
 
-def test_appending_a_day_rewrites_only_that_day(tmp_path):
-    assert run_range(tmp_path, "2024-03-04", "2024-03-06", assets=[raw_bars, bars]).success
+def test_appending_a_day_rewrites_only_that_day(tmp_path, binance):
+    assert run_range(tmp_path, "2024-03-04", "2024-03-06", data_dir=binance, assets=[raw_bars, bars]).success
     wh_files = sorted((tmp_path).rglob("*.parquet"))
     before = {p: p.stat().st_mtime_ns for p in wh_files}
-    assert run_range(tmp_path, "2024-03-07", "2024-03-07", assets=[raw_bars, bars]).success
+    assert run_range(tmp_path, "2024-03-07", "2024-03-07", data_dir=binance, assets=[raw_bars, bars]).success
     after = {p: p.stat().st_mtime_ns for p in sorted(tmp_path.rglob("*.parquet"))}
     assert all(after[p] == before[p] for p in before if "2024-03-05" in str(p) or "2024-03-04" in str(p))
     new_files = set(after) - set(before)

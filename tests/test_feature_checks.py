@@ -5,16 +5,15 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.quality import check_warm_features
 
 
 @pytest.fixture(scope="module")
-def real_features() -> pl.DataFrame:
+def real_features(recorded) -> pl.DataFrame:
     frames = []
     for tf in ("1h", "4h", "1d"):
-        bars = pl.read_parquet(SHARED_MARKET_DATA / "binance-spot-2024" / f"bars_{tf}.parquet").filter(
+        bars = pl.read_parquet(recorded("binance-spot-2024", f"bars_{tf}.parquet")).filter(
             pl.col("symbol").is_in(["BTC/USDT", "ETH/USDT"])
         )
         frames.append(compute_features(bars, tf).with_columns(pl.lit(tf).alias("timeframe")))

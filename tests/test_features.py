@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -12,7 +13,6 @@ import pytest
 import talib
 from numpy.lib.stride_tricks import sliding_window_view
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.features import (
     FEATURE_COLUMNS,
     WARMUP_BARS,
@@ -24,17 +24,19 @@ from crypto_pipeline.features import (
 )
 from crypto_pipeline.market.timeframes import Timeframe
 
-DATA = SHARED_MARKET_DATA / "binance-spot-2024"
-requires_data = pytest.mark.skipif(not DATA.exists(), reason=f"recorded market data not found at {DATA}")
-
 # Large and tiny prices, a meme coin and a euro stablecoin listed in late August (232 bars).
 PARITY_SYMBOLS = ("BTC/USDT", "ETH/USDT", "1000SATS/USDT", "PEPE/USDT", "EURI/USDT")
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def recorded(timeframe: str, symbols: tuple[str, ...]) -> pl.DataFrame:
+@pytest.fixture(scope="module")
+def binance(recorded) -> Path:
+    return recorded("binance-spot-2024")
+
+
+def recorded_bars(binance: Path, timeframe: str, symbols: tuple[str, ...]) -> pl.DataFrame:
     return (
-        pl.scan_parquet(DATA / f"bars_{timeframe}.parquet").filter(pl.col("symbol").is_in(symbols)).collect()
+        pl.scan_parquet(binance / f"bars_{timeframe}.parquet").filter(pl.col("symbol").is_in(symbols)).collect()
     )
 
 
@@ -129,32 +131,27 @@ def assert_close(
 
 
 @pytest.fixture(scope="module")
-def hourly_features() -> pl.DataFrame:
-    if not DATA.exists():
-        pytest.skip(f"recorded market data not found at {DATA}")
-    return compute_features(recorded("1h", PARITY_SYMBOLS), "1h")
+def hourly_features(binance: Path) -> pl.DataFrame:
+    return compute_features(recorded_bars(binance, "1h", PARITY_SYMBOLS), "1h")
 
 
 # --- TA-Lib parity ---------------------------------------------------------------------------------
 
 
-@requires_data
 @pytest.mark.parametrize("indicator", TALIB_INDICATORS)
 def test_indicator_matches_talib_from_its_first_value_on_real_hourly_bars(hourly_features, indicator):
     compared = assert_matches_talib(hourly_features, indicator)
     assert compared > 20_000
 
 
-@requires_data
 @pytest.mark.parametrize("indicator", ["rsi_14", "macd_signal", "ema_200", "atr_14", "bb_pctb_20"])
 def test_indicator_matches_talib_once_warm(hourly_features, indicator):
     warm_from = max(WARMUP_BARS[Timeframe.H1].values())
     assert assert_matches_talib(hourly_features, indicator, first_compared=warm_from) > 15_000
 
 
-@requires_data
-def test_indicators_match_talib_on_real_daily_bars():
-    daily = compute_features(recorded("1d", ("BTC/USDT",)), "1d")
+def test_indicators_match_talib_on_real_daily_bars(binance: Path):
+    daily = compute_features(recorded_bars(binance, "1d", ("BTC/USDT",)), "1d")
     assert daily.height >= 240
     for indicator in TALIB_INDICATORS:
         assert assert_matches_talib(daily, indicator) >= 30
@@ -199,7 +196,6 @@ def numpy_time_features(bars: pl.DataFrame, vwap: np.ndarray | None = None) -> d
     }
 
 
-@requires_data
 def test_time_window_features_match_an_independent_numpy_computation(hourly_features):
     for (symbol,), bars in hourly_features.group_by("symbol"):
         for name, expected in numpy_time_features(bars).items():
@@ -258,9 +254,8 @@ def test_a_gap_nulls_the_time_windows_that_span_it_but_not_the_indicators():
 # --- grouping, order, types ------------------------------------------------------------------------
 
 
-@requires_data
-def test_shuffled_multi_symbol_input_gives_the_per_symbol_results():
-    bars = recorded("1h", ("BTC/USDT", "DOGS/USDT", "SHIB/USDT"))
+def test_shuffled_multi_symbol_input_gives_the_per_symbol_results(binance: Path):
+    bars = recorded_bars(binance, "1h", ("BTC/USDT", "DOGS/USDT", "SHIB/USDT"))
     shuffled = bars.sample(fraction=1.0, shuffle=True, seed=11)
     together = compute_features(shuffled, "1h")
     one_by_one = pl.concat(
@@ -355,10 +350,9 @@ def test_a_missing_volume_nulls_the_volume_windows_only():
 # --- timeframes ----------------------------------------------------------------------------------------
 
 
-@requires_data
 @pytest.mark.parametrize("timeframe", ["5m", "1h", "1d"])
-def test_timeframe_is_inferred_from_real_bars(timeframe):
-    bars = recorded(timeframe, ("ETH/USDT", "WIF/USDT"))
+def test_timeframe_is_inferred_from_real_bars(binance: Path, timeframe):
+    bars = recorded_bars(binance, timeframe, ("ETH/USDT", "WIF/USDT"))
     assert infer_timeframe(bars) is Timeframe.parse(timeframe)
     assert compute_features(bars).equals(compute_features(bars, timeframe))
 
@@ -462,11 +456,10 @@ def test_joined_values_stay_within_their_symbol_and_go_stale_after_one_higher_ba
     assert b_values == [None, None, None, 99.0, 99.0, 99.0, 99.0, 99.0, None]
 
 
-@requires_data
-def test_default_join_brings_each_higher_timeframes_features_and_warm_flag_from_real_bars():
-    hourly = compute_features(recorded("1h", ("ETH/USDT",)), "1h")
-    four_hourly = compute_features(recorded("4h", ("ETH/USDT",)), "4h")
-    daily = compute_features(recorded("1d", ("ETH/USDT",)), "1d")
+def test_default_join_brings_each_higher_timeframes_features_and_warm_flag_from_real_bars(binance: Path):
+    hourly = compute_features(recorded_bars(binance, "1h", ("ETH/USDT",)), "1h")
+    four_hourly = compute_features(recorded_bars(binance, "4h", ("ETH/USDT",)), "4h")
+    daily = compute_features(recorded_bars(binance, "1d", ("ETH/USDT",)), "1d")
     joined = join_higher_timeframes(hourly, {"4h": four_hourly, Timeframe.D1: daily}, "1h")
     assert joined.height == hourly.height
     assert "rsi_14_4h" in joined.columns and "warm_1d" in joined.columns and "ret_1h_4h" not in joined.columns

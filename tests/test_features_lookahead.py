@@ -17,7 +17,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.features import (
     EMA_200_WARMUP_BARS,
     SEED_WEIGHT_TOLERANCE,
@@ -28,9 +27,6 @@ from crypto_pipeline.features import (
 from crypto_pipeline.leakage import LookaheadError, assert_no_lookahead
 from crypto_pipeline.market.timeframes import Timeframe
 
-DATA = SHARED_MARKET_DATA / "binance-spot-2024"
-pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"recorded market data not found at {DATA}")
-
 # Two majors, a sub-cent meme coin and a pair listed in late August (so some cuts fall before its start).
 HOURLY_SYMBOLS = ("BTC/USDT", "ETH/USDT", "PEPE/USDT", "DOGS/USDT")
 FIVE_MINUTE_SYMBOLS = ("SOL/USDT", "WIF/USDT")
@@ -38,15 +34,15 @@ CUTS = 60
 
 
 @pytest.fixture(scope="module")
-def hourly() -> pl.DataFrame:
-    return pl.scan_parquet(DATA / "bars_1h.parquet").filter(pl.col("symbol").is_in(HOURLY_SYMBOLS)).collect()
+def hourly(recorded) -> pl.DataFrame:
+    return pl.scan_parquet(recorded("binance-spot-2024", "bars_1h.parquet")).filter(pl.col("symbol").is_in(HOURLY_SYMBOLS)).collect()
 
 
 @pytest.fixture(scope="module")
-def five_minute() -> pl.DataFrame:
+def five_minute(recorded) -> pl.DataFrame:
     """Three weeks of 5m bars: enough for the 7-day volume window to warm up and be cut."""
     return (
-        pl.scan_parquet(DATA / "bars_5m.parquet")
+        pl.scan_parquet(recorded("binance-spot-2024", "bars_5m.parquet"))
         .filter(
             pl.col("symbol").is_in(FIVE_MINUTE_SYMBOLS)
             & pl.col("timestamp").is_between(

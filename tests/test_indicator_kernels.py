@@ -8,11 +8,8 @@ import polars as pl
 import pytest
 import talib
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.features.kernels import recursive_indicators
 
-DATA = SHARED_MARKET_DATA / "binance-spot-2024"
-requires_data = pytest.mark.skipif(not DATA.exists(), reason=f"recorded market data not found at {DATA}")
 NAMES = (
     "rsi_14",
     "rsi_21",
@@ -54,10 +51,9 @@ def talib_values(close: np.ndarray, high: np.ndarray, low: np.ndarray) -> dict[s
     }
 
 
-@requires_data
-def test_every_symbol_matches_talib_to_rounding_in_one_call():
+def test_every_symbol_matches_talib_to_rounding_in_one_call(recorded):
     bars = (
-        pl.read_parquet(DATA / "bars_1h.parquet")
+        pl.read_parquet(recorded("binance-spot-2024", "bars_1h.parquet"))
         .filter(pl.col("symbol").is_in(["BTC/USDT", "EURI/USDT", "PEPE/USDT", "SOL/USDT"]))
         .sort("symbol", "timestamp")
     )

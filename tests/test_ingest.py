@@ -9,7 +9,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.ingest import build_bars, ingest_raw, resolve_range
 from crypto_pipeline.market.schema import conform_bars
@@ -18,8 +17,6 @@ from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.quality import check_monotonic, check_ohlc, check_unique
 from crypto_pipeline.warehouse import Warehouse
 
-BINANCE = SHARED_MARKET_DATA / "binance-spot-2024"
-pytestmark = pytest.mark.skipif(not BINANCE.exists(), reason="shared market data is absent")
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
 TARGETS = ["15m", "1h", "4h", "1d"]
 D1, D2, D3 = date(2024, 3, 1), date(2024, 3, 2), date(2024, 3, 3)
@@ -30,10 +27,15 @@ def _at(day: date, hour: int = 0, minute: int = 0) -> datetime:
     return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
 
 
-def _real(first: date, last: date, symbols: Sequence[str] = SYMBOLS) -> pl.DataFrame:
+@pytest.fixture(scope="module")
+def binance(recorded) -> Path:
+    return recorded("binance-spot-2024")
+
+
+def _real(binance: Path, first: date, last: date, symbols: Sequence[str] = SYMBOLS) -> pl.DataFrame:
     lo, hi = resolve_range(first, last)
     frame = (
-        pl.scan_parquet(BINANCE / "bars_5m.parquet")
+        pl.scan_parquet(binance / "bars_5m.parquet")
         .filter(
             pl.col("symbol").is_in(list(symbols)) & (pl.col("timestamp") >= lo) & (pl.col("timestamp") < hi)
         )
@@ -79,9 +81,9 @@ def _ingest_and_build(source: object, wh: Warehouse, first: date, last: date, no
     return raw, built
 
 
-def test_ingest_and_build_give_clean_resampled_bars_that_pass_every_check(tmp_path: Path) -> None:
+def test_ingest_and_build_give_clean_resampled_bars_that_pass_every_check(binance: Path, tmp_path: Path) -> None:
     wh = Warehouse(tmp_path)
-    raw, built = _ingest_and_build(RecordedSource(BINANCE), wh, D1, D2)
+    raw, built = _ingest_and_build(RecordedSource(binance), wh, D1, D2)
     assert raw.rows_fetched == raw.rows_stored == 2 * 3 * 288 and raw.quarantined == {}
     assert built.rows == {"5m": 1728, "15m": 576, "1h": 144, "4h": 36, "1d": 6}
     bars = wh.read("bars")
@@ -91,9 +93,9 @@ def test_ingest_and_build_give_clean_resampled_bars_that_pass_every_check(tmp_pa
     assert bars.filter(pl.col("timeframe") == "1d")["bar_count"].to_list() == [288] * 6
 
 
-def test_reingesting_and_rebuilding_a_range_rewrites_nothing(tmp_path: Path) -> None:
+def test_reingesting_and_rebuilding_a_range_rewrites_nothing(binance: Path, tmp_path: Path) -> None:
     wh = Warehouse(tmp_path)
-    source = RecordedSource(BINANCE)
+    source = RecordedSource(binance)
     _ingest_and_build(source, wh, D1, D2)
     files, raw_before, bars_before = _files(tmp_path), wh.read("raw_bars"), wh.read("bars")
     raw, built = _ingest_and_build(source, wh, D1, D2)
@@ -103,9 +105,9 @@ def test_reingesting_and_rebuilding_a_range_rewrites_nothing(tmp_path: Path) -> 
     assert wh.read("raw_bars").equals(raw_before) and wh.read("bars").equals(bars_before)
 
 
-def test_later_data_wins_in_raw_bars_and_flows_into_the_rebuilt_bars(tmp_path: Path) -> None:
+def test_later_data_wins_in_raw_bars_and_flows_into_the_rebuilt_bars(binance: Path, tmp_path: Path) -> None:
     wh = Warehouse(tmp_path)
-    real = _real(D1, D2)
+    real = _real(binance, D1, D2)
     _ingest_and_build(FrameSource(real), wh, D1, D2)
     noon = _at(D2, 12)
     revised = real.with_columns(
@@ -130,9 +132,9 @@ def test_later_data_wins_in_raw_bars_and_flows_into_the_rebuilt_bars(tmp_path: P
     assert hour["volume"][0] == pytest.approx(original["volume"].sum() + 12 * 100.0)
 
 
-def test_appending_one_day_touches_only_that_days_files(tmp_path: Path) -> None:
+def test_appending_one_day_touches_only_that_days_files(binance: Path, tmp_path: Path) -> None:
     wh = Warehouse(tmp_path)
-    source = RecordedSource(BINANCE)
+    source = RecordedSource(binance)
     _ingest_and_build(source, wh, D1, D2)
     before = _files(tmp_path)
     _ingest_and_build(source, wh, D3, D3)
@@ -146,8 +148,8 @@ def test_appending_one_day_touches_only_that_days_files(tmp_path: Path) -> None:
     assert wh.read("bars", timeframes=["1d"])["timestamp"].dt.date().unique().sort().to_list() == [D1, D2, D3]
 
 
-def test_bad_source_rows_are_quarantined_with_reasons_and_nothing_is_lost(tmp_path: Path) -> None:
-    real = _real(D1, D2)
+def test_bad_source_rows_are_quarantined_with_reasons_and_nothing_is_lost(binance: Path, tmp_path: Path) -> None:
+    real = _real(binance, D1, D2)
     i = pl.int_range(pl.len()).over("symbol")  # row number within each symbol
     eth = pl.col("symbol") == "ETH/USDT"
     faulty = real.with_columns(
@@ -210,8 +212,8 @@ def test_bad_source_rows_are_quarantined_with_reasons_and_nothing_is_lost(tmp_pa
     assert wh.read_quarantine().height == 5 + 10
 
 
-def test_the_first_bar_of_a_day_is_flagged_after_a_gap_at_the_end_of_the_previous_day(tmp_path: Path) -> None:
-    real = _real(D1, D2)
+def test_the_first_bar_of_a_day_is_flagged_after_a_gap_at_the_end_of_the_previous_day(binance: Path, tmp_path: Path) -> None:
+    real = _real(binance, D1, D2)
     holed = real.filter(pl.col("timestamp") != _at(D1, 23, 55))
     wh = Warehouse(tmp_path)
     ingest_raw(FrameSource(holed), wh, SYMBOLS, "5m", D1, D2, progress=False)  # type: ignore[arg-type]
@@ -222,9 +224,9 @@ def test_the_first_bar_of_a_day_is_flagged_after_a_gap_at_the_end_of_the_previou
     assert not first.filter(pl.col("timeframe") != "5m")["gap_before"].any()
 
 
-def test_bars_wait_until_their_period_is_over(tmp_path: Path) -> None:
+def test_bars_wait_until_their_period_is_over(binance: Path, tmp_path: Path) -> None:
     wh = Warehouse(tmp_path)
-    _ingest_and_build(RecordedSource(BINANCE), wh, D1, D1, now=_at(D1, 10, 2))
+    _ingest_and_build(RecordedSource(binance), wh, D1, D1, now=_at(D1, 10, 2))
     bars = wh.read("bars", symbols=["BTC/USDT"])
     last = {tf: bars.filter(pl.col("timeframe") == tf)["timestamp"].max() for tf in ["5m", "1h", "4h"]}
     assert last == {"5m": _at(D1, 9, 55), "1h": _at(D1, 9), "4h": _at(D1, 4)}
@@ -235,9 +237,9 @@ def test_bars_wait_until_their_period_is_over(tmp_path: Path) -> None:
     assert wh.read_quarantine(stage="bars").is_empty()
 
 
-def test_built_bars_carry_when_their_data_arrived_so_point_in_time_reads_hold(tmp_path: Path) -> None:
+def test_built_bars_carry_when_their_data_arrived_so_point_in_time_reads_hold(binance: Path, tmp_path: Path) -> None:
     wh = Warehouse(tmp_path)
-    source = RecordedSource(BINANCE)
+    source = RecordedSource(binance)
     # Day 1 arrived at the end of day 1; day 2 only the next evening.
     ingest_raw(source, wh, SYMBOLS, "5m", D1, D1, progress=False, ingested_at=_at(D2))
     ingest_raw(source, wh, SYMBOLS, "5m", D2, D2, progress=False, ingested_at=_at(D3, 18))
@@ -256,9 +258,9 @@ def test_built_bars_carry_when_their_data_arrived_so_point_in_time_reads_hold(tm
     assert wh.read("bars", timeframes=["4h"], as_of=_at(D3, 18)).height == 2 * 3 * 6
 
 
-def test_an_empty_range_is_reported_not_an_error(tmp_path: Path) -> None:
+def test_an_empty_range_is_reported_not_an_error(binance: Path, tmp_path: Path) -> None:
     wh = Warehouse(tmp_path)
-    raw, built = _ingest_and_build(RecordedSource(BINANCE), wh, date(2023, 6, 1), date(2023, 6, 2))
+    raw, built = _ingest_and_build(RecordedSource(binance), wh, date(2023, 6, 1), date(2023, 6, 2))
     assert raw.rows_fetched == 0 and raw.empty_symbols == SYMBOLS
     assert "no bars in this range for: BTC/USDT, ETH/USDT, SOL/USDT" in raw.summary()
     assert built.rows == {"5m": 0, "15m": 0, "1h": 0, "4h": 0, "1d": 0}
@@ -280,11 +282,12 @@ def test_an_empty_range_is_reported_not_an_error(tmp_path: Path) -> None:
     ],
 )
 def test_user_mistakes_get_one_clear_message_before_any_work(
+    binance: Path,
     tmp_path: Path, kwargs: dict, message: str
 ) -> None:
     args = {"symbols": ["BTC/USDT"], "timeframe": "5m", "start": "2024-03-01", "end": "2024-03-01"} | kwargs
     with pytest.raises(UserInputError, match=message) as caught:
-        ingest_raw(RecordedSource(BINANCE), Warehouse(tmp_path), progress=False, **args)
+        ingest_raw(RecordedSource(binance), Warehouse(tmp_path), progress=False, **args)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "raw_bars").exists()
 

@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.exchange import ExchangeConfig, ExchangeServer
 from crypto_pipeline.ingest import ingest_raw
 from crypto_pipeline.market.sources import AlpacaSource, RecordedSource
 from crypto_pipeline.warehouse import Warehouse
 
-DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"
 KEY, SECRET = "ingest-test-key", "ingest-test-secret"
 
 
 @pytest.fixture(scope="module")
-def exchange(tmp_path_factory):
+def binance(recorded) -> Path:
+    return recorded("binance-spot-2024")
+
+
+@pytest.fixture(scope="module")
+def exchange(tmp_path_factory, binance):
     config = ExchangeConfig(
         host="127.0.0.1",
         port=0,
         key=KEY,
         secret=SECRET,
-        data_dir=DATA_2024,
+        data_dir=binance,
         db_path=tmp_path_factory.mktemp("ex") / "exchange.sqlite",
         start="2024-03-08",
         speed=0.0,
@@ -41,13 +45,13 @@ def _ohlcv(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def test_alpaca_source_through_the_exchange_equals_the_recorded_import(exchange, tmp_path):
+def test_alpaca_source_through_the_exchange_equals_the_recorded_import(exchange, binance, tmp_path):
     source = AlpacaSource(KEY, SECRET, url_override=exchange.base_url)
     via_alpaca, recorded = Warehouse(tmp_path / "a"), Warehouse(tmp_path / "r")
     symbols = ["BTC/USDT", "ETH/USDT"]
     report = ingest_raw(source, via_alpaca, symbols, "5m", date(2024, 3, 1), date(2024, 3, 7), progress=False)
     ingest_raw(
-        RecordedSource(DATA_2024), recorded, symbols, "5m", date(2024, 3, 1), date(2024, 3, 7), progress=False
+        RecordedSource(binance), recorded, symbols, "5m", date(2024, 3, 1), date(2024, 3, 7), progress=False
     )
     assert report.rows_fetched == 2 * 7 * 288
     got, want = _ohlcv(via_alpaca.read("raw_bars")), _ohlcv(recorded.read("raw_bars"))

@@ -5,14 +5,13 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.plots import plot_features
 
 
 @pytest.fixture(scope="module")
-def features() -> pl.DataFrame:
-    bars = pl.read_parquet(SHARED_MARKET_DATA / "binance-spot-2024" / "bars_1h.parquet").filter(
+def features(recorded) -> pl.DataFrame:
+    bars = pl.read_parquet(recorded("binance-spot-2024", "bars_1h.parquet")).filter(
         pl.col("symbol") == "ETH/USDT"
     )
     return compute_features(bars, "1h").with_columns(pl.lit("1h").alias("timeframe"))

@@ -9,15 +9,12 @@ import polars as pl
 import pytest
 
 from crypto_pipeline import state as states
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.llm.prompts import PROMPT_VERSION, build_user_prompt, prompt_hash
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.quality import NO_LOOKAHEAD, QUALITY_CHECKS, check_no_lookahead, checks_for
 from crypto_pipeline.warehouse import Warehouse
 
-DATA = SHARED_MARKET_DATA / "binance-spot-2024"
-requires_data = pytest.mark.skipif(not DATA.exists(), reason=f"recorded market data not found at {DATA}")
 FIRST, END = datetime(2024, 3, 4, tzinfo=UTC), datetime(2024, 3, 7, tzinfo=UTC)
 
 
@@ -31,10 +28,10 @@ def peeking(features: pl.DataFrame, points: pl.DataFrame) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def features() -> pl.DataFrame:
+def features(recorded) -> pl.DataFrame:
     frames = []
     for tf in states.STATE_TIMEFRAMES:
-        bars = pl.read_parquet(DATA / f"bars_{tf}.parquet").filter(
+        bars = pl.read_parquet(recorded("binance-spot-2024", f"bars_{tf}.parquet")).filter(
             pl.col("symbol").is_in(["BTC/USDT", "ETH/USDT"]) & (pl.col("timestamp") < END)
         )
         frames.append(compute_features(bars, tf).with_columns(pl.lit(tf).alias("timeframe")))
@@ -48,7 +45,6 @@ def test_every_check_has_one_unique_name_and_a_description() -> None:
     assert [c.name for c in checks_for("market_states")] == [NO_LOOKAHEAD.name]
 
 
-@requires_data
 def test_no_lookahead_passes_on_the_state_builder_and_fails_on_a_one_bar_peek(features: pl.DataFrame) -> None:
     points = states.decision_points(features, "1h", FIRST, END)
     assert points.height == 2 * 3 * 24
@@ -59,7 +55,6 @@ def test_no_lookahead_passes_on_the_state_builder_and_fails_on_a_one_bar_peek(fe
     assert "with the full data" in peek.sample["error"][0]
 
 
-@requires_data
 def test_build_market_states_stores_the_prompt_its_version_and_hash_and_reports_the_audit(
     tmp_path, features: pl.DataFrame
 ) -> None:

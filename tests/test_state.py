@@ -7,11 +7,12 @@ import math
 import random
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA, Settings
+from crypto_pipeline.config import Settings
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.state import (
     STATE_TIMEFRAMES,
@@ -23,15 +24,18 @@ from crypto_pipeline.state import (
     market_state_table,
 )
 
-DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"
 UTC = UTC
-SETTINGS = Settings(market_data_dir=DATA_2024)
 
 
-def recorded_features(symbol: str, until: datetime | None = None) -> pl.DataFrame:
+@pytest.fixture(scope="module")
+def recorded_settings(recorded) -> Settings:
+    return Settings(market_data_dir=recorded("binance-spot-2024"))
+
+
+def recorded_features(data_dir: Path, symbol: str, until: datetime | None = None) -> pl.DataFrame:
     frames = []
     for tf in STATE_TIMEFRAMES:
-        bars = pl.read_parquet(DATA_2024 / f"bars_{tf}.parquet").filter(pl.col("symbol") == symbol)
+        bars = pl.read_parquet(data_dir / f"bars_{tf}.parquet").filter(pl.col("symbol") == symbol)
         bars = bars.with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
         if until is not None:
             bars = bars.filter(pl.col("timestamp") < until)
@@ -40,8 +44,8 @@ def recorded_features(symbol: str, until: datetime | None = None) -> pl.DataFram
 
 
 @pytest.fixture(scope="module")
-def btc_features() -> pl.DataFrame:
-    return recorded_features("BTC/USDT")
+def btc_features(recorded_settings: Settings) -> pl.DataFrame:
+    return recorded_features(recorded_settings.market_data_dir, "BTC/USDT")
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +120,11 @@ def test_anonymized_prompt_has_no_symbol_date_or_price_level():
     assert state.to_prompt(anonymize=True).splitlines()[1:5] == plain.splitlines()[1:5]
 
 
-def test_state_without_closed_bars_is_a_clear_error(btc_features):
+def test_state_without_closed_bars_is_a_clear_error(btc_features, recorded_settings):
     with pytest.raises(ValueError, match="no closed bar"):
         build_market_state(btc_features, "BTC/USDT", datetime(2023, 12, 31, tzinfo=UTC))
     with pytest.raises(ValueError, match="no recorded bars"):
-        build_market_state_from_recorded("BTC/USDT", datetime(2023, 12, 1, tzinfo=UTC), SETTINGS)
+        build_market_state_from_recorded("BTC/USDT", datetime(2023, 12, 1, tzinfo=UTC), recorded_settings)
 
 
 def test_stale_timeframe_after_a_gap_is_left_out_not_carried_forward(btc_features):
@@ -151,14 +155,14 @@ def _states_equal(a: MarketState, b: MarketState) -> None:
                 assert va == vb, (tf, key)
 
 
-def test_states_on_data_truncated_at_t_equal_states_on_full_data(btc_features):
+def test_states_on_data_truncated_at_t_equal_states_on_full_data(btc_features, recorded_settings):
     """freqtrade-style lookahead analysis: the future cannot change what the model saw at t."""
     rng = random.Random(2024)
     start = datetime(2024, 1, 15, tzinfo=UTC)
     for _ in range(30):
         at = start + timedelta(minutes=15 * rng.randrange(0, 4 * 24 * 220))
         full = build_market_state(btc_features, "BTC/USDT", at)
-        truncated = build_market_state_from_recorded("BTC/USDT", at, SETTINGS)
+        truncated = build_market_state_from_recorded("BTC/USDT", at, recorded_settings)
         _states_equal(full, truncated)
         assert full.to_prompt() == truncated.to_prompt()
 

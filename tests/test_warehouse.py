@@ -11,23 +11,20 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.market.clean import clean_bars
 from crypto_pipeline.market.schema import INGESTED_AT, conform_bars
 from crypto_pipeline.warehouse import Warehouse
 
-BARS_5M = SHARED_MARKET_DATA / "binance-spot-2024" / "bars_5m.parquet"
-pytestmark = pytest.mark.skipif(not BARS_5M.exists(), reason="shared market data is absent")
 DAY1 = datetime(2024, 5, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 SYMBOLS = ["BTC/USDT", "ETH/USDT"]
 
 
 @pytest.fixture(scope="module")
-def real() -> pl.DataFrame:
+def real(recorded) -> pl.DataFrame:
     """Four real days of BTC/USDT and ETH/USDT 5m bars, as raw_bars rows."""
     frame = (
-        pl.scan_parquet(BARS_5M)
+        pl.scan_parquet(recorded("binance-spot-2024", "bars_5m.parquet"))
         .filter(
             pl.col("symbol").is_in(SYMBOLS)
             & (pl.col("timestamp") >= DAY1)

@@ -5,11 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
-
-pytestmark = pytest.mark.skipif(
-    not (SHARED_MARKET_DATA / "binance-spot-2024").is_dir(), reason="recorded market data not present"
-)
+pytestmark = pytest.mark.requires_data("binance-spot-2024")
 
 
 def test_definitions_load_with_the_backtest_assets() -> None:

@@ -8,11 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from crypto_pipeline.cli import app
-from crypto_pipeline.config import SHARED_MARKET_DATA
 
-pytestmark = pytest.mark.skipif(
-    not (SHARED_MARKET_DATA / "binance-spot-2024").is_dir(), reason="recorded market data not present"
-)
+pytestmark = pytest.mark.requires_data("binance-spot-2024")
 runner = CliRunner()
 
 

@@ -19,7 +19,7 @@ from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.errors import UserInputError
 
 DATA = SHARED_MARKET_DATA / "binance-spot-2024"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="recorded market data not present")
+needs_data = pytest.mark.requires_data("binance-spot-2024")
 
 
 def test_decision_at_close_fills_at_next_open_with_fees_as_computed_by_hand() -> None:

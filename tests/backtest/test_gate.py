@@ -9,12 +9,9 @@ import pytest
 from crypto_pipeline.backtest.audits import AuditResult
 from crypto_pipeline.backtest.gate import GateConfig, decide_promotion, record_in_mlflow
 from crypto_pipeline.backtest.walkforward import WalkForwardConfig, walk_forward
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.llm.rule_based import RuleBased
 
-pytestmark = pytest.mark.skipif(
-    not (SHARED_MARKET_DATA / "binance-spot-2024").is_dir(), reason="recorded market data not present"
-)
+pytestmark = pytest.mark.requires_data("binance-spot-2024")
 
 
 @pytest.fixture(scope="module")

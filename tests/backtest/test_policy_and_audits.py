@@ -24,7 +24,7 @@ from crypto_pipeline.risk import RiskConfig
 from crypto_pipeline.trading import OrderSide
 
 DATA = SHARED_MARKET_DATA / "binance-spot-2024"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="recorded market data not present")
+pytestmark = pytest.mark.requires_data("binance-spot-2024")
 
 CONFIG = WalkForwardConfig(
     symbols=("BTC/USDT", "ETH/USDT", "SOL/USDT"),

@@ -23,8 +23,11 @@ DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"
 CAPTURE = SHARED_MARKET_DATA / "binance-ws-sample-20240808"
 STEPPED_START = datetime(2024, 8, 2, tzinfo=UTC)
 
-if not DATA_2024.is_dir():
-    pytest.skip(f"recorded market data not found at {DATA_2024}", allow_module_level=True)
+
+@pytest.fixture(autouse=True, scope="session")
+def _replays_recorded_data(recorded) -> None:
+    """Every exchange test replays the recorded bars: skipped without them, failed without them in CI."""
+    recorded("binance-spot-2024")
 
 
 def make_config(db_path: Path, **overrides: object) -> ExchangeConfig:

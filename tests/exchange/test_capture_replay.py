@@ -36,8 +36,7 @@ from crypto_pipeline.exchange.venue import Venue
 
 from .conftest import CAPTURE, DATA_2024, KEY, SECRET, make_config, running, wait_for
 
-if not CAPTURE.is_dir():
-    pytest.skip(f"websocket capture not found at {CAPTURE}", allow_module_level=True)
+pytestmark = pytest.mark.requires_data("binance-ws-sample-20240808")
 
 NS = 1_000_000_000
 MINUTE = 60 * NS

@@ -20,7 +20,6 @@ from alpaca.data.requests import (
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 from alpaca.trading.client import TradingClient
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.exchange import ExchangeServer
 
 from .conftest import DATA_2024, KEY, SECRET
@@ -227,8 +226,8 @@ def test_the_replay_clock_runs_at_the_configured_speed(
     assert speed * (inner_end - inner_start) <= elapsed <= speed * (outer_end - outer_start)
 
 
-def test_a_directory_of_alpaca_shaped_csvs_serves_its_trade_counts_and_vwaps(start_exchange) -> None:
-    directory = SHARED_MARKET_DATA / "alpaca-btcusd-2021"
+def test_a_directory_of_alpaca_shaped_csvs_serves_its_trade_counts_and_vwaps(start_exchange, recorded) -> None:
+    directory = recorded("alpaca-btcusd-2021")
     server = start_exchange(data_dir=directory, capture_dir=None, start="2021-01-05", speed=0.0)
     assert [a.symbol for a in TradingClient(KEY, SECRET, url_override=server.base_url).get_all_assets()] == [
         "BTC/USD"

@@ -195,7 +195,8 @@ def _ready(base_url: str) -> bool:
 def test_the_cli_refuses_bad_input_with_one_clear_message(
     monkeypatch: pytest.MonkeyPatch, capture_days_data: Path
 ) -> None:
-    for name in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "CRYPTO_PIPELINE_EXCHANGE_KEY"):
+    keys = ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "CRYPTO_PIPELINE_ALPACA_API_KEY", "CRYPTO_PIPELINE_ALPACA_SECRET_KEY")
+    for name in (*keys, "CRYPTO_PIPELINE_EXCHANGE__KEY", "CRYPTO_PIPELINE_EXCHANGE__SECRET"):
         monkeypatch.delenv(name, raising=False)
     runner = CliRunner(env={"COLUMNS": "300"})
     started = time.monotonic()

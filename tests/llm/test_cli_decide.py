@@ -9,11 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from crypto_pipeline.cli import app
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.llm.prompts import PROMPT_VERSION
 
 runner = CliRunner()
-needs_data = pytest.mark.skipif(not SHARED_MARKET_DATA.exists(), reason="recorded market data not present")
+needs_data = pytest.mark.requires_data("binance-spot-2024")
 
 
 @needs_data

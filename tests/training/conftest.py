@@ -13,14 +13,16 @@ from crypto_pipeline.features import compute_features
 from crypto_pipeline.state import STATE_TIMEFRAMES, market_state_table
 from crypto_pipeline.training.dataset import DatasetConfig, SftDataset, build_sft_dataset
 
-DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"
+DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"  # for benchmarks; tests ask the `recorded` fixture
 START = datetime(2024, 2, 1, tzinfo=UTC)
 END = datetime(2024, 4, 1, tzinfo=UTC)
 SMALL_CONFIG = DatasetConfig(val_days=10, test_days=10)
 
 
-def recorded_bars(timeframe: str, symbol: str = "BTC/USDT", end: datetime = END) -> pl.DataFrame:
-    bars = pl.read_parquet(DATA_2024 / f"bars_{timeframe}.parquet").filter(pl.col("symbol") == symbol)
+def recorded_bars(
+    timeframe: str, symbol: str = "BTC/USDT", end: datetime = END, data_dir: Path = DATA_2024
+) -> pl.DataFrame:
+    bars = pl.read_parquet(data_dir / f"bars_{timeframe}.parquet").filter(pl.col("symbol") == symbol)
     bars = bars.with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
     return bars.filter(pl.col("timestamp") < end)
 
@@ -42,17 +44,18 @@ def btc_states_frame() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 @pytest.fixture(scope="session")
-def btc_features() -> pl.DataFrame:
+def btc_features(recorded) -> pl.DataFrame:
+    data_dir = recorded("binance-spot-2024")
     frames = [
-        compute_features(recorded_bars(tf), tf).with_columns(pl.lit(tf).alias("timeframe"))
+        compute_features(recorded_bars(tf, data_dir=data_dir), tf).with_columns(pl.lit(tf).alias("timeframe"))
         for tf in STATE_TIMEFRAMES
     ]
     return pl.concat(frames, how="diagonal_relaxed")
 
 
 @pytest.fixture(scope="session")
-def btc_bars_1h() -> pl.DataFrame:
-    return recorded_bars("1h")
+def btc_bars_1h(recorded) -> pl.DataFrame:
+    return recorded_bars("1h", data_dir=recorded("binance-spot-2024"))
 
 
 @pytest.fixture(scope="session")

@@ -11,24 +11,21 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.market.schema import INGESTED_AT, conform_bars
 from crypto_pipeline.warehouse import Partitioning, TableSpec, Warehouse, register_table, table_spec
 from crypto_pipeline.warehouse import tables as registry
 
-BARS_1H = SHARED_MARKET_DATA / "binance-spot-2024" / "bars_1h.parquet"
 DAY1 = datetime(2024, 5, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 SYMBOLS = ["BTC/USDT", "ETH/USDT"]
-needs_data = pytest.mark.skipif(not BARS_1H.exists(), reason="shared market data is absent")
 
 
 @pytest.fixture(scope="module")
-def hourly() -> pl.DataFrame:
+def hourly(recorded) -> pl.DataFrame:
     """Two real days of BTC/USDT and ETH/USDT 1h bars."""
     frame = (
-        pl.scan_parquet(BARS_1H)
+        pl.scan_parquet(recorded("binance-spot-2024", "bars_1h.parquet"))
         .filter(
             pl.col("symbol").is_in(SYMBOLS)
             & (pl.col("timestamp") >= DAY1)
@@ -51,7 +48,6 @@ def _files(root: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
 
 
-@needs_data
 def test_a_derived_rebuild_through_upsert_drops_a_row_it_no_longer_produces(
     tmp_path: Path, hourly: pl.DataFrame
 ) -> None:
@@ -84,7 +80,6 @@ def test_a_derived_rebuild_through_upsert_drops_a_row_it_no_longer_produces(
     assert wh.read("features", symbols=["BTC/USDT"]).height == 3
 
 
-@needs_data
 def test_a_raw_table_keeps_rows_a_later_upsert_leaves_out(tmp_path: Path, hourly: pl.DataFrame) -> None:
     wh = Warehouse(tmp_path)
     wh.upsert("raw_bars", hourly)
@@ -92,7 +87,6 @@ def test_a_raw_table_keeps_rows_a_later_upsert_leaves_out(tmp_path: Path, hourly
     assert wh.read("raw_bars").height == hourly.height
 
 
-@needs_data
 def test_market_states_always_carry_prompt_version_and_hash_columns(
     tmp_path: Path, hourly: pl.DataFrame
 ) -> None:

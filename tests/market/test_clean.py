@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.market.clean import (
     Reason,
     clean_bars,
@@ -24,17 +23,15 @@ from crypto_pipeline.market.clean import (
 from crypto_pipeline.market.schema import INGESTED_AT, QUARANTINE_SCHEMA, conform_bars
 from crypto_pipeline.quality import check_gaps, check_monotonic, check_ohlc, check_unique
 
-BARS_5M = SHARED_MARKET_DATA / "binance-spot-2024" / "bars_5m.parquet"
-pytestmark = pytest.mark.skipif(not BARS_5M.exists(), reason="shared market data is absent")
 DAY = datetime(2024, 3, 1, tzinfo=UTC)
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def real() -> pl.DataFrame:
+def real(recorded) -> pl.DataFrame:
     """One real day of BTC/USDT and ETH/USDT 5m bars (576 rows), as a source would send them."""
     frame = (
-        pl.scan_parquet(BARS_5M)
+        pl.scan_parquet(recorded("binance-spot-2024", "bars_5m.parquet"))
         .filter(
             pl.col("symbol").is_in(["BTC/USDT", "ETH/USDT"])
             & (pl.col("timestamp") >= DAY)

@@ -19,23 +19,25 @@ from urllib.parse import parse_qs, urlparse
 import polars as pl
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA, Settings
+from crypto_pipeline.config import Settings
 from crypto_pipeline.errors import SourceError, UserInputError
 from crypto_pipeline.market.schema import BAR_SCHEMA
 from crypto_pipeline.market.sources import AlpacaSource, BarSource, RecordedSource, make_source
 from crypto_pipeline.market.timeframes import Timeframe
 
-BINANCE = SHARED_MARKET_DATA / "binance-spot-2024"
-ALPACA = SHARED_MARKET_DATA / "alpaca-btcusd-2021"
-pytestmark = pytest.mark.skipif(not BINANCE.exists(), reason="shared market data is absent")
 START = datetime(2024, 2, 1, tzinfo=UTC)
 END = START + timedelta(hours=2)
 KEY, SECRET = "PKTEST-not-a-real-key", "secret-that-must-not-leak"
 
 
-def _real(symbols: list[str]) -> pl.DataFrame:
+@pytest.fixture(scope="module")
+def binance(recorded) -> Path:
+    return recorded("binance-spot-2024")
+
+
+def _real(binance: Path, symbols: list[str]) -> pl.DataFrame:
     return (
-        pl.scan_parquet(BINANCE / "bars_5m.parquet")
+        pl.scan_parquet(binance / "bars_5m.parquet")
         .filter(
             pl.col("symbol").is_in(symbols) & (pl.col("timestamp") >= START) & (pl.col("timestamp") < END)
         )
@@ -109,8 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def stub() -> Iterator[StubAlpaca]:
-    real = _real(["BTC/USDT", "ETH/USDT"])
+def stub(binance: Path) -> Iterator[StubAlpaca]:
+    real = _real(binance, ["BTC/USDT", "ETH/USDT"])
     # Alpaca pages are ordered by symbol: page one holds BTC, page two ETH.
     pages = [{sym: _wire(real.filter(pl.col("symbol") == sym))} for sym in ("BTC/USDT", "ETH/USDT")]
     server = StubAlpaca(pages, failures=[429, 500])
@@ -126,13 +128,13 @@ def _alpaca(url: str, **kwargs: object) -> AlpacaSource:
 
 
 def test_alpaca_source_pages_through_429_and_500_and_returns_every_bar(
-    stub: StubAlpaca, caplog: pytest.LogCaptureFixture
+    stub: StubAlpaca, binance: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     source = _alpaca(stub.url)
     with caplog.at_level(logging.WARNING):
         bars = source.fetch_bars(["BTC/USDT", "ETH/USDT"], Timeframe.M5, START, END)
 
-    expected = _real(["BTC/USDT", "ETH/USDT"])
+    expected = _real(binance, ["BTC/USDT", "ETH/USDT"])
     assert bars.schema == BAR_SCHEMA
     assert bars.select(expected.columns).equals(
         expected.with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
@@ -179,8 +181,8 @@ def test_alpaca_source_needs_keys_only_to_list_symbols() -> None:
         AlpacaSource(url_override="http://127.0.0.1:9").symbols()
 
 
-def test_recorded_source_reads_only_the_requested_symbols_and_half_open_range() -> None:
-    source = RecordedSource(BINANCE)
+def test_recorded_source_reads_only_the_requested_symbols_and_half_open_range(binance: Path) -> None:
+    source = RecordedSource(binance)
     bars = source.fetch_bars(["ETH/USDT", "SOL/USDT"], Timeframe.M5, START, END)
     assert bars.schema == BAR_SCHEMA
     assert sorted(bars["symbol"].unique()) == ["ETH/USDT", "SOL/USDT"]
@@ -189,16 +191,15 @@ def test_recorded_source_reads_only_the_requested_symbols_and_half_open_range() 
     assert source.fetch_bars(["ETH/USDT"], Timeframe.M5, END, END).is_empty()
 
 
-def test_recorded_source_lists_symbols_per_timeframe_and_reports_unknown_ones() -> None:
-    source = RecordedSource(BINANCE)
+def test_recorded_source_lists_symbols_per_timeframe_and_reports_unknown_ones(binance: Path) -> None:
+    source = RecordedSource(binance)
     assert [tf.value for tf in source.timeframes()] == ["5m", "15m", "1h", "4h", "1d"]
     assert len(source.symbols(Timeframe.M5)) == 24 and len(source.symbols(Timeframe.H1)) == 136
     assert source.unknown_symbols(["BTC/USDT", "XYZ/USDT"], Timeframe.M5) == ["XYZ/USDT"]
 
 
-@pytest.mark.skipif(not ALPACA.exists(), reason="shared Alpaca data is absent")
-def test_recorded_source_reads_alpaca_shaped_csvs_with_trade_count_and_vwap() -> None:
-    source = RecordedSource(ALPACA)
+def test_recorded_source_reads_alpaca_shaped_csvs_with_trade_count_and_vwap(recorded) -> None:
+    source = RecordedSource(recorded("alpaca-btcusd-2021"))
     assert source.symbols() == ["BTC/USD"]
     bars = source.fetch_bars(
         ["BTC/USD"], Timeframe.M1, datetime(2021, 1, 1, tzinfo=UTC), datetime(2021, 1, 2, tzinfo=UTC)
@@ -209,20 +210,20 @@ def test_recorded_source_reads_alpaca_shaped_csvs_with_trade_count_and_vwap() ->
     assert bars.height == 1079  # 06:00 to midnight, one bar a minute, less one quiet minute at 08:xx
 
 
-def test_recorded_source_explains_what_is_missing(tmp_path: Path) -> None:
+def test_recorded_source_explains_what_is_missing(tmp_path: Path, binance: Path) -> None:
     with pytest.raises(UserInputError, match="does not exist"):
         RecordedSource(tmp_path / "nowhere")
     with pytest.raises(UserInputError, match="no recorded bars"):
         RecordedSource(tmp_path)
     with pytest.raises(UserInputError, match="no 1m bars .* recorded timeframes there: 5m, 15m, 1h, 4h, 1d"):
-        RecordedSource(BINANCE).fetch_bars(["BTC/USDT"], Timeframe.M1, START, END)
+        RecordedSource(binance).fetch_bars(["BTC/USDT"], Timeframe.M1, START, END)
 
 
-def test_make_source_follows_settings_and_overrides(tmp_path: Path) -> None:
-    settings = Settings(market_data_dir=BINANCE, alpaca_data_url="http://127.0.0.1:1")
+def test_make_source_follows_settings_and_overrides(tmp_path: Path, binance: Path) -> None:
+    settings = Settings(market_data_dir=binance, alpaca_data_url="http://127.0.0.1:1")
     recorded = make_source(settings)
     alpaca = make_source(settings, kind="alpaca", url="http://127.0.0.1:2")
-    assert isinstance(recorded, RecordedSource) and recorded.data_dir == BINANCE
+    assert isinstance(recorded, RecordedSource) and recorded.data_dir == binance
     assert isinstance(alpaca, AlpacaSource) and alpaca.url_override == "http://127.0.0.1:2"
     assert isinstance(recorded, BarSource) and isinstance(alpaca, BarSource)
     with pytest.raises(UserInputError, match="unknown source 'ftp'"):

@@ -7,22 +7,18 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.market.resample import RESAMPLED_COLUMNS, resample_bars
 from crypto_pipeline.market.schema import BAR_SCHEMA, conform_bars
 from crypto_pipeline.market.sources import RecordedSource
 
-BINANCE = SHARED_MARKET_DATA / "binance-spot-2024"
-ALPACA = SHARED_MARKET_DATA / "alpaca-btcusd-2021"
-pytestmark = pytest.mark.skipif(not BINANCE.exists(), reason="shared market data is absent")
 # Large and tiny prices (PEPE trades around 1e-6) over April 2024.
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "PEPE/USDT"]
 START, END = datetime(2024, 4, 1, tzinfo=UTC), datetime(2024, 5, 1, tzinfo=UTC)
 
 
-def _recorded(tf: str, symbols: list[str] = SYMBOLS) -> pl.DataFrame:
+def _recorded(recorded, tf: str, symbols: list[str] = SYMBOLS) -> pl.DataFrame:
     frame = (
-        pl.scan_parquet(BINANCE / f"bars_{tf}.parquet")
+        pl.scan_parquet(recorded("binance-spot-2024", f"bars_{tf}.parquet"))
         .filter(
             pl.col("symbol").is_in(symbols) & (pl.col("timestamp") >= START) & (pl.col("timestamp") < END)
         )
@@ -32,16 +28,16 @@ def _recorded(tf: str, symbols: list[str] = SYMBOLS) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def five_minute() -> pl.DataFrame:
-    return _recorded("5m")
+def five_minute(recorded) -> pl.DataFrame:
+    return _recorded(recorded, "5m")
 
 
 @pytest.mark.parametrize(("target", "per_bar"), [("1h", 12), ("4h", 48), ("1d", 288)])
 def test_resampled_5m_bars_equal_binances_own_bars_where_every_5m_bar_exists(
-    five_minute: pl.DataFrame, target: str, per_bar: int
+    five_minute: pl.DataFrame, recorded, target: str, per_bar: int
 ) -> None:
     ours = resample_bars(five_minute, "5m", target)
-    theirs = _recorded(target)
+    theirs = _recorded(recorded, target)
     joined = ours.join(theirs, on=["symbol", "timestamp"], suffix="_binance", how="inner")
     complete = joined.filter(pl.col("bar_count") == per_bar)
     # Every recorded bar of the month is reproduced, and nearly all from a full set of 5m bars.
@@ -55,9 +51,8 @@ def test_resampled_5m_bars_equal_binances_own_bars_where_every_5m_bar_exists(
     assert volume_error < 1e-9  # the same sum, added in another order
 
 
-@pytest.mark.skipif(not ALPACA.exists(), reason="shared Alpaca data is absent")
-def test_resampled_alpaca_minutes_equal_alpacas_hours_including_trade_count_and_vwap() -> None:
-    source = RecordedSource(ALPACA)
+def test_resampled_alpaca_minutes_equal_alpacas_hours_including_trade_count_and_vwap(recorded) -> None:
+    source = RecordedSource(recorded("alpaca-btcusd-2021"))
     window = (datetime(2021, 1, 1, tzinfo=UTC), datetime(2021, 1, 5, tzinfo=UTC))
     minutes = source.fetch_bars(["BTC/USD"], "1m", *window)
     hours = source.fetch_bars(["BTC/USD"], "1h", *window)
