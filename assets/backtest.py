@@ -42,7 +42,7 @@ class BacktestConfig(dg.Config):
     symbols: list[str] = Field(default=list(DEFAULT_WF.symbols))
     decision_every_hours: float = Field(default=DEFAULT_WF.decision_every_hours)
     llm_decision_every_hours: float = Field(
-        default=12.0,
+        default=48.0,
         description="LLM decisions are the slow part: fewer of them keep a cold run under 10 min.",
     )
     llm_policy: str = Field(

@@ -93,7 +93,7 @@ def test_a_repeated_backtest_is_served_from_the_decision_cache(data: MarketData,
     )
     assert first.misses > 0 and path.exists()
     stored = pl.read_parquet(path)
-    assert stored.height == first.misses and stored["provider"].unique().to_list() == ["rules"]
+    assert stored.height == first.misses and stored["provider"].unique().to_list() == ["rule-based"]
     second = DecisionCache(Warehouse(tmp_path))
     b = walk_forward(
         CONFIG, signal_policies=(), providers={"rules": RuleBased()}, cache=second, folds=folds, data=data

@@ -161,3 +161,13 @@ def test_promotion_asset_end_to_end(registered_challenger, tmp_path: Path, monke
     assert out["challenger"] == registered.version and meta["champion_before"].value == "None"
     assert any(r.startswith("audit truncation:") for r in reasons)
     _check_recorded(mlruns, out)
+    # `make run` prints this as ONE table: every policy, and the gate's verdict on the challenger's row.
+    from jobs.run_offline import comparison_table
+
+    lines = comparison_table(later)
+    assert lines[0].split()[:5] == ["policy", "return", "Sharpe", "[95%", "CI]"]
+    rows = {line.split()[0]: line for line in lines[1:] if line.split() and "[" in line}
+    assert {"buy_hold", "ema_cross", "rsi", "lgbm", "rules", "llm:1"} <= set(rows)
+    verdict = "PROMOTED to champion" if out["promoted"] else "not promoted"
+    assert rows["llm:1"].endswith(verdict) and not rows["buy_hold"].endswith(verdict)
+    assert any(line.startswith("gate: ") for line in lines)
