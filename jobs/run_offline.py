@@ -25,6 +25,7 @@ import dagster as dg
 from rich.console import Console
 
 from assets.resources import MarketDataSourceResource
+from assets.training import MlflowResource
 from crypto_pipeline.config import Settings, get_settings
 from jobs import make_definitions
 
@@ -204,6 +205,7 @@ def run_llm_walk_forward(instance: dg.DagsterInstance, symbols: list[str]) -> dg
         [backtest.llm_backtests],
         partition_key=backtest.FOLD_PARTITIONS.get_partition_keys()[-1],
         instance=instance,
+        resources={"mlflow": MlflowResource()},
         run_config={"ops": {"llm_backtests": {"config": config}}},
         raise_on_error=False,
     )
@@ -218,6 +220,7 @@ def run_report_and_gate(instance: dg.DagsterInstance, symbols: list[str]) -> dg.
         [backtest.walk_forward_report, backtest.promotion],
         selection=[backtest.walk_forward_report, backtest.promotion],
         instance=instance,
+        resources={"mlflow": MlflowResource()},
         run_config={"ops": {"walk_forward_report": {"config": config}, "promotion": {"config": config}}},
         raise_on_error=False,
     )

@@ -114,38 +114,33 @@ def test_a_leaky_policy_fails_its_audit_and_is_not_promoted() -> None:
 
 
 def test_promotion_asset_end_to_end(registered_challenger, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The assets as `make run` runs them (`jobs.run_offline`'s stage functions): the baselines and the
+    LLM on the latest fold, then `walk_forward_report` and `promotion`, then the one comparison table."""
     import assets.backtest as mod
-    from assets.training import MlflowResource
+    import assets.training
+    from jobs.run_offline import run_llm_walk_forward, run_report_and_gate
 
     mlruns, registered = registered_challenger
     mlruns = shutil.copytree(mlruns, tmp_path / "mlruns")
     settings = Settings(mlruns_dir=mlruns, warehouse_dir=tmp_path / "wh")
     monkeypatch.setattr(mod, "_results_dir", lambda: tmp_path / "folds")
     monkeypatch.setattr(mod, "get_settings", lambda: settings)
-    resources = {"mlflow": MlflowResource(tracking_uri=settings.mlflow_tracking_uri)}
-    config = {
-        "symbols": ["BTC/USDT"],
-        "llm_symbols": ["BTC/USDT"],
-        "llm_decision_every_hours": 96.0,
-        "audit_samples": 1,
-    }
+    monkeypatch.setattr(assets.training, "get_settings", lambda: settings)  # MlflowResource's default
     key = mod.FOLD_PARTITIONS.get_partition_keys()[-1]
-    folds = dg.materialize(
-        [mod.baseline_backtests, mod.llm_backtests],
+    instance = dg.DagsterInstance.ephemeral()
+    baselines = dg.materialize(
+        [mod.baseline_backtests],
         partition_key=key,
-        resources=resources,
-        run_config={"ops": {"baseline_backtests": {"config": config}, "llm_backtests": {"config": config}}},
+        instance=instance,
+        run_config={"ops": {"baseline_backtests": {"config": {"symbols": ["BTC/USDT"]}}}},
     )
+    assert baselines.success
+    folds = run_llm_walk_forward(instance, ["BTC/USDT"])
     assert folds.success
     llm_meta = folds.asset_materializations_for_node("llm_backtests")[0].metadata
     assert llm_meta["policies"].value == "llm:1" and llm_meta["decisions"].value > 0
     assert all(f"{name}:" in llm_meta["audits"].value for name in AUDITS)
-    later = dg.materialize(
-        [mod.walk_forward_report, mod.promotion],
-        resources=resources,
-        run_config={"ops": {"walk_forward_report": {"config": config}, "promotion": {"config": config}}},
-        selection=[mod.walk_forward_report, mod.promotion],
-    )
+    later = run_report_and_gate(instance, ["BTC/USDT"])
     assert later.success  # not passing the gate is an outcome, not a failure
     report_meta = later.asset_materializations_for_node("walk_forward_report")[0].metadata
     assert "llm:1 " + key + " one_bar_lag" in report_meta["audits"].value
