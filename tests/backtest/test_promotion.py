@@ -61,7 +61,8 @@ def test_promote_command_end_to_end(registered_challenger, tmp_path: Path, monke
     assert out["champion_before"] is None
     # Every rule of the gate is a reason: the baselines, validity, drawdown and the three audits.
     text = "\n".join(out["reasons"])
-    assert "best baseline" in text and "invalid-output rate" in text and "max drawdown" in text
+    assert "vs best baseline" in text and "difference CI" in text  # compared over the same bars
+    assert "invalid-output rate" in text and "max drawdown" in text
     for name in AUDITS:
         assert f"audit {name}:" in text
     assert {row["policy"] for row in out["table"]} >= {"llm:1", "rules", "buy_hold", "lgbm"}
