@@ -51,7 +51,10 @@ def _grid_portfolio(open_: pd.DataFrame, close: pd.DataFrame, windows: list[int]
     )
 
 
-def _backtesting_py_bars_per_s(close_one: pd.DataFrame, open_one: pd.DataFrame, n_bars: int) -> float:
+def _backtesting_py_bars_per_s(
+    close_one: pd.DataFrame, open_one: pd.DataFrame, n_bars: int
+) -> tuple[float, int]:
+    """backtesting.py's bars/s on up to `n_bars` bars of one pair, and how many bars it ran."""
     from backtesting import Strategy
     from backtesting.lib import FractionalBacktest
 
@@ -82,7 +85,7 @@ def _backtesting_py_bars_per_s(close_one: pd.DataFrame, open_one: pd.DataFrame, 
 
     started = time.perf_counter()
     FractionalBacktest(frame, EmaCross, cash=10_000, commission=0.0025, fractional_unit=1e-9).run()
-    return len(frame) / (time.perf_counter() - started)
+    return len(frame) / (time.perf_counter() - started), len(frame)
 
 
 def _risk_decisions_per_s(n: int) -> float:
@@ -123,7 +126,7 @@ def run(quick: bool = False) -> list[BenchResult]:
     ours = evaluations / elapsed
     sample = 20_000 if quick else 100_000
     ref_pair = "BTC/USDT" if "BTC/USDT" in symbols else symbols[0]
-    reference = _backtesting_py_bars_per_s(close[[ref_pair]], open_[[ref_pair]], sample)
+    reference, sample = _backtesting_py_bars_per_s(close[[ref_pair]], open_[[ref_pair]], sample)
     print(
         f"# vectorbt: {n_params} (fast, slow) pairs x {len(symbols)} pairs x {bars.height:,} bars in "
         f"{elapsed:.2f} s (EMAs, signals, one from_signals call, final values); backtesting.py: "
