@@ -10,9 +10,18 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from assets.training import MlflowResource
 from crypto_pipeline.backtest.audits import truncation_audit
 from crypto_pipeline.backtest.cache import DecisionCache
 from crypto_pipeline.backtest.folds import fold_by_key
+from crypto_pipeline.backtest.gate import decide_promotion, record_in_mlflow
+from crypto_pipeline.backtest.run import (
+    REGISTERED_MODEL,
+    RegisteredModel,
+    llm_policy_name,
+    make_provider,
+    registered_model,
+)
 from crypto_pipeline.backtest.walkforward import (
     MarketData,
     WalkForwardConfig,
@@ -20,7 +29,9 @@ from crypto_pipeline.backtest.walkforward import (
     save_fold_results,
     walk_forward,
 )
-from crypto_pipeline.config import get_settings
+from crypto_pipeline.config import Settings, get_settings
+from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.warehouse import Warehouse
 
 _SETTINGS = get_settings()
 DEFAULT_WF = WalkForwardConfig(symbols=tuple(_SETTINGS.symbols), data_dir=_SETTINGS.market_data_dir)
@@ -31,12 +42,16 @@ class BacktestConfig(dg.Config):
     symbols: list[str] = Field(default=list(DEFAULT_WF.symbols))
     decision_every_hours: float = Field(default=DEFAULT_WF.decision_every_hours)
     llm_decision_every_hours: float = Field(
-        default=12.0,
+        default=48.0,
         description="LLM decisions are the slow part: fewer of them keep a cold run under 10 min.",
     )
     llm_policy: str = Field(
-        default="llm", description="llm (base model) or llm:ALIAS_OR_VERSION of crypto-policy."
+        default="llm:challenger", description="llm (base model) or llm:ALIAS_OR_VERSION of crypto-policy."
     )
+    llm_symbols: list[str] = Field(
+        default=["BTC/USDT"], description="Symbols the LLM decides on (empty: `symbols`); each costs minutes."
+    )
+    audit_samples: int = Field(default=2, description="Decisions re-made per fold by the leakage audits.")
 
 
 def _results_dir() -> Path:
@@ -72,38 +87,92 @@ def baseline_backtests(context: dg.AssetExecutionContext, config: BacktestConfig
     )
 
 
-@dg.asset(partitions_def=FOLD_PARTITIONS, group_name="backtest", kinds={"vectorbt", "transformers"})
-def llm_backtests(context: dg.AssetExecutionContext, config: BacktestConfig) -> dg.MaterializeResult:
-    """The LLM policy on one fold, through the risk engine, decisions cached by (model version, prompt hash)."""
-    from crypto_pipeline.backtest.run import make_provider
+def _settings(mlflow: MlflowResource) -> Settings:
+    """The settings with MLflow where the resource points (its sqlite store lives in `mlruns_dir`)."""
+    settings = get_settings()
+    uri = mlflow.uri
+    if uri != settings.mlflow_tracking_uri and uri.startswith("sqlite:///"):
+        settings = settings.model_copy(update={"mlruns_dir": Path(uri.removeprefix("sqlite:///")).parent})
+    return settings
 
-    wf = replace(_config(config, config.llm_decision_every_hours), symbols=tuple(config.llm_symbols))
+
+def _champion(settings: Settings, challenger: RegisteredModel) -> RegisteredModel | None:
+    try:
+        found = registered_model("champion", settings)
+    except UserInputError:  # no champion yet
+        return None
+    return None if found.version == challenger.version else found
+
+
+@dg.asset(partitions_def=FOLD_PARTITIONS, group_name="backtest", kinds={"vectorbt", "transformers"})
+def llm_backtests(
+    context: dg.AssetExecutionContext, config: BacktestConfig, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    """The LLM (the registered challenger, and the champion if another version holds it) on one fold,
+    through the risk engine, decisions cached in the warehouse by (model version, prompt hash), with the
+    three leakage audits on the challenger. A fold that starts before the model's training cutoff (plus
+    purge and embargo) is not out of sample: it is skipped and says so."""
+    settings = _settings(mlflow)
+    wf = replace(
+        _config(config, config.llm_decision_every_hours),
+        symbols=tuple(config.llm_symbols or config.symbols),
+    )
     fold = fold_by_key(wf.folds(), context.partition_key)
-    cache = DecisionCache(get_settings().warehouse_dir / "decision_cache.parquet")
-    provider = make_provider(config.llm_policy)
+    providers, audited, cutoff = {}, (), None
+    if config.llm_policy == "llm":
+        providers["llm"] = make_provider("llm", settings)
+        audited = ("llm",)
+    else:
+        challenger = registered_model(config.llm_policy.split(":", 1)[1], settings)
+        champion = _champion(settings, challenger)
+        cutoffs = [m.training_cutoff for m in (challenger, champion) if m is not None and m.training_cutoff]
+        cutoff = max(cutoffs) if cutoffs else None
+        for found in (challenger, champion):
+            if found is not None:
+                providers[llm_policy_name(found.version)] = make_provider(f"llm:{found.version}", settings)
+        audited = (llm_policy_name(challenger.version),)
+    if cutoff is not None and fold.key not in {f.key for f in wf.folds(training_cutoff=cutoff.isoformat())}:
+        note = f"{fold.key} starts before the training cutoff {cutoff:%Y-%m-%d %H:%M} + purge + embargo"
+        context.log.info(note)
+        return dg.MaterializeResult(metadata={"skipped": note})
+    cache = DecisionCache(Warehouse(settings.warehouse_dir))
     report = walk_forward(
-        wf, signal_policies=(), providers={config.llm_policy: provider}, folds=[fold], cache=cache
+        wf,
+        signal_policies=(),
+        providers=providers,
+        folds=[fold],
+        cache=cache,
+        audited=audited,
+        audit_samples=config.audit_samples,
     )
     save_fold_results(report.results, _results_dir())
-    llm = report.results[0].llm
+    audits = [a for r in report.results for a in r.audits]
+    ours = next(r for r in report.results if r.policy == audited[0])
     return dg.MaterializeResult(
-        metadata={"results": dg.MetadataValue.md(_table_md(report)), **{k: float(v) for k, v in llm.items()}}
+        metadata={
+            "policies": ", ".join(providers),
+            "results": dg.MetadataValue.md(_table_md(report)),
+            "audits": dg.MetadataValue.md("\n".join(f"- {a.name}: {a.passed} ({a.detail})" for a in audits)),
+            "audits_passed": all(a.passed for a in audits),
+            **{k: float(v) for k, v in ours.llm.items()},
+        }
     )
 
 
 @dg.asset(deps=[baseline_backtests, llm_backtests], group_name="backtest", kinds={"matplotlib", "html"})
 def walk_forward_report(context: dg.AssetExecutionContext, config: BacktestConfig) -> dg.MaterializeResult:
-    """Every policy over every fold: comparison table with Sharpe intervals, equity and drawdown PNG, audits."""
+    """Every policy over every fold: comparison table with Sharpe intervals, equity and drawdown PNG, audits
+    (RuleBased's truncation audit here; each LLM fold's three audits from `llm_backtests`)."""
     from crypto_pipeline.backtest.report import write_report
     from crypto_pipeline.llm.rule_based import RuleBased
 
     wf = _config(config, config.decision_every_hours)
     report = load_fold_results(_results_dir(), wf.folds())
     data = MarketData.load(wf)
-    bars_by_tf = {"1h": data.bars}
     samples = [(s, f.test_start) for f in report.folds for s in wf.symbols][:6]
-    audits = [truncation_audit(lambda _: RuleBased(), bars_by_tf, samples)]
-    paths = write_report(report, _results_dir().parent, audits)
+    audits = [truncation_audit(lambda _: RuleBased(), data.bars_by_tf, samples)]
+    llm_audits = [replace(a, name=f"{r.policy} {r.fold} {a.name}") for r in report.results for a in r.audits]
+    paths = write_report(report, _results_dir().parent, [*audits, *llm_audits])
     png = base64.b64encode(paths["png"].read_bytes()).decode()
     table = report.table()
     return dg.MaterializeResult(
@@ -111,6 +180,42 @@ def walk_forward_report(context: dg.AssetExecutionContext, config: BacktestConfi
             "table": dg.MetadataValue.md(table.to_pandas().to_markdown(index=False, floatfmt=".3g")),
             "equity_and_drawdowns": dg.MetadataValue.md(f"![walk-forward](data:image/png;base64,{png})"),
             "html": dg.MetadataValue.path(str(paths["html"])),
-            "audits_passed": all(a.passed for a in audits),
+            "audits_passed": all(a.passed for a in [*audits, *llm_audits]),
+            "audits": dg.MetadataValue.md(
+                "\n".join(
+                    f"- {a.name}: {'pass' if a.passed else 'FAIL'} ({a.detail})"
+                    for a in [*audits, *llm_audits]
+                )
+            ),
+        }
+    )
+
+
+@dg.asset(deps=[walk_forward_report, llm_backtests], group_name="backtest", kinds={"mlflow"})
+def promotion(config: BacktestConfig, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """The promotion gate on the challenger's out-of-sample folds: the verdict and every reason go to
+    MLflow (tags on the version) and to this metadata; `champion` moves only on promotion. No model
+    passing is an honest outcome, not a failure."""
+    settings = _settings(mlflow)
+    ref = config.llm_policy.split(":", 1)[1] if ":" in config.llm_policy else "challenger"
+    challenger = registered_model(ref, settings)
+    champion = _champion(settings, challenger)
+    report = load_fold_results(_results_dir(), _config(config, config.decision_every_hours).folds())
+    ours = llm_policy_name(challenger.version)
+    decision = decide_promotion(
+        report,
+        ours,
+        champion=llm_policy_name(champion.version) if champion else None,
+        audits=report.audits(ours),
+    )
+    out = record_in_mlflow(mlflow.get_client(), REGISTERED_MODEL, challenger.version, decision)
+    return dg.MaterializeResult(
+        metadata={
+            "promoted": out["promoted"],
+            "challenger": out["challenger"],
+            "champion_before": str(out["champion_before"]),
+            "champion_after": str(out["champion_after"]),
+            "verdict": "promoted to champion" if out["promoted"] else "not promoted: the champion stays",
+            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in out["reasons"])),
         }
     )

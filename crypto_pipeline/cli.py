@@ -413,9 +413,9 @@ def backtest_command(
             decision_every_hours=decision_every,
             data_dir=settings.market_data_dir,
         )
-        summary, _ = backtest(
-            policy, config, out_dir=Path(out), cache_path=settings.warehouse_dir / "decision_cache.parquet"
-        )
+        from crypto_pipeline.warehouse import Warehouse
+
+        summary, _ = backtest(policy, config, out_dir=Path(out), warehouse=Warehouse(settings.warehouse_dir))
     except (UserInputError, ValueError) as error:
         errors.print(f"[red]backtest:[/red] {error}", markup=True, highlight=False)
         raise typer.Exit(2) from None
@@ -425,6 +425,13 @@ def backtest_command(
 @app.command("promote")
 def promote_command(
     challenger: str = typer.Option("challenger", help="Registered version number or alias of crypto-policy."),
+    symbols: str = typer.Option("", help="Comma-separated symbols to judge on (default: the settings')."),
+    folds: int = typer.Option(
+        3, min=1, help="Walk-forward folds (those after the training cutoff are used)."
+    ),
+    test_days: float = typer.Option(7.0, min=0.5, help="Length of each fold's test window."),
+    decision_every: float = typer.Option(12.0, min=1.0, help="Hours between the LLM's decisions."),
+    audit_samples: int = typer.Option(2, min=1, help="Decisions re-made per fold by the leakage audits."),
 ) -> None:
     """Run the promotion gate on a registered version; print one JSON object with the verdict and reasons."""
     import json
@@ -432,11 +439,21 @@ def promote_command(
     from rich.console import Console
 
     from crypto_pipeline.backtest.gate import promote
+    from crypto_pipeline.backtest.walkforward import WalkForwardConfig
     from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
 
+    settings = Settings()
+    chosen = tuple(s.strip() for s in symbols.split(",") if s.strip()) or tuple(settings.symbols)
+    config = WalkForwardConfig(
+        symbols=chosen,
+        n_folds=folds,
+        test_days=test_days,
+        decision_every_hours=decision_every,
+        data_dir=settings.market_data_dir,
+    )
     try:
-        result = promote(challenger, settings=Settings())
+        result = promote(challenger, settings=settings, config=config, audit_samples=audit_samples)
     except UserInputError as error:
         Console(stderr=True).print(f"[red]promote:[/red] {error}", highlight=False)
         raise typer.Exit(2) from None

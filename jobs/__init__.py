@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.backtest import baseline_backtests, llm_backtests, walk_forward_report
+from assets.backtest import baseline_backtests, llm_backtests, promotion, walk_forward_report
 from assets.features import features, market_states
 from assets.market_data import bars, raw_bars
 from assets.partitions import DAILY_PARTITIONS
@@ -38,6 +38,7 @@ def make_definitions(
             baseline_backtests,
             llm_backtests,
             walk_forward_report,
+            promotion,
             sft_dataset,
             finetuned_model,
         ],

@@ -25,6 +25,7 @@ import dagster as dg
 from rich.console import Console
 
 from assets.resources import MarketDataSourceResource
+from assets.training import MlflowResource
 from crypto_pipeline.config import Settings, get_settings
 from jobs import make_definitions
 
@@ -37,7 +38,7 @@ _SUMMARY_KEYS = (
     *("rows_fetched", "rows_stored", "rows", "warm_rows", "states", "quarantined"),  # market data
     *("examples", "registered", "steps", "val_valid_json_rate", "val_balanced_accuracy"),  # training
     *("base_val_balanced_accuracy", "majority_val_balanced_accuracy", "rules_val_balanced_accuracy"),
-    *("audits_passed", "html"),  # walk-forward
+    *("audits_passed", "html", "decisions", "invalid_rate", "promoted"),  # walk-forward, gate
 )
 
 # A short QLoRA run that shows the whole path (dataset → adapter → MLflow `challenger`) on two CPU cores in
@@ -86,7 +87,6 @@ class StageSummary:
 
     partitions: dict[str, int] = field(default_factory=dict)
     figures: dict[str, dict[str, object]] = field(default_factory=dict)
-    tables: list[str] = field(default_factory=list)
     checks: int = 0
     failed: list[str] = field(default_factory=list)  # blocking checks
     warned: list[str] = field(default_factory=list)  # warnings
@@ -103,8 +103,6 @@ class StageSummary:
             self.partitions[key] = self.partitions.get(key, 0) + 1
             # One run covers every partition, so each partition's event carries the run's totals.
             self.figures[key] = {k: _short(v.value) for k, v in mat.metadata.items() if k in _SUMMARY_KEYS}
-            if "table" in mat.metadata:
-                self.tables.append(_columns(mat.metadata["table"].value, _TABLE_COLUMNS))
 
     def lines(self) -> list[str]:
         shown = []
@@ -112,30 +110,7 @@ class StageSummary:
             where = f"{n} partitions" if n > 1 else ""
             figures = ", ".join(f"{k}={v}" for k, v in self.figures[key].items())
             shown.append(f"{key:<19} {where:<15} {figures}".rstrip())
-        return shown + [line for table in self.tables for line in table.splitlines()]
-
-
-_TABLE_COLUMNS = ("policy", "total_return", "sharpe", "sharpe_lo", "sharpe_hi", "max_drawdown", "trades")
-
-
-def _columns(markdown: str, keep: tuple[str, ...]) -> str:
-    """The `keep` columns of a markdown table, aligned as plain text (the full table is in the report's
-    HTML and in the Dagster UI)."""
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in markdown.splitlines()]
-    if not rows:
-        return markdown
-    index = [i for i, name in enumerate(rows[0]) if name in keep]
-    body = [
-        [row[i] for i in index] for row in rows if len(row) == len(rows[0]) and not row[0].startswith(":-")
-    ]
-    widths = [max(len(row[c]) for row in body) for c in range(len(index))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if c == 0 else cell.rjust(w)
-            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in body
-    )
+        return shown
 
 
 def _short(value: object) -> object:
@@ -196,12 +171,19 @@ def run_retrain(instance: dg.DagsterInstance, finetune: dict) -> dg.ExecuteInPro
     return job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
 
 
+# The LLM walk-forward of `make run`: SmolLM2-135M decides at about 1-5 decisions/min on two cores, so
+# it judges the challenger on the most recent fold only, one pair, a decision every 48 h (7 decisions
+# and 3 audit decisions, a few minutes cold, seconds from the decision cache). The gate then compares it
+# with every baseline on that fold. `crypto-pipeline promote` or the Dagster assets run it wider.
+QUICK_LLM = {"llm_symbols": ["BTC/USDT"], "llm_decision_every_hours": 48.0, "audit_samples": 1}
+
+
 def run_walk_forward(instance: dg.DagsterInstance, symbols: list[str]) -> list[dg.ExecuteInProcessResult]:
-    """The baselines (and RuleBased through the risk engine) on every walk-forward fold, then the report."""
+    """The baselines (and RuleBased through the risk engine) on every walk-forward fold."""
     import assets.backtest as backtest
 
     config = {"symbols": symbols}
-    results = [
+    return [
         dg.materialize(
             [backtest.baseline_backtests],
             partition_key=key,
@@ -211,16 +193,69 @@ def run_walk_forward(instance: dg.DagsterInstance, symbols: list[str]) -> list[d
         )
         for key in backtest.FOLD_PARTITIONS.get_partition_keys()
     ]
-    results.append(
-        dg.materialize(
-            [backtest.walk_forward_report],
-            selection=[backtest.walk_forward_report],
-            instance=instance,
-            run_config={"ops": {"walk_forward_report": {"config": config}}},
-            raise_on_error=False,
-        )
+
+
+def run_llm_walk_forward(instance: dg.DagsterInstance, symbols: list[str]) -> dg.ExecuteInProcessResult:
+    """`llm_backtests` of the MLflow challenger (and champion, if another) on the latest fold, with the
+    three leakage audits."""
+    import assets.backtest as backtest
+
+    config = {"symbols": symbols, **QUICK_LLM}
+    return dg.materialize(
+        [backtest.llm_backtests],
+        partition_key=backtest.FOLD_PARTITIONS.get_partition_keys()[-1],
+        instance=instance,
+        resources={"mlflow": MlflowResource()},
+        run_config={"ops": {"llm_backtests": {"config": config}}},
+        raise_on_error=False,
     )
-    return results
+
+
+def run_report_and_gate(instance: dg.DagsterInstance, symbols: list[str]) -> dg.ExecuteInProcessResult:
+    """`walk_forward_report` over every stored fold, then `promotion` (the gate on the challenger)."""
+    import assets.backtest as backtest
+
+    config = {"symbols": symbols, **QUICK_LLM}
+    return dg.materialize(
+        [backtest.walk_forward_report, backtest.promotion],
+        selection=[backtest.walk_forward_report, backtest.promotion],
+        instance=instance,
+        resources={"mlflow": MlflowResource()},
+        run_config={"ops": {"walk_forward_report": {"config": config}, "promotion": {"config": config}}},
+        raise_on_error=False,
+    )
+
+
+def comparison_table(result: dg.ExecuteInProcessResult) -> list[str]:
+    """ONE table: every policy's stitched out-of-sample return, Sharpe [95% block-bootstrap interval],
+    max drawdown and trades, with the gate's verdict on the challenger's row, then the gate's reasons."""
+    import assets.backtest as backtest
+    from crypto_pipeline.backtest.walkforward import load_fold_results
+
+    gate = {}
+    for event in result.get_asset_materialization_events():
+        if event.materialization.asset_key.to_user_string() == "promotion":
+            gate = {k: v.value for k, v in event.materialization.metadata.items()}
+    wf = backtest._config(backtest.BacktestConfig(), 4.0)
+    table = load_fold_results(backtest._results_dir(), wf.folds()).table()
+    challenger = f"llm:{gate['challenger']}" if gate else None
+    lines = [f"{'policy':<12} {'return':>8} {'Sharpe [95% CI]':>22} {'max DD':>7} {'trades':>6}  gate"]
+    for row in table.iter_rows(named=True):
+        verdict = ""
+        if row["policy"] == challenger:
+            verdict = "PROMOTED to champion" if gate["promoted"] else "not promoted"
+        sharpe = f"{row['sharpe']:.2f} [{row['sharpe_lo']:.2f}, {row['sharpe_hi']:.2f}]"
+        lines.append(
+            f"{row['policy']:<12} {row['total_return']:>8.1%} {sharpe:>22} {row['max_drawdown']:>7.1%} "
+            f"{row['trades']:>6}  {verdict}".rstrip()
+        )
+    if gate:
+        lines.append(
+            f"gate: {gate['verdict']} (champion before {gate['champion_before']}, after "
+            f"{gate['champion_after']}); reasons:"
+        )
+        lines += [f"  {line}" for line in str(gate["reasons"]).splitlines()]
+    return lines
 
 
 def run(source: str = "exchange", train: bool = True) -> bool:
@@ -252,9 +287,18 @@ def run(source: str = "exchange", train: bool = True) -> bool:
         stages.run(f"market data ({via})", market_data)
         if train:
             stages.run("dataset + QLoRA → MLflow challenger", lambda: run_retrain(instance, QUICK_FINETUNE))
+            stages.run("walk-forward baselines", lambda: run_walk_forward(instance, settings.symbols))
             stages.run(
-                "walk-forward baselines + report", lambda: run_walk_forward(instance, settings.symbols)
+                "LLM walk-forward (challenger)", lambda: run_llm_walk_forward(instance, settings.symbols)
             )
+            gated: list[dg.ExecuteInProcessResult] = []
+            stages.run(
+                "report + promotion gate",
+                lambda: gated.append(run_report_and_gate(instance, settings.symbols)) or gated[-1],
+            )
+            if gated and gated[-1].success:
+                for line in comparison_table(gated[-1]):
+                    out.print(f"      {line}", highlight=False, markup=False)
     status = "[green]success[/]" if stages.ok else "[red]failure[/]"
     out.print(f"offline run: {status} in {time.perf_counter() - started:.0f} s (full logs: {log_path})")
     reports = settings.warehouse_dir / "reports"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -25,6 +26,7 @@ from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.state import MarketState, market_state_table, states_from_table
 
 ProviderFactory = Callable[[dict[str, pl.DataFrame]], DecisionProvider]
+Decide = Callable[[DecisionProvider, list[MarketState]], list[TradeDecision]]
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,12 @@ def truncation_audit(
     *,
     shuffle_future: bool = False,
     seed: int = 0,
+    decide: Decide = decide_safely,
 ) -> AuditResult:
     """Re-make each sampled (symbol, decision time) from cut data; every prompt and decision must match.
     `make_provider` builds the policy from the bars it may use (policies that hold data get the cut data;
-    an LLM ignores them)."""
+    an LLM ignores them). `decide` makes the decision on full data (e.g. from the decision cache); the
+    decision on cut data is always asked afresh."""
     name = "shuffle_future" if shuffle_future else "truncation"
     full_provider = make_provider(bars_by_tf)
     mismatches = []
@@ -92,16 +96,21 @@ def truncation_audit(
         cut = _cut(bars_by_tf, at, shuffle=shuffle_future, seed=seed)
         cut_state = _states(cut, symbol, at)
         same_prompt = build_user_prompt(full_state) == build_user_prompt(cut_state)
-        full = decide_safely(full_provider, [full_state])[0]
+        full = decide(full_provider, [full_state])[0]
         again = decide_safely(make_provider(cut), [cut_state])[0]
         if not (same_prompt and _same(full, again)):
             mismatches.append(
                 f"{symbol}@{at:%Y-%m-%d %H:%M}: prompt {'same' if same_prompt else 'DIFFERS'}, "
                 f"{full.action.value}->{again.action.value}"
             )
-    passed = not mismatches
+    # No sample proves nothing: an audit that checked nothing does not pass.
+    passed = bool(samples) and not mismatches
     detail = f"{len(samples)} decisions re-made from data cut at t: " + (
-        "all identical" if passed else f"{len(mismatches)} differ, e.g. {mismatches[:3]}"
+        "none to re-make"
+        if not samples
+        else "all identical"
+        if passed
+        else f"{len(mismatches)} differ, e.g. {mismatches[:3]}"
     )
     return AuditResult(name, passed, detail, {"samples": len(samples), "mismatches": len(mismatches)})
 
@@ -114,11 +123,15 @@ class _Anonymized(MarketState):
 
 
 def anonymized_audit(
-    provider: DecisionProvider, states: Sequence[MarketState], *, max_disagreement: float = 0.3
+    provider: DecisionProvider,
+    states: Sequence[MarketState],
+    *,
+    max_disagreement: float = 0.3,
+    decide: Decide = decide_safely,
 ) -> AuditResult:
     """Share of decisions whose action changes when the prompt is anonymized."""
-    plain = decide_safely(provider, list(states))
-    hidden = decide_safely(provider, [_Anonymized(**s.model_dump()) for s in states])
+    plain = decide(provider, list(states))
+    hidden = decide(provider, [_Anonymized(**s.model_dump()) for s in states])
     differ = (
         float(np.mean([a.action != b.action for a, b in zip(plain, hidden, strict=True)])) if states else 0.0
     )
@@ -171,3 +184,57 @@ class LeakyPolicy:
                 )
             )
         return out
+
+
+@dataclass(frozen=True)
+class ReplayDecisions:
+    """A finished run's decisions handed back by (symbol, decision time), without asking the model
+    again: the one-bar-lag audit shifts exactly these decisions. A time it never decided is a HOLD."""
+
+    decisions: dict[tuple[str, datetime], TradeDecision]
+    name: str = "replay"
+
+    @classmethod
+    def of(cls, decisions: Sequence[TradeDecision]) -> ReplayDecisions:
+        return cls({(d.symbol, d.at): d for d in decisions if d.symbol and d.at})
+
+    def decide(self, states: list[MarketState]) -> list[TradeDecision]:
+        return [
+            self.decisions.get((s.symbol, s.at))
+            or TradeDecision(action="HOLD", confidence=0, position_size_pct=0, symbol=s.symbol, at=s.at)
+            for s in states
+        ]
+
+
+def _spread(items: Sequence[Any], k: int) -> list[Any]:
+    """`k` items spread evenly over `items` (all of them when there are fewer)."""
+    if len(items) <= k:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(k - 1, 1))] for i in range(k)]
+
+
+def run_llm_audits(
+    make_provider: ProviderFactory,
+    result: Any,
+    run_lagged: Callable[[DecisionProvider], Any],
+    bars_by_tf: dict[str, pl.DataFrame],
+    *,
+    decide: Decide = decide_safely,
+    samples: int = 2,
+    periods_per_year: float | None = None,
+) -> list[AuditResult]:
+    """The three audits of one policy run on one fold (`result`: a walk-forward `FoldResult` with its
+    `run`): truncation on `samples` of its decisions, anonymized vs plain prompts on the same states,
+    and the one-bar lag (`run_lagged(provider)` re-runs the fold with fills one bar late and returns
+    its per-bar returns; it is given the run's own decisions to replay)."""
+    from crypto_pipeline.backtest import metrics as m
+
+    made = [d for d in (result.run.decisions if result.run else []) if d.symbol and d.at]
+    points = _spread([(d.symbol, d.at) for d in made], samples)
+    truncation = truncation_audit(make_provider, bars_by_tf, points, decide=decide)
+    states = [_states(bars_by_tf, s, at) for s, at in points]
+    anonymized = anonymized_audit(make_provider(bars_by_tf), states, decide=decide)
+    ppy = periods_per_year or m.periods_per_year(result.returns.index)
+    lagged = run_lagged(ReplayDecisions.of(made))
+    lag = lag_audit(m.sharpe(result.returns.to_numpy(), ppy), m.sharpe(lagged.to_numpy(), ppy))
+    return [truncation, anonymized, lag]

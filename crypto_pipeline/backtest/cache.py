@@ -1,65 +1,84 @@
-"""LLM decisions cached by (provider/model version, prompt hash): a repeated backtest costs nothing.
+"""LLM decisions cached by (provider, model version, prompt hash): a repeated backtest costs nothing.
 
 The prompt hash covers exactly what the model is shown (state, portfolio, system prompt), so a hit is
-the decision the model would make again with greedy decoding. Storage is one Parquet file, read and
-written by `load_decisions` / `save_decisions` only, so it can move into the warehouse's
-`decision_cache` table without touching the rest."""
+the decision the model would make again with greedy decoding. The rows live in the warehouse's
+`decision_cache` table (`warehouse.tables.DECISION_CACHE`, one small unpartitioned file keyed by
+provider, model version and prompt hash); `load_decisions` / `save_decisions` are its only readers and
+writers here. Without a warehouse the cache lives in memory for one run."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from crypto_pipeline.llm.decision import TradeDecision
-from crypto_pipeline.llm.prompts import SYSTEM_PROMPT, build_user_prompt, prompt_hash
+from crypto_pipeline.llm.prompts import PROMPT_VERSION, SYSTEM_PROMPT, build_user_prompt, prompt_hash
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely, state_meta
 from crypto_pipeline.state import MarketState
 
+TABLE = "decision_cache"
+Key = tuple[str, str, str]  # provider, model version, prompt hash
 
-def load_decisions(path: Path) -> dict[tuple[str, str], str]:
-    if not path.exists():
+
+def load_decisions(warehouse: Any) -> dict[Key, str]:
+    """Every cached decision (as JSON) in `warehouse`'s `decision_cache` table."""
+    if not (warehouse.table_dir(TABLE) / "data.parquet").exists():
         return {}
-    frame = pl.read_parquet(path)
-    return {(v, h): d for v, h, d in frame.select("model_version", "prompt_hash", "decision").iter_rows()}
+    frame = warehouse.read(TABLE, columns=["provider", "model_version", "prompt_hash", "decision"])
+    return {(p, v, h): d for p, v, h, d in frame.iter_rows()}
 
 
-def save_decisions(path: Path, rows: dict[tuple[str, str], str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_decisions(warehouse: Any, rows: dict[Key, TradeDecision]) -> None:
+    """Upsert new decisions (raw table: the key is unique, a repeated write is a no-op)."""
+    if not rows:
+        return
     frame = pl.DataFrame(
-        [(v, h, d) for (v, h), d in rows.items()],
-        schema={"model_version": pl.String, "prompt_hash": pl.String, "decision": pl.String},
-        orient="row",
+        [
+            {
+                "provider": p,
+                "model_version": v,
+                "prompt_hash": h,
+                "prompt_version": PROMPT_VERSION,
+                "decision": d.model_dump_json(),
+                "raw_output": d.raw_text,
+                "latency_ms": d.latency_ms,
+                "prompt_tokens": d.prompt_tokens,
+                "completion_tokens": d.completion_tokens,
+            }
+            for (p, v, h), d in rows.items()
+        ],
+        schema_overrides={"latency_ms": pl.Float64, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64},
     )
-    tmp = path.with_suffix(".tmp")
-    frame.write_parquet(tmp)
-    tmp.replace(path)
+    warehouse.upsert(TABLE, frame)
 
 
-def provider_version(provider: DecisionProvider) -> str:
+def provider_identity(provider: DecisionProvider) -> tuple[str, str]:
     """What identifies a provider's answers: its name and model version (or model id)."""
     version = getattr(provider, "model_version", None) or getattr(provider, "model_id", None) or ""
-    return f"{getattr(provider, 'name', type(provider).__name__)}:{version}"
+    return getattr(provider, "name", type(provider).__name__), str(version)
 
 
 @dataclass
 class DecisionCache:
-    """Wraps `decide_safely`: hits come from the cache, misses go to the provider and are stored."""
+    """Wraps `decide_safely`: hits come from the cache, misses go to the provider and are stored.
+    `warehouse` is a `crypto_pipeline.warehouse.Warehouse` (None: in memory only)."""
 
-    path: Path | None = None
-    rows: dict[tuple[str, str], str] = field(default_factory=dict)
+    warehouse: Any = None
+    rows: dict[Key, str] = field(default_factory=dict)
+    fresh: dict[Key, TradeDecision] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
 
     def __post_init__(self) -> None:
-        if self.path is not None:
-            self.rows = load_decisions(self.path)
+        if self.warehouse is not None:
+            self.rows = load_decisions(self.warehouse)
 
     def decide(self, provider: DecisionProvider, states: list[MarketState]) -> list[TradeDecision]:
-        version = provider_version(provider)
+        name, version = provider_identity(provider)
         system = getattr(provider, "system_prompt", SYSTEM_PROMPT)
-        keys = [(version, prompt_hash(build_user_prompt(s), system)) for s in states]
+        keys = [(name, version, prompt_hash(build_user_prompt(s), system)) for s in states]
         out: list[TradeDecision | None] = [None] * len(states)
         todo = []
         for i, key in enumerate(keys):
@@ -70,15 +89,18 @@ class DecisionCache:
             else:
                 todo.append(i)
         if todo:
-            fresh = decide_safely(provider, [states[i] for i in todo])
+            made = decide_safely(provider, [states[i] for i in todo])
             self.misses += len(todo)
-            for i, decision in zip(todo, fresh, strict=True):
+            for i, decision in zip(todo, made, strict=True):
                 out[i] = decision
                 # A provider failure (no model output) is not an answer to cache.
                 if decision.valid or decision.raw_text is not None:
                     self.rows[keys[i]] = decision.model_dump_json()
+                    self.fresh[keys[i]] = decision
         return [d for d in out if d is not None]
 
     def save(self) -> None:
-        if self.path is not None:
-            save_decisions(self.path, self.rows)
+        """Write the decisions made since the last save into the warehouse."""
+        if self.warehouse is not None:
+            save_decisions(self.warehouse, self.fresh)
+        self.fresh = {}

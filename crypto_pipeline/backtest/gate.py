@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from crypto_pipeline.backtest import metrics as m
 from crypto_pipeline.backtest.audits import AuditResult
@@ -34,6 +35,11 @@ class GateDecision:
     figures: dict[str, float] = field(default_factory=dict)
 
 
+def _stitched(report: WalkForwardReport, policy: str, folds: set[str]) -> np.ndarray:
+    parts = [r.returns for r in report.results if r.policy == policy and r.fold in folds]
+    return pd.concat(parts).sort_index().to_numpy() if parts else np.array([])
+
+
 def decide_promotion(
     report: WalkForwardReport,
     challenger: str,
@@ -42,26 +48,43 @@ def decide_promotion(
     audits: Sequence[AuditResult] = (),
     config: GateConfig = GateConfig(),
 ) -> GateDecision:
-    """Judge `challenger` (a policy name in `report`) against the best baseline and `champion`."""
+    """Judge `challenger` (a policy name in `report`) against the best baseline and `champion`, on the
+    folds the challenger ran (every rival on the same bars)."""
     policies = report.policies()
     if challenger not in policies:
         return GateDecision(False, challenger, [f"no out-of-sample results for {challenger}"])
+    folds = {r.fold for r in report.results if r.policy == challenger}
     ours = report.stitched(challenger)
     ppy = m.periods_per_year(ours.index)
     sharpe = m.sharpe(ours.to_numpy(), ppy)
-    reasons: list[str] = []
+    reasons: list[str] = [
+        f"out of sample: {len(folds)} fold(s) ({', '.join(sorted(folds))}), {len(ours)} bars"
+    ]
     ok = True
-    baselines = [p for p in policies if p in BASELINES]
+    baselines = [
+        p for p in policies if p in BASELINES and {r.fold for r in report.results if r.policy == p} >= folds
+    ]
     rivals = {}
     if baselines:
-        best = max(baselines, key=lambda p: m.sharpe(report.stitched(p).to_numpy(), ppy))
+        best = max(baselines, key=lambda p: m.sharpe(_stitched(report, p, folds), ppy))
         rivals[f"best baseline {best}"] = best
-    if champion and champion in policies:
-        rivals[f"champion {champion}"] = champion
+    else:
+        ok = False
+        reasons.append("no baseline ran on the challenger's folds: fail")
+    if champion:
+        if champion in policies:
+            rivals[f"champion {champion}"] = champion
+        else:
+            ok = False
+            reasons.append(f"no out-of-sample results for the champion {champion}: fail")
     figures: dict[str, float] = {"sharpe": sharpe}
     for label, rival in rivals.items():
-        theirs = report.stitched(rival).to_numpy()
+        theirs = _stitched(report, rival, folds)
         rival_sharpe = m.sharpe(theirs, ppy)
+        if theirs.size != ours.size:
+            ok = False
+            reasons.append(f"{label} ran on {theirs.size} bars, the challenger on {ours.size}: fail")
+            continue
         lo, hi = m.sharpe_difference_ci(ours.to_numpy(), theirs, ppy, reps=config.reps)
         beats = sharpe >= rival_sharpe + config.sharpe_margin and lo > 0
         ok &= beats
@@ -125,50 +148,68 @@ def promote(
     settings: Any = None,
     config: Any = None,
     model_name: str = "crypto-policy",
+    gate: GateConfig = GateConfig(),
+    audit_samples: int = 2,
 ) -> dict[str, Any]:
-    """Run the gate on a registered version (a number or an alias, default `challenger`): walk-forward of
-    the challenger, the champion (if any) and the baselines from the decision cache where it can, the
-    truncation audit on a sample, then record the verdict. Raises UserInputError for a missing version."""
-    from mlflow import MlflowClient
-
-    from crypto_pipeline.backtest.audits import truncation_audit
+    """Run the gate on a registered version (a number or an alias, default `challenger`): walk-forward
+    of the challenger, the champion (if any), RuleBased and the signal baselines on the folds after both
+    models' training cutoffs, the decisions from the warehouse's decision cache where it has them, the
+    three leakage audits on the challenger, then record the verdict. A missing version is a
+    UserInputError (nothing is written); no fold after the cutoff is an honest refusal."""
     from crypto_pipeline.backtest.cache import DecisionCache
-    from crypto_pipeline.backtest.run import make_provider
+    from crypto_pipeline.backtest.run import llm_policy_name, make_provider, registered_model
     from crypto_pipeline.backtest.walkforward import MarketData, WalkForwardConfig, walk_forward
     from crypto_pipeline.config import get_settings
-    from crypto_pipeline.errors import UserInputError
     from crypto_pipeline.llm.rule_based import RuleBased
+    from crypto_pipeline.warehouse import Warehouse
 
     settings = settings or get_settings()
-    client = MlflowClient(
-        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
-    )
+    client = registry_client(settings)
+    found = registered_model(challenger_ref, settings, model_name=model_name)
     try:
-        version = (
-            client.get_model_version(model_name, challenger_ref).version
-            if challenger_ref.isdigit()
-            else client.get_model_version_by_alias(model_name, challenger_ref).version
-        )
-    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing version
-        raise UserInputError(
-            f"no version {challenger_ref!r} of {model_name}: {str(exc).splitlines()[0][:200]}"
-        ) from None
-    try:
-        champion = client.get_model_version_by_alias(model_name, "champion").version
-    except Exception:  # noqa: BLE001 - no champion yet
+        champion = registered_model("champion", settings, model_name=model_name)
+    except Exception:  # noqa: BLE001 - UserInputError: no champion yet
         champion = None
+    if champion is not None and champion.version == found.version:
+        champion = None  # re-judging the champion: judge it against the baselines only
     config = config or WalkForwardConfig(
         decision_every_hours=12, test_days=7, data_dir=settings.market_data_dir
     )
-    providers = {"challenger": make_provider(f"llm:{version}", settings), "rules": RuleBased()}
-    if champion and champion != version:
-        providers["champion"] = make_provider(f"llm:{champion}", settings)
-    data = MarketData.load(config)
-    cache = DecisionCache(settings.warehouse_dir / "decision_cache.parquet")
-    report = walk_forward(config, providers=providers, cache=cache, data=data)
-    samples = [(s, f.test_start) for f in report.folds for s in config.symbols][:4]
-    audits = [truncation_audit(lambda _: providers["challenger"], {"1h": data.bars}, samples)]
-    decision = decide_promotion(
-        report, "challenger", champion="champion" if "champion" in providers else None, audits=audits
+    cutoffs = [m.training_cutoff for m in (found, champion) if m is not None and m.training_cutoff]
+    folds = config.folds(training_cutoff=max(cutoffs) if cutoffs else None)
+    ours = llm_policy_name(found.version)
+    if not folds:
+        decision = GateDecision(
+            False,
+            ours,
+            [
+                f"no walk-forward fold of {config.start}..{config.end} starts after the training cutoff "
+                f"{max(cutoffs):%Y-%m-%d %H:%M}: nothing out of sample to judge"
+            ],
+        )
+        return record_in_mlflow(client, model_name, found.version, decision)
+    providers = {ours: make_provider(f"llm:{found.version}", settings), "rules": RuleBased()}
+    theirs = None
+    if champion is not None:
+        theirs = llm_policy_name(champion.version)
+        providers[theirs] = make_provider(f"llm:{champion.version}", settings)
+    cache = DecisionCache(Warehouse(settings.warehouse_dir))
+    report = walk_forward(
+        config,
+        providers=providers,
+        cache=cache,
+        folds=folds,
+        data=MarketData.load(config),
+        audited=(ours,),
+        audit_samples=audit_samples,
     )
-    return record_in_mlflow(client, model_name, version, decision)
+    decision = decide_promotion(report, ours, champion=theirs, audits=report.audits(ours), config=gate)
+    out = record_in_mlflow(client, model_name, found.version, decision)
+    out["table"] = report.table().to_dicts()
+    return out
+
+
+def registry_client(settings: Any) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)

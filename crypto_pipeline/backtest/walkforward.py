@@ -7,9 +7,10 @@ block-bootstrap intervals and the deflated Sharpe ratio across every policy trie
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ import pandas as pd
 import polars as pl
 
 from crypto_pipeline.backtest import metrics as m
+from crypto_pipeline.backtest.audits import AuditResult, run_llm_audits
 from crypto_pipeline.backtest.baselines import lgbm_long, signal_baseline
 from crypto_pipeline.backtest.cache import DecisionCache
 from crypto_pipeline.backtest.engine import (
@@ -79,19 +81,21 @@ class MarketData:
 
     bars: pl.DataFrame
     features: pl.DataFrame
+    bars_by_tf: dict[str, pl.DataFrame] = field(default_factory=dict)  # the states' timeframes (audits)
 
     @classmethod
     def load(cls, config: WalkForwardConfig) -> MarketData:
         bars = load_bars(config.symbols, config.timeframe, config.start, config.end, config.data_dir)
-        frames = []
+        frames, by_tf = [], {}
         for tf in STATE_TIMEFRAMES:
             tf_bars = (
                 bars
                 if tf == config.timeframe
                 else load_bars(config.symbols, tf, config.start, config.end, config.data_dir)
             )
+            by_tf[tf] = tf_bars
             frames.append(compute_features(tf_bars, tf).with_columns(pl.lit(tf).alias("timeframe")))
-        return cls(bars, pl.concat(frames, how="diagonal_relaxed"))
+        return cls(bars, pl.concat(frames, how="diagonal_relaxed"), by_tf)
 
 
 @dataclass
@@ -102,6 +106,7 @@ class FoldResult:
     returns: pd.Series
     llm: dict[str, float] = field(default_factory=dict)
     run: PolicyRun | None = None
+    audits: list[AuditResult] = field(default_factory=list)
 
 
 def _window(frame: pd.DataFrame, fold: Fold) -> pd.DataFrame:
@@ -138,8 +143,11 @@ def run_provider_fold(
     fold: Fold,
     config: WalkForwardConfig,
     cache: DecisionCache | None = None,
+    *,
+    lag_bars: int = 0,
 ) -> FoldResult:
-    """A decision provider on one fold, through the risk engine (fresh engine per fold)."""
+    """A decision provider on one fold, through the risk engine (fresh engine per fold). `lag_bars`
+    delays every fill (the one-bar-lag audit)."""
     warm = fold.test_start - timedelta(days=2)
     bars = data.bars.filter((pl.col("timestamp") >= warm) & (pl.col("timestamp") < fold.test_end))
     index = pd.DatetimeIndex(sorted(bars["timestamp"].unique().to_list()))
@@ -166,6 +174,7 @@ def run_provider_fold(
         slippage_bps=config.slippage_bps,
         init_cash=config.init_cash,
         decide=cache.decide,
+        lag_bars=lag_bars,
     )
     equity = run.equity.loc[run.equity.index >= fold.test_start]
     decisions = run.decisions
@@ -198,6 +207,10 @@ class WalkForwardReport:
 
     def policies(self) -> list[str]:
         return list(dict.fromkeys(r.policy for r in self.results))
+
+    def audits(self, policy: str) -> list[AuditResult]:
+        """Every fold's leakage audits of `policy` (empty when it was not audited)."""
+        return [a for r in self.results if r.policy == policy for a in r.audits]
 
     def stitched(self, policy: str) -> pd.Series:
         parts = [r.returns for r in self.results if r.policy == policy]
@@ -251,7 +264,11 @@ def walk_forward(
     cache: DecisionCache | None = None,
     folds: Sequence[Fold] | None = None,
     data: MarketData | None = None,
+    audited: Collection[str] = (),
+    audit_samples: int = 2,
 ) -> WalkForwardReport:
+    """Every policy on every fold. Providers named in `audited` (the LLMs) also get the three leakage
+    audits on each fold (`audits.run_llm_audits`, `audit_samples` decisions re-made per fold)."""
     started = time.perf_counter()
     data = data or MarketData.load(config)
     folds = list(folds or config.folds())
@@ -260,7 +277,19 @@ def walk_forward(
         for name in signal_policies:
             results.append(run_signal_fold(name, data, fold, config))
         for name, provider in (providers or {}).items():
-            results.append(run_provider_fold(name, provider, data, fold, config, cache))
+            result = run_provider_fold(name, provider, data, fold, config, cache)
+            if name in audited:
+                result.audits = run_llm_audits(
+                    lambda _bars, p=provider: p,
+                    result,
+                    lambda lagged, n=name, f=fold: (
+                        run_provider_fold(n, lagged, data, f, config, lag_bars=1).returns
+                    ),
+                    data.bars_by_tf,
+                    decide=(cache or DecisionCache()).decide,
+                    samples=audit_samples,
+                )
+            results.append(result)
     if cache is not None:
         cache.save()
     return WalkForwardReport(folds, results, time.perf_counter() - started)
@@ -278,6 +307,10 @@ def save_fold_results(results: Sequence[FoldResult], directory: Path) -> Path:
         pl.DataFrame({"timestamp": r.returns.index.to_list(), "ret": r.returns.to_numpy()}).write_parquet(
             directory / f"{stem}.returns.parquet"
         )
+        audits = [
+            {"name": a.name, "passed": a.passed, "detail": a.detail, "figures": a.figures} for a in r.audits
+        ]
+        (directory / f"{stem}.audits.json").write_text(json.dumps(audits))
     return directory
 
 
@@ -289,6 +322,8 @@ def load_fold_results(directory: Path, folds: Sequence[Fold]) -> WalkForwardRepo
         series = pd.Series(returns["ret"].to_numpy(), index=pd.DatetimeIndex(returns["timestamp"].to_list()))
         llm = {k[4:]: v for k, v in row.items() if k.startswith("llm_")}
         metrics = {k: v for k, v in row.items() if k not in ("policy", "fold") and not k.startswith("llm_")}
-        results.append(FoldResult(row["policy"], row["fold"], metrics, series, llm))
+        audit_path = path.with_name(path.name.replace(".metrics.parquet", ".audits.json"))
+        audits = [AuditResult(**a) for a in json.loads(audit_path.read_text())] if audit_path.exists() else []
+        results.append(FoldResult(row["policy"], row["fold"], metrics, series, llm, audits=audits))
     keys = {r.fold for r in results}
     return WalkForwardReport([f for f in folds if f.key in keys], results)

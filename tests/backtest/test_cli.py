@@ -41,7 +41,7 @@ def test_ema_cross_prints_one_json_object() -> None:
         (["--symbols", "NOPE/USDT"], "unknown symbol"),
         (["--start", "2024-05-01", "--end", "2024-04-01"], "before end"),
         (["--start", "2030-01-01", "--end", "2030-02-01"], "no 1h bars"),
-        (["--policy", "llm:987654"], "no model"),
+        (["--policy", "llm:987654"], "no version"),
     ],
 )
 def test_bad_input_gets_a_clear_error(args: list[str], message: str, tmp_path, monkeypatch) -> None:

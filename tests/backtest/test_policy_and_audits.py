@@ -83,14 +83,18 @@ def test_lagged_fills_come_one_bar_later(data: MarketData) -> None:
 
 
 def test_a_repeated_backtest_is_served_from_the_decision_cache(data: MarketData, tmp_path: Path) -> None:
-    path = tmp_path / "decisions.parquet"
+    from crypto_pipeline.warehouse import Warehouse
+
+    path = tmp_path / "decision_cache" / "data.parquet"
     folds = CONFIG.folds()[-1:]
-    first = DecisionCache(path)
+    first = DecisionCache(Warehouse(tmp_path))
     a = walk_forward(
         CONFIG, signal_policies=(), providers={"rules": RuleBased()}, cache=first, folds=folds, data=data
     )
     assert first.misses > 0 and path.exists()
-    second = DecisionCache(path)
+    stored = pl.read_parquet(path)
+    assert stored.height == first.misses and stored["provider"].unique().to_list() == ["rule-based"]
+    second = DecisionCache(Warehouse(tmp_path))
     b = walk_forward(
         CONFIG, signal_policies=(), providers={"rules": RuleBased()}, cache=second, folds=folds, data=data
     )
@@ -130,3 +134,29 @@ def test_anonymized_and_lag_audits() -> None:
     assert lag_audit(1.5, 1.2).passed
     assert not lag_audit(1.5, -0.3).passed
     assert lag_audit(-0.5, -2.0).passed
+
+
+def test_lgbm_learns_the_fine_tuned_llms_labels_on_the_walk_forward_fold(data: MarketData) -> None:
+    """The baseline's labels are `training.labels`' (the SFT dataset's horizon, volatility scaling and
+    class shares), fitted on the fold's training rows only, and no training label reads past the
+    fold's training end."""
+    from crypto_pipeline.backtest.baselines import lgbm_long, lgbm_training_set
+    from crypto_pipeline.training.dataset import DatasetConfig
+    from crypto_pipeline.training.labels import forward_returns
+
+    fold = CONFIG.folds()[-1]
+    bars = data.bars.filter(pl.col("timestamp") < fold.test_end)
+    train, test, columns = lgbm_training_set(bars, fold, "1h")
+    labels = DatasetConfig()
+    assert train["label_end"].max() <= fold.train_end < fold.test_start
+    assert ((train["label_end"] - train["at"]) == labels.horizon).all()
+    assert test["timestamp"].min() >= fold.test_start and "forward_return" not in columns
+    # The same forward return as the SFT dataset's for the same decision points.
+    again = forward_returns(bars, train.select("symbol", "at"), labels.horizon, "1h")
+    assert again["forward_return"].to_list() == train["forward_return"].to_list()
+    # Thresholds fitted on these rows: each class holds about its share (1/3) of the training labels.
+    shares = train["action"].value_counts(normalize=True).sort("action")
+    assert shares["action"].to_list() == ["BUY", "HOLD", "SELL"]
+    assert all(abs(s - 1 / 3) < 0.01 for s in shares["proportion"])
+    long = lgbm_long(bars, fold, "1h")
+    assert long.index.min() >= fold.test_start and long.shape[1] == 3
