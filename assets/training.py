@@ -177,6 +177,7 @@ class FinetunedModelConfig(dg.Config):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    lora_layers: int | None = Field(None, description="LoRA on the last N layers only (None: all).")
     learning_rate: float = 1e-3
     max_steps: int | None = 60
     epochs: float = 1.0
