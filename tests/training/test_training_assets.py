@@ -126,3 +126,13 @@ def test_retrain_schedule_moves_the_cutoff() -> None:
     ops = request.run_config["ops"]
     assert ops["sft_dataset"]["config"]["cutoff"] == when.isoformat()
     assert ops["finetuned_model"]["config"]["training_cutoff"] == when.isoformat()
+
+
+def test_make_run_finetune_config_is_valid_for_the_retrain_job() -> None:
+    from jobs import make_definitions
+    from jobs.run_offline import QUICK_FINETUNE
+
+    job = make_definitions().resolve_job_def("retrain")
+    dg.validate_run_config(job, {"ops": {"finetuned_model": {"config": QUICK_FINETUNE}}})
+    with pytest.raises(dg.DagsterInvalidConfigError, match="warmup"):
+        dg.validate_run_config(job, {"ops": {"finetuned_model": {"config": {"warmup": 3}}}})
