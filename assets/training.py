@@ -14,6 +14,7 @@ from assets.resources import WarehouseResource
 from crypto_pipeline.config import get_settings
 from crypto_pipeline.state import STATE_TIMEFRAMES
 from crypto_pipeline.training.dataset import (
+    HF_DATASET_DIR,
     DatasetConfig,
     build_sft_dataset,
     check_classes_per_split,
@@ -57,6 +58,29 @@ class SftDatasetConfig(dg.Config):
     val_days: float = 45.0
     test_days: float = 45.0
     lookahead_sample: int = Field(24, description="Prompts rebuilt from truncated data by the check.")
+    # The optional teacher (off while teacher_url is None): an OpenAI-compatible server writes the
+    # reasoning sentence of train examples it agrees with; the API key is read from the named env var.
+    teacher_url: str | None = Field(None, description="/v1 base URL of the teacher (None: no teacher).")
+    teacher_model: str = Field("", description="The teacher's model name on that server.")
+    teacher_api_key_env: str = Field("OPENAI_API_KEY", description="Env var holding the teacher's key.")
+    teacher_usd_per_1m_prompt_tokens: float = 0.0
+    teacher_usd_per_1m_completion_tokens: float = 0.0
+    teacher_max_examples: int | None = Field(200, description="Train examples sent to the teacher.")
+
+
+def _teacher(config: SftDatasetConfig):  # noqa: ANN202 - OpenAICompatible or None
+    if config.teacher_url is None:
+        return None
+    from crypto_pipeline.llm.openai_compat import OpenAICompatible
+
+    return OpenAICompatible(
+        config.teacher_url,
+        config.teacher_model,
+        api_key_env=config.teacher_api_key_env,
+        usd_per_1m_prompt_tokens=config.teacher_usd_per_1m_prompt_tokens,
+        usd_per_1m_completion_tokens=config.teacher_usd_per_1m_completion_tokens,
+        name=f"teacher:{config.teacher_model}",
+    )
 
 
 def _class_balance_png(card: dict, out: Path) -> Path:
@@ -107,13 +131,14 @@ def sft_dataset(
         cutoff=datetime.fromisoformat(config.cutoff) if config.cutoff else None,
         val_days=config.val_days,
         test_days=config.test_days,
+        teacher_max_examples=config.teacher_max_examples,
     )
     states, bars = load_inputs(wh, ds_config)
-    dataset = build_sft_dataset(states, bars, ds_config)
+    dataset = build_sft_dataset(states, bars, ds_config, teacher=_teacher(config))
     frame = dataset.frame
     card = dataset.card()
     write_sft_dataset(wh, frame)
-    folder = save_hf_dataset(frame, Path(wh.root) / "datasets" / "sft_dataset", card)
+    folder = save_hf_dataset(frame, Path(wh.root) / HF_DATASET_DIR, card)
     features = wh.read(
         "features",
         symbols=sorted(frame["symbol"].unique().to_list()),
@@ -135,6 +160,8 @@ def sft_dataset(
             "card": dg.MetadataValue.md(dataset.card_markdown()),
             "hf_dataset": dg.MetadataValue.path(str(folder)),
             "fingerprint": card["fingerprint"],
+            "teacher": card["teacher"] or "none",
+            "teacher_cost_usd": float(card["teacher_cost_usd"]),
             "class_balance": _image_md(_class_balance_png(card, folder / "class_balance.png")),
         },
         check_results=[check_result(c) for c in checks],
@@ -150,6 +177,7 @@ class FinetunedModelConfig(dg.Config):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    lora_layers: int | None = Field(None, description="LoRA on the last N layers only (None: all).")
     learning_rate: float = 1e-3
     max_steps: int | None = 60
     epochs: float = 1.0
@@ -182,7 +210,8 @@ def finetuned_model(
     warehouse: WarehouseResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    from crypto_pipeline.training.dataset import dataset_card
+    from crypto_pipeline.training.dataset import stored_card
+    from crypto_pipeline.training.evaluate import model_checks
     from crypto_pipeline.training.pipeline import train_evaluate_register
 
     wh = warehouse.get()
@@ -199,7 +228,7 @@ def finetuned_model(
         output_dir=Path(wh.root) / "models" / "finetune",
         models_dir=Path(wh.root) / "models",
         tracking_uri=mlflow.uri,
-        dataset_card=dataset_card(frame),
+        dataset_card=stored_card(frame, Path(wh.root) / HF_DATASET_DIR),
         eval_size=config.eval_size,
         log_line=context.log.info,
     )
@@ -218,16 +247,15 @@ def finetuned_model(
         },
         check_results=[
             dg.AssetCheckResult(
-                check_name="valid_json_rate",
-                passed=m["val_valid_json_rate"] == 1.0,
-                metadata={"val_valid_json_rate": m["val_valid_json_rate"]},
-            ),
-            dg.AssetCheckResult(
-                check_name="beats_base_model",
-                passed=m["val_balanced_accuracy"] > m["base_val_balanced_accuracy"],
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={k: m[k] for k in ("val_balanced_accuracy", "base_val_balanced_accuracy")},
-            ),
+                check_name=name,
+                passed=passed,
+                metadata=figures,
+                # Beating the base is a warning: a short run may not move the action yet.
+                severity=dg.AssetCheckSeverity.WARN
+                if name == "beats_base_model"
+                else dg.AssetCheckSeverity.ERROR,
+            )
+            for name, (passed, figures) in model_checks(m).items()
         ],
     )
 

@@ -471,6 +471,9 @@ def finetune_command(
     target_modules: str = typer.Option(
         "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", help="Comma-separated LoRA targets."
     ),
+    lora_layers: int = typer.Option(
+        0, help="LoRA on the last N layers only (0: every layer; faster on CPU)."
+    ),
     learning_rate: float = typer.Option(1e-3, help="Peak learning rate."),
     max_steps: int = typer.Option(60, help="Optimizer steps (0: use --epochs)."),
     epochs: float = typer.Option(1.0, help="Epochs when --max-steps is 0."),
@@ -490,7 +493,7 @@ def finetune_command(
 
     from crypto_pipeline.config import Settings
     from crypto_pipeline.llm.base_model import BaseModelUnavailableError
-    from crypto_pipeline.training.dataset import DatasetError, dataset_card, read_sft_dataset
+    from crypto_pipeline.training.dataset import HF_DATASET_DIR, DatasetError, read_sft_dataset, stored_card
     from crypto_pipeline.training.finetune import FinetuneConfig
     from crypto_pipeline.training.pipeline import train_evaluate_register
     from crypto_pipeline.warehouse import Warehouse
@@ -505,6 +508,7 @@ def finetune_command(
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
         target_modules=[t.strip() for t in target_modules.split(",") if t.strip()],
+        lora_layers=lora_layers or None,
         learning_rate=learning_rate,
         max_steps=max_steps or None,
         epochs=epochs,
@@ -526,7 +530,7 @@ def finetune_command(
             output_dir=settings.models_dir / "finetune",
             models_dir=settings.models_dir,
             tracking_uri=settings.mlflow_tracking_uri if register else None,
-            dataset_card=dataset_card(frame),
+            dataset_card=stored_card(frame, settings.warehouse_dir / HF_DATASET_DIR),
             eval_size=eval_size or None,
             progress=True,
             log_line=console.print,

@@ -41,9 +41,20 @@ _SUMMARY_KEYS = (
     *("audits_passed", "html", "decisions", "invalid_rate", "promoted"),  # walk-forward, gate
 )
 
-# A short QLoRA run that shows the whole path (dataset → adapter → MLflow `challenger`) on two CPU cores in
-# a few minutes; `crypto-pipeline finetune` or the `retrain` job with its defaults trains for real.
-QUICK_FINETUNE = {"max_steps": 2, "batch_size": 2, "max_train_examples": 16, "eval_size": 6}
+# The make-run fine-tune, sized for two CPU cores (docs/training.md has the measurements): float LoRA on
+# the last 4 of the 30 layers (the backward pass stops there; 4-bit dequantizes every matmul on CPU and is
+# slower), a class-balanced train sample seen once, and a class-balanced validation sample of 30 (10 per
+# class) for the adapter, the base and the references. `crypto-pipeline finetune --4bit` runs QLoRA.
+QUICK_FINETUNE = {
+    "load_in_4bit": False,
+    "lora_layers": 4,
+    "learning_rate": 1e-3,
+    "max_steps": 30,
+    "batch_size": 4,
+    "max_length": 576,
+    "max_train_examples": 120,
+    "eval_size": 30,
+}
 
 
 @contextlib.contextmanager
@@ -286,7 +297,7 @@ def run(source: str = "exchange", train: bool = True) -> bool:
         via = "alpaca-py → local exchange" if source == "exchange" else "recorded Parquet files"
         stages.run(f"market data ({via})", market_data)
         if train:
-            stages.run("dataset + QLoRA → MLflow challenger", lambda: run_retrain(instance, QUICK_FINETUNE))
+            stages.run("dataset + LoRA → MLflow challenger", lambda: run_retrain(instance, QUICK_FINETUNE))
             stages.run("walk-forward baselines", lambda: run_walk_forward(instance, settings.symbols))
             stages.run(
                 "LLM walk-forward (challenger)", lambda: run_llm_walk_forward(instance, settings.symbols)

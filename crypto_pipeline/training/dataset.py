@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from crypto_pipeline.warehouse import Warehouse
 
 TABLE = "sft_dataset"
+HF_DATASET_DIR = Path("datasets") / TABLE  # the HF dataset and its card, under the warehouse root
 ACTIONS: tuple[str, ...] = tuple(a.value for a in Action)
 # The columns of the warehouse table, in order (the issue's minimum plus what evaluation and the card use).
 COLUMNS: tuple[str, ...] = (
@@ -101,6 +102,12 @@ class DatasetConfig(BaseModel):
     buy_share: float = Field(1 / 3, gt=0, lt=1, description="Share of train examples labelled BUY.")
     max_position_pct: float = Field(40.0, gt=0, le=100, description="BUY size at confidence 100.")
     volatility_column: str = Field(DEFAULT_VOLATILITY_COLUMN, description="ATR% column scaling returns.")
+    teacher_max_examples: int | None = Field(
+        200,
+        ge=1,
+        description="With a teacher: how many train examples (a seeded sample) it writes the reasoning "
+        "of; None: every train example. Only train responses are learnt from, so only they are sent.",
+    )
 
     @property
     def horizon(self) -> timedelta:
@@ -244,30 +251,35 @@ def build_sft_dataset(
 def with_teacher_reasoning(dataset: SftDataset, rows: pl.DataFrame, teacher: DecisionProvider) -> SftDataset:
     """Where the teacher's (valid) decision agrees with the label, its reasoning replaces the rule's.
 
-    The label, numbers and prompt stay ours: the teacher only writes the sentence. The total cost of the
-    calls (from each decision's `cost_usd`) is kept on the dataset and in its card.
+    Only train examples are sent (the model learns from no other response), at most
+    `config.teacher_max_examples` of them, a seeded sample. The label, numbers and prompt stay ours: the
+    teacher only writes the sentence. The total cost of the calls (from each decision's `cost_usd`) is
+    kept on the dataset and in its card.
     """
     from crypto_pipeline.llm.provider import decide_safely
 
-    states = [state_from_row(row) for row in rows.iter_rows(named=True)]
+    frame = dataset.frame
+    train = [i for i, split in enumerate(frame["split"]) if split == "train"]
+    limit = dataset.config.teacher_max_examples
+    if limit is not None and len(train) > limit:
+        train = sorted(random.Random(0).sample(train, limit))
+    states = [state_from_row(rows.row(i, named=True)) for i in train]
     decisions = decide_safely(teacher, states)
     cost = sum(d.cost_usd or 0.0 for d in decisions)
-    responses, sources = [], []
-    for response, action, decision in zip(
-        dataset.frame["response"], dataset.frame["action"], decisions, strict=True
-    ):
-        if decision.valid and decision.action.value == action and decision.reasoning.strip():
-            ours = parse_decision(response)
-            response = format_response(ours.model_copy(update={"reasoning": decision.reasoning.strip()}))
-            sources.append("teacher")
-        else:
-            sources.append("rules")
-        responses.append(response)
-    frame = dataset.frame.with_columns(
+    responses = frame["response"].to_list()
+    sources = frame["reasoning_source"].to_list()
+    actions = frame["action"].to_list()
+    for i, decision in zip(train, decisions, strict=True):
+        if decision.valid and decision.action.value == actions[i] and decision.reasoning.strip():
+            ours = parse_decision(responses[i])
+            responses[i] = format_response(ours.model_copy(update={"reasoning": decision.reasoning.strip()}))
+            sources[i] = "teacher"
+    frame = frame.with_columns(
         pl.Series("response", responses, dtype=pl.String),
         pl.Series("reasoning_source", sources, dtype=pl.String),
     )
     name = getattr(teacher, "name", type(teacher).__name__)
+    extra = dataset.extra | {"teacher_calls": len(train), "teacher_rewritten": sources.count("teacher")}
     return SftDataset(
         frame,
         dataset.thresholds,
@@ -276,7 +288,7 @@ def with_teacher_reasoning(dataset: SftDataset, rows: pl.DataFrame, teacher: Dec
         dataset.config,
         name,
         cost,
-        dataset.extra,
+        extra,
     )
 
 
@@ -411,8 +423,23 @@ def dataset_card(frame: pl.DataFrame, dataset: SftDataset | None = None) -> dict
                 },
                 "teacher": dataset.teacher,
                 "teacher_cost_usd": round(dataset.teacher_cost_usd, 6),
+                "teacher_calls": dataset.extra.get("teacher_calls", 0),
+                "teacher_rewritten": dataset.extra.get("teacher_rewritten", 0),
             }
         )
+    return card
+
+
+def stored_card(frame: pl.DataFrame, folder: Path) -> dict[str, Any]:
+    """The card saved beside the HF dataset in `folder` when it describes exactly `frame` (same
+    fingerprint): it alone knows the thresholds and the teacher and its cost. Otherwise the card that
+    `frame` alone gives."""
+    card = dataset_card(frame)
+    path = Path(folder) / "card.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("fingerprint") == card["fingerprint"]:
+            return saved
     return card
 
 
@@ -432,7 +459,8 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"BUY above {t['buy_above']:.3f} (fitted on train only).",
             f"Boundaries: train labels end by {b['train_end']}, validation by {b['val_end']}, test by "
             f"{b['cutoff']}; embargo {b['embargo']}. Removed: {card['removed']}.",
-            f"Teacher: {card['teacher'] or 'none'} (cost ${card['teacher_cost_usd']:.4f}).",
+            f"Teacher: {card['teacher'] or 'none'} (cost ${card['teacher_cost_usd']:.4f}, "
+            f"{card.get('teacher_rewritten', 0)} of {card.get('teacher_calls', 0)} reasoning sentences kept).",
             "",
         ]
     lines += [

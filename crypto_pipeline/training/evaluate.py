@@ -130,3 +130,18 @@ def evaluation_table(evaluations: dict[str, Evaluation]) -> dict[str, list[Any]]
         for key, values in frame.to_dict(as_series=False).items():
             columns.setdefault(key, []).extend(values)
     return columns
+
+
+def model_checks(metrics: dict[str, float]) -> dict[str, tuple[bool, dict[str, float]]]:
+    """The fine-tuned model's checks, by name: (passed, the figures it read). `valid_json_rate`: every
+    validation answer is valid JSON (constrained decoding guarantees it); `beats_base_model`: the adapter's
+    validation balanced accuracy is above the base model's."""
+    json_rate = metrics["val_valid_json_rate"]
+    tuned, base = metrics["val_balanced_accuracy"], metrics["base_val_balanced_accuracy"]
+    return {
+        "valid_json_rate": (json_rate == 1.0, {"val_valid_json_rate": json_rate}),
+        "beats_base_model": (
+            tuned > base,
+            {"val_balanced_accuracy": tuned, "base_val_balanced_accuracy": base},
+        ),
+    }

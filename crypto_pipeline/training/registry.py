@@ -96,6 +96,7 @@ def log_and_register(
         "dataset_fingerprint": dataset_card.get("fingerprint"),
         "label_horizon_hours": dataset_card.get("horizon_hours"),
         "thresholds": json.dumps(dataset_card.get("thresholds")),
+        "teacher": dataset_card.get("teacher") or "none",
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"finetune-{result.data_fingerprint}") as run:
         mlflow.log_params({k: _param(v) for k, v in params.items()})
@@ -113,6 +114,7 @@ def log_and_register(
                 "train_seconds": result.train_seconds,
                 "train_samples_per_second": result.samples_per_second,
                 "train_tokens_per_second": result.tokens_per_second,
+                "dataset_teacher_cost_usd": float(dataset_card.get("teacher_cost_usd") or 0.0),
                 **(metrics or {}),
             }
         )

@@ -120,3 +120,16 @@ def test_cli_finetune_without_a_dataset_says_what_to_do(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no sft_dataset" in result.output
     empty = CliRunner().invoke(app, ["models"], env=env)
     assert empty.exit_code == 0 and "no versions of crypto-policy" in empty.output
+
+
+def test_lora_on_the_last_layers_only(btc_dataset: SftDataset, tiny_llama_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
+    config = tiny_config(tiny_llama_dir, max_steps=1, lora_layers=1, load_in_4bit=False)
+    result = finetune(btc_dataset.frame, config, tmp_path, models_dir=get_settings().models_dir)
+    adapter = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert adapter["layers_to_transform"] == [1]  # the tiny Llama has layers 0 and 1
+    names = load_file(str(result.adapter_dir / "adapter_model.safetensors")).keys()
+    assert names and all(".layers.1." in name for name in names)

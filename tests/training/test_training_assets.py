@@ -3,11 +3,14 @@ blocking checks, and finetuned_model (tiny Llama base, one step) registers crypt
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from assets.features import features, market_states
 from assets.resources import WarehouseResource
@@ -38,6 +41,7 @@ def test_training_assets_materialize(
     btc_features: pl.DataFrame,
     btc_bars_1h: pl.DataFrame,
     tiny_llama_dir: Path,
+    chat_server: Any,
 ) -> None:
     wh = stored_warehouse(tmp_path / "wh", btc_states, btc_features, btc_bars_1h)
     settings = Settings(mlruns_dir=tmp_path / "mlruns")
@@ -49,7 +53,18 @@ def test_training_assets_materialize(
         },
         run_config={
             "ops": {
-                "sft_dataset": {"config": {"val_days": 10, "test_days": 10, "lookahead_sample": 6}},
+                "sft_dataset": {
+                    "config": {
+                        "val_days": 10,
+                        "test_days": 10,
+                        "lookahead_sample": 6,
+                        # the optional teacher, on a real OpenAI-compatible endpoint on loopback
+                        "teacher_url": chat_server.url,
+                        "teacher_model": "teacher-7b",
+                        "teacher_usd_per_1m_prompt_tokens": 1.0,
+                        "teacher_max_examples": 8,
+                    }
+                },
                 "finetuned_model": {
                     "config": {
                         "base_model": str(tiny_llama_dir),
@@ -81,7 +96,24 @@ def test_training_assets_materialize(
     meta = result.asset_materializations_for_node("finetuned_model")[0].metadata
     assert meta["registered"].value == "models:/crypto-policy@challenger"
     assert "base_val_balanced_accuracy" in meta and "majority_val_balanced_accuracy" in meta
-    assert list_versions(settings.mlflow_tracking_uri)["aliases"].to_list() == ["challenger"]
+    versions = list_versions(settings.mlflow_tracking_uri)
+    assert versions["aliases"].to_list() == ["challenger"]
+    # The teacher's cost travels from the dataset card to the MLflow run (metric, param and card).
+    cost = 8 * chat_server.prompt_tokens * 1.0 / 1e6
+    assert len(chat_server.requests) == 8
+    assert result.asset_materializations_for_node("sft_dataset")[0].metadata["teacher_cost_usd"].value == (
+        pytest.approx(cost)
+    )
+    from mlflow import MlflowClient
+
+    mc = MlflowClient(settings.mlflow_tracking_uri)
+    run = mc.get_run(versions["run_id"][0])
+    assert run.data.metrics["dataset_teacher_cost_usd"] == pytest.approx(cost)
+    assert run.data.params["teacher"] == "teacher:teacher-7b"
+    card = json.loads(
+        Path(mc.download_artifacts(run.info.run_id, "dataset/card.json", str(tmp_path))).read_text()
+    )
+    assert card["teacher_cost_usd"] == pytest.approx(cost) and card["teacher_calls"] == 8
 
 
 def test_retrain_schedule_moves_the_cutoff() -> None:
@@ -94,3 +126,13 @@ def test_retrain_schedule_moves_the_cutoff() -> None:
     ops = request.run_config["ops"]
     assert ops["sft_dataset"]["config"]["cutoff"] == when.isoformat()
     assert ops["finetuned_model"]["config"]["training_cutoff"] == when.isoformat()
+
+
+def test_make_run_finetune_config_is_valid_for_the_retrain_job() -> None:
+    from jobs import make_definitions
+    from jobs.run_offline import QUICK_FINETUNE
+
+    job = make_definitions().resolve_job_def("retrain")
+    dg.validate_run_config(job, {"ops": {"finetuned_model": {"config": QUICK_FINETUNE}}})
+    with pytest.raises(dg.DagsterInvalidConfigError, match="warmup"):
+        dg.validate_run_config(job, {"ops": {"finetuned_model": {"config": {"warmup": 3}}}})
