@@ -31,10 +31,13 @@ log = logging.getLogger(__name__)
 TERMINAL = {"filled", "canceled", "expired", "rejected", "done_for_day", "replaced"}
 
 
-def client_order_id(session_id: str, symbol: str, at: datetime, side: str) -> str:
-    """The one id of the order a session places for `symbol` on the bar closing at `at`."""
+def client_order_id(session_id: str, symbol: str, at: datetime, purpose: str = "d") -> str:
+    """The one id of the order a session places for `symbol` on the bar closing at `at` (`purpose`
+    "d" for a decision; the drawdown switch's closing orders use their own). Not the side: a session
+    restarted on the same bar may see another portfolio and decide otherwise, and must still not
+    place a second order for that bar."""
     stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M")
-    return f"{session_id}-{symbol.replace('/', '')}-{stamp}-{side.lower()}"[: rules.CLIENT_ORDER_ID_MAX]
+    return f"{session_id}-{symbol.replace('/', '')}-{stamp}-{purpose}"[: rules.CLIENT_ORDER_ID_MAX]
 
 
 def is_transient(error: BaseException) -> bool:

@@ -108,6 +108,7 @@ class LiveSession:
         self._stop_reason = ""
         self._last_bar_wall = time.monotonic()
         self._stale_logged = False
+        self._last_clock_poll = 0.0
 
     # --- control ------------------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -117,7 +118,7 @@ class LiveSession:
     def run(self) -> SessionReport:
         started = time.monotonic()
         cfg = self.config
-        account = self.clients.check_keys()  # wrong keys end here, before any order
+        account = self.desk.call("account", self.clients.check_keys)  # wrong keys end here, before any order
         self.report.equity_start = float(account["equity"])
         now = self._venue_time()
         opened, held = self.desk.reconcile(now)
@@ -140,7 +141,7 @@ class LiveSession:
                     waiting_since = time.monotonic()
                 all_in = len(reached) == len(cfg.symbols) and all(self.buffer.last_close(s) for s in cfg.symbols)
                 grace_over = waiting_since is not None and time.monotonic() - waiting_since >= cfg.grace_s
-                if all_in or (reached and grace_over):
+                if all_in or (reached and grace_over) or self._clock_passed(next_at):
                     self._decide(next_at)
                     waiting_since = None
                     next_at += cfg.interval.duration
@@ -247,6 +248,19 @@ class LiveSession:
             self.report.bars_backfilled += added
             log.info("backfilled %d bar(s) of %s %s..%s", added, gap.symbol, f"{gap.start:%H:%M}", f"{gap.end:%H:%M}")
 
+    def _clock_passed(self, at: datetime) -> bool:
+        """When no bar came for `grace_s`, ask the venue's clock whether `at` has passed: the bars that
+        would have said so may be the ones a dropped connection lost (they are backfilled then)."""
+        now = time.monotonic()
+        if now - self._last_bar_wall < self.config.grace_s or now - self._last_clock_poll < self.config.grace_s:
+            return False
+        self._last_clock_poll = now
+        try:
+            return self._venue_time() >= at
+        except Exception as exc:  # noqa: BLE001 - asked again after the next grace period
+            log.warning("venue clock unavailable: %s", describe(exc))
+            return False
+
     def _watch_staleness(self) -> None:
         idle = time.monotonic() - self._last_bar_wall
         if idle >= self.config.stale_after_s and not self._stale_logged:
@@ -301,7 +315,7 @@ class LiveSession:
             self.report.valid_decisions += decision.valid
             cid = None
             if result.intent is not None:
-                cid = client_order_id(cfg.session_id, symbol, at, result.intent.side.value)
+                cid = client_order_id(cfg.session_id, symbol, at)
                 self.report.approved += 1
             self.journal.verdict(at, symbol, decision.action.value, result, cid)
             if result.intent is not None and cid is not None:

@@ -128,6 +128,6 @@ class Clients:
                     f"the venue at {where} refused the API keys (HTTP {error.status_code}): set "
                     "ALPACA_API_KEY and ALPACA_SECRET_KEY to this venue's keys; no order was sent"
                 ) from None
-            raise SourceError(f"the venue at {where} answered HTTP {error.status_code} to the account check") from None
+            raise  # a 429 or 5xx: the caller retries
         except requests.RequestException as error:
             raise SourceError(f"cannot reach the venue at {where} ({type(error).__name__})") from None

@@ -10,7 +10,8 @@ import polars as pl
 from crypto_pipeline.live.session import LiveSession
 from crypto_pipeline.live.states import states_at
 from crypto_pipeline.llm.rule_based import RuleBased
-from crypto_pipeline.state import build_market_state_from_recorded
+from crypto_pipeline.llm.prompts import build_user_prompt
+from crypto_pipeline.state import Portfolio
 from crypto_pipeline.warehouse import Warehouse
 
 from .conftest import START, SYMBOLS, AlwaysBuy, Running, clients_for, live_config
@@ -37,20 +38,32 @@ def test_a_session_decides_every_hour_through_the_risk_engine_and_journals_it(st
     assert warehouse.read("equity").height >= 3
 
 
-def test_live_states_equal_the_states_built_from_the_recorded_bars(start_exchange, tmp_path) -> None:
+def test_live_states_equal_the_states_built_from_the_recorded_bars(start_exchange, tmp_path, small_data) -> None:
     server = start_exchange()
-    session = LiveSession(live_config(lookback_days=4), clients_for(server), RuleBased(), Warehouse(tmp_path / "wh"))
+    config = live_config(lookback_days=4)
+    session = LiveSession(config, clients_for(server), RuleBased(), Warehouse(tmp_path / "wh"))
     with Running(session, server) as running:
-        running.step(1)
-    at = START + timedelta(hours=1)
-    states, missing = states_at(session.buffer.frame(), session.config.base, SYMBOLS, at)
+        running.step(2)
+    at = START + timedelta(hours=2)
+    live_bars = session.buffer.frame(closed_by=at)
+    recorded = (
+        pl.read_parquet(small_data / "bars_5m.parquet")
+        .filter(pl.col("timestamp") >= live_bars["timestamp"].min(), pl.col("timestamp") + timedelta(minutes=5) <= at)
+        .with_columns(pl.col("timestamp").cast(live_bars.schema["timestamp"]), *(pl.lit(None, pl.Float64).alias(c) for c in ("trade_count", "vwap")))
+        .select(live_bars.columns)
+        .sort("symbol", "timestamp")
+    )
+    # History (REST) and stream together hold exactly the recorded bars: nothing lost, nothing altered.
+    assert live_bars.drop("trade_count", "vwap").equals(recorded.drop("trade_count", "vwap"))
+    live, missing = states_at(live_bars, config.base, SYMBOLS, at)
+    reference, _ = states_at(recorded, config.base, SYMBOLS, at)
     assert not missing
-    # The reference: the same builder over the recorded files, cut to the same four days of history.
-    from crypto_pipeline.exchange.bars import __name__ as _  # noqa: F401 - the exchange is imported anyway
     for symbol in SYMBOLS:
-        live = states[symbol]
-        assert live.at == at
-        assert live.price == session.buffer.frame().filter(
-            (pl.col("symbol") == symbol) & (pl.col("timestamp") == at - timedelta(minutes=5))
-        )["close"].item()
-        assert live.timeframes["1h"].bar_close == at
+        assert live[symbol] == reference[symbol]
+        assert live[symbol].at == at and live[symbol].timeframes["1h"].bar_close == at
+        assert build_user_prompt(live[symbol]) == build_user_prompt(reference[symbol])
+    stored = session.journal.warehouse.read("decisions").filter(pl.col("time") == at)
+    assert sorted(stored["prompt"].to_list()) == sorted(
+        build_user_prompt(live[s].with_portfolio(Portfolio(cash=c, equity=c)))
+        for s, c in zip(SYMBOLS, [float(session.report.equity_start)] * 2, strict=True)
+    )
