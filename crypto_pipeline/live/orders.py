@@ -2,8 +2,8 @@
 
 Every order's `client_order_id` is derived from (session, symbol, decision bar time, side), so the same
 decision always names the same order. A submission that fails with a 429, a 5xx or a lost connection
-is looked up by that id before it is sent again (the venue may have taken it before the error), and a
-venue that answers "client_order_id must be unique" already has it: both give back the existing order.
+is sent again, after a backoff with jitter, under the same id: a venue that took it before the error
+answers "client_order_id must be unique", and the order it already has is returned instead.
 A restarted session therefore re-derives the same ids and cannot double an order.
 """
 
@@ -150,10 +150,8 @@ class OrderDesk:
                     log.warning("order %s refused: %s", cid, reason)
                     self.journal.order_event(at, _intent_row(intent, cid), status=f"refused: {reason}"[:200])
                     return None
-                # The venue may have taken the order before failing: look before sending it again.
-                existing = self._safe_lookup(cid)
-                if existing is not None:
-                    return self._existing(cid, at, existing)
+                # Sent again under the same id: had the venue taken it before failing, it answers
+                # "client_order_id must be unique" and the order it has is returned (above).
                 if attempt == self.attempts:
                     raise SourceError(f"order {cid} not placed after {attempt} attempts ({describe(error)})") from None
                 self._backoff(attempt, f"order {cid}", error)
@@ -163,13 +161,6 @@ class OrderDesk:
             self.observe(order, at)
             return order
         return None
-
-    def _safe_lookup(self, cid: str) -> dict[str, Any] | None:
-        try:
-            return self.lookup(cid)
-        except Exception as error:  # noqa: BLE001 - the next attempt looks again
-            log.warning("could not look up order %s (%s)", cid, describe(error))
-            return None
 
     def _existing(self, cid: str, at: datetime, order: dict[str, Any] | None = None) -> dict[str, Any] | None:
         order = order or self.lookup(cid)
