@@ -71,3 +71,26 @@ def parse_stream_bar(message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         value = message.get(wire)
         values[name] = float(value) if isinstance(value, int | float) and math.isfinite(value) else None
     return symbol, {"timestamp": stamp, **values}
+
+
+class _NoOutgoingFrames(logging.Filter):
+    """websockets logs every frame it sends at DEBUG, abbreviated in the middle: the authentication
+    frame would put the end of the secret key (or its bytes, in hex) into a log. Outgoing data frames
+    are ours (auth, subscribe): none is worth a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "> %s" or not record.args:
+            return True
+        frame = record.args[0] if isinstance(record.args, tuple) else record.args
+        return not str(frame).startswith(("TEXT", "BINARY"))
+
+
+_FRAME_FILTER = _NoOutgoingFrames()
+
+
+def keep_keys_out_of_websocket_logs() -> None:
+    """Install the filter on the websocket client loggers alpaca-py's streams use (idempotent)."""
+    for name in ("websockets.client", "websockets.protocol"):
+        logger = logging.getLogger(name)
+        if _FRAME_FILTER not in logger.filters:
+            logger.addFilter(_FRAME_FILTER)

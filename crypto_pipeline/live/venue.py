@@ -14,6 +14,7 @@ from alpaca.trading.stream import TradingStream
 from pydantic import SecretStr
 
 from crypto_pipeline.errors import SourceError, UserInputError
+from crypto_pipeline.live.streams import keep_keys_out_of_websocket_logs
 from crypto_pipeline.market.sources import AlpacaSource
 
 
@@ -101,6 +102,7 @@ class Clients:
         return cls(trading, data, endpoints, credentials)
 
     def data_stream(self) -> CryptoDataStream:
+        keep_keys_out_of_websocket_logs()
         return CryptoDataStream(
             self.credentials.key.get_secret_value(),
             self.credentials.secret.get_secret_value(),
@@ -109,6 +111,7 @@ class Clients:
         )
 
     def trading_stream(self) -> TradingStream:
+        keep_keys_out_of_websocket_logs()
         return TradingStream(
             self.credentials.key.get_secret_value(),
             self.credentials.secret.get_secret_value(),
