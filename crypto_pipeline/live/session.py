@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -109,6 +110,8 @@ class LiveSession:
         self._last_bar_wall = time.monotonic()
         self._stale_logged = False
         self._last_clock_poll = 0.0
+        # Polled on every turn; a reason ends the session cleanly (e.g. the champion alias moved).
+        self.stop_when: Callable[[], str | None] | None = None
 
     # --- control ------------------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -131,6 +134,10 @@ class LiveSession:
         try:
             while not self._stop.is_set():
                 if self._check_kill():
+                    break
+                reason = self.stop_when() if self.stop_when is not None else None
+                if reason:
+                    self.stop(reason)
                     break
                 if time.monotonic() - started >= cfg.max_runtime_s:
                     self.stop(f"max runtime {cfg.max_runtime_s:g} s")

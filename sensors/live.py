@@ -1,0 +1,21 @@
+"""`champion_sensor`: when MLflow's `champion` alias of crypto-policy moves, start `live_paper` with the
+new version (a running session polls the alias and ends itself cleanly). The cursor is the version
+last seen, so each move starts one run."""
+
+import dagster as dg
+
+from assets.training import MlflowResource
+from crypto_pipeline.live.providers import alias_version
+from jobs.live import live_paper
+
+
+@dg.sensor(job=live_paper, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
+def champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource) -> dg.SensorResult:
+    version = alias_version(mlflow.uri, "champion")
+    if version is None or version == context.cursor:
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"champion is {version or 'not set'}, unchanged"))
+    config = {"ops": {"live_paper_session": {"config": {"provider": "local", "model_alias": "champion"}}}}
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"champion-{version}", run_config=config, tags={"champion": version})],
+        cursor=version,
+    )
