@@ -18,7 +18,9 @@ class LivePaperConfig(dg.Config):
     model_alias: str = Field("champion", description="crypto-policy alias; no champion: newest challenger.")
     max_runtime_s: float = 120.0
     max_decisions: int | None = None
-    venue: str = Field("local", description="local, alpaca_paper or alpaca_live (needs the explicit setting).")
+    venue: str = Field(
+        "local", description="local, alpaca_paper or alpaca_live (needs the explicit setting)."
+    )
     session_id: str | None = Field(None, description="Journal and order-id name (default: the run id).")
     lookback_days: int = 30
     exchange_url: str | None = Field(None, description="local venue: a running exchange (default: Settings).")

@@ -16,6 +16,8 @@ def champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource)
         return dg.SensorResult(skip_reason=dg.SkipReason(f"champion is {version or 'not set'}, unchanged"))
     config = {"ops": {"live_paper_session": {"config": {"provider": "local", "model_alias": "champion"}}}}
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"champion-{version}", run_config=config, tags={"champion": version})],
+        run_requests=[
+            dg.RunRequest(run_key=f"champion-{version}", run_config=config, tags={"champion": version})
+        ],
         cursor=version,
     )

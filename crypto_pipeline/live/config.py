@@ -22,7 +22,10 @@ class LiveConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     session_id: str = Field(
-        "live", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$",
+        "live",
+        min_length=1,
+        max_length=40,
+        pattern=r"^[A-Za-z0-9_.-]+$",
         description="Names the session in the journal and in every client_order_id; reuse it to resume.",
     )
     symbols: tuple[str, ...] = Field(default=DEFAULT_SYMBOLS, min_length=1)

@@ -5,7 +5,6 @@ journals what it finds again adds nothing twice. Holds no secret: only what the 
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import defaultdict
 from datetime import datetime
@@ -52,7 +51,9 @@ class Journal:
             completion_tokens=decision.completion_tokens,
         )
 
-    def verdict(self, at: datetime, symbol: str, action: str, result: RiskResult, client_order_id: str | None) -> None:
+    def verdict(
+        self, at: datetime, symbol: str, action: str, result: RiskResult, client_order_id: str | None
+    ) -> None:
         intent = result.intent
         self._add(
             "risk_verdicts",
@@ -98,7 +99,9 @@ class Journal:
             price=price,
         )
 
-    def equity(self, at: datetime, *, equity: float, cash: float, positions_value: float, unrealized: float) -> None:
+    def equity(
+        self, at: datetime, *, equity: float, cash: float, positions_value: float, unrealized: float
+    ) -> None:
         self._add(
             "equity",
             time=at,
@@ -138,6 +141,3 @@ def _text(value: Any) -> str | None:
         return None
     return str(getattr(value, "value", value))
 
-
-def decision_json(decision: TradeDecision) -> str:
-    return json.dumps(decision.model_dump(mode="json", exclude={"raw_text"}))

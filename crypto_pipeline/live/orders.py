@@ -94,7 +94,9 @@ class OrderDesk:
     def _backoff(self, attempt: int, what: str, error: BaseException) -> None:
         # Exponential with full jitter: many clients retrying together do not retry in step.
         delay = random.uniform(0, self.backoff_s * 2 ** (attempt - 1))
-        log.warning("%s failed (%s); retry %d/%d in %.2f s", what, describe(error), attempt + 1, self.attempts, delay)
+        log.warning(
+            "%s failed (%s); retry %d/%d in %.2f s", what, describe(error), attempt + 1, self.attempts, delay
+        )
         self.sleep(delay)
 
     def lookup(self, cid: str) -> dict[str, Any] | None:
@@ -130,7 +132,9 @@ class OrderDesk:
         for order in open_orders:
             self.observe(order, at)
         positions = self.call("positions", self.trading.get_all_positions)
-        log.info("reconciled with the venue: %d open order(s), %d position(s)", len(open_orders), len(positions))
+        log.info(
+            "reconciled with the venue: %d open order(s), %d position(s)", len(open_orders), len(positions)
+        )
         return len(open_orders), len(positions)
 
     # --- submitting -------------------------------------------------------------------------------
@@ -153,7 +157,9 @@ class OrderDesk:
                 # Sent again under the same id: had the venue taken it before failing, it answers
                 # "client_order_id must be unique" and the order it has is returned (above).
                 if attempt == self.attempts:
-                    raise SourceError(f"order {cid} not placed after {attempt} attempts ({describe(error)})") from None
+                    raise SourceError(
+                        f"order {cid} not placed after {attempt} attempts ({describe(error)})"
+                    ) from None
                 self._backoff(attempt, f"order {cid}", error)
                 continue
             self.submitted += 1

@@ -99,7 +99,9 @@ class LiveSession:
         self.provider = provider
         self.risk = risk or RiskEngine()
         self.journal = Journal(warehouse, config.session_id)
-        self.desk = OrderDesk(clients.trading, self.journal, config.session_id, attempts=config.submit_attempts)
+        self.desk = OrderDesk(
+            clients.trading, self.journal, config.session_id, attempts=config.submit_attempts
+        )
         self.buffer = BarBuffer(config.symbols, config.base, max_bars_for(config.base, config.lookback_days))
         self.kill_flag = kill_flag
         self.report = SessionReport(config.session_id, getattr(provider, "name", "provider"), provider_note)
@@ -146,7 +148,9 @@ class LiveSession:
                 reached = [s for s in cfg.symbols if (self.buffer.last_close(s) or next_at) >= next_at]
                 if reached and waiting_since is None:
                     waiting_since = time.monotonic()
-                all_in = len(reached) == len(cfg.symbols) and all(self.buffer.last_close(s) for s in cfg.symbols)
+                all_in = len(reached) == len(cfg.symbols) and all(
+                    self.buffer.last_close(s) for s in cfg.symbols
+                )
                 grace_over = waiting_since is not None and time.monotonic() - waiting_since >= cfg.grace_s
                 if all_in or (reached and grace_over) or self._clock_passed(next_at):
                     self._decide(next_at)
@@ -197,7 +201,10 @@ class LiveSession:
         data.subscribe_bars(self._on_bar, *self.config.symbols)
         trades = self.clients.trading_stream()
         trades.subscribe_trade_updates(self._on_trade_update)
-        return [StreamThread(data, "live-data-stream").start(), StreamThread(trades, "live-trade-stream").start()]
+        return [
+            StreamThread(data, "live-data-stream").start(),
+            StreamThread(trades, "live-trade-stream").start(),
+        ]
 
     # --- stream handlers (run in the streams' threads: they only queue) --------------------------------
     async def _on_bar(self, message: dict[str, Any]) -> None:
@@ -253,13 +260,22 @@ class LiveSession:
             self.buffer.resolved([gap])
             self.report.gaps_backfilled += 1
             self.report.bars_backfilled += added
-            log.info("backfilled %d bar(s) of %s %s..%s", added, gap.symbol, f"{gap.start:%H:%M}", f"{gap.end:%H:%M}")
+            log.info(
+                "backfilled %d bar(s) of %s %s..%s",
+                added,
+                gap.symbol,
+                f"{gap.start:%H:%M}",
+                f"{gap.end:%H:%M}",
+            )
 
     def _clock_passed(self, at: datetime) -> bool:
         """When no bar came for `grace_s`, ask the venue's clock whether `at` has passed: the bars that
         would have said so may be the ones a dropped connection lost (they are backfilled then)."""
         now = time.monotonic()
-        if now - self._last_bar_wall < self.config.grace_s or now - self._last_clock_poll < self.config.grace_s:
+        if (
+            now - self._last_bar_wall < self.config.grace_s
+            or now - self._last_clock_poll < self.config.grace_s
+        ):
             return False
         self._last_clock_poll = now
         try:
@@ -282,7 +298,11 @@ class LiveSession:
             return False
         now = self._venue_time()
         self.report.flattened_positions = self.desk.flatten(now)
-        log.warning("kill switch (%s): orders canceled, %d position(s) closed", reason, self.report.flattened_positions)
+        log.warning(
+            "kill switch (%s): orders canceled, %d position(s) closed",
+            reason,
+            self.report.flattened_positions,
+        )
         self.stop(f"kill switch: {reason}")
         return True
 
@@ -300,7 +320,9 @@ class LiveSession:
             cid = client_order_id(cfg.session_id, intent.symbol, at, "kill")
             self.desk.submit(intent, cid, at)
         states, missing = states_at(frame, cfg.base, cfg.symbols, at)
-        batch = [states[s].with_portfolio(Portfolio.from_account(account, s)) for s in cfg.symbols if s in states]
+        batch = [
+            states[s].with_portfolio(Portfolio.from_account(account, s)) for s in cfg.symbols if s in states
+        ]
         prompts = {s.symbol: build_user_prompt(s) for s in batch}
         decisions = decide_safely(self.provider, batch)
         for symbol, why in missing.items():
@@ -315,7 +337,13 @@ class LiveSession:
             age = now - (newest + cfg.base.duration) if newest is not None else timedelta(days=365)
             price = state.price if state is not None else float("nan")
             result = self.risk.evaluate(
-                decision, account, price, now=at, data_age=max(age, timedelta(0)), prices=marks, returns=returns
+                decision,
+                account,
+                price,
+                now=at,
+                data_age=max(age, timedelta(0)),
+                prices=marks,
+                returns=returns,
             )
             self.journal.decision(at, state, prompts.get(symbol, ""), decision)
             self.report.decisions += 1
@@ -343,7 +371,9 @@ class LiveSession:
         value, unrealized = self.desk.positions_value()
         equity = float(raw["equity"])
         self.report.equity_end = equity
-        self.journal.equity(at, equity=equity, cash=float(raw["cash"]), positions_value=value, unrealized=unrealized)
+        self.journal.equity(
+            at, equity=equity, cash=float(raw["cash"]), positions_value=value, unrealized=unrealized
+        )
 
     def _finish(self) -> None:
         try:

@@ -65,7 +65,12 @@ def parse_stream_bar(message: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         values[name] = float(value)
     if values["volume"] < 0 or values["low"] <= 0:
         raise ValueError("price not positive or volume negative")
-    if not values["low"] <= min(values["open"], values["close"]) <= max(values["open"], values["close"]) <= values["high"]:
+    if (
+        not values["low"]
+        <= min(values["open"], values["close"])
+        <= max(values["open"], values["close"])
+        <= values["high"]
+    ):
         raise ValueError("OHLC out of order")
     for wire, name in (("n", "trade_count"), ("vw", "vwap")):
         value = message.get(wire)

@@ -62,7 +62,9 @@ class Credentials:
         key = getattr(settings, "alpaca_api_key", None)
         secret = getattr(settings, "alpaca_secret_key", None)
         if not key or not secret or not key.get_secret_value() or not secret.get_secret_value():
-            raise UserInputError(f"venue {venue} needs ALPACA_API_KEY and ALPACA_SECRET_KEY in the environment")
+            raise UserInputError(
+                f"venue {venue} needs ALPACA_API_KEY and ALPACA_SECRET_KEY in the environment"
+            )
         return cls(key, secret)
 
 

@@ -40,7 +40,9 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pl.scan_parquet(DATA_2024 / f"bars_{timeframe}.parquet")
             .filter(
                 pl.col("symbol").is_in(list(SYMBOLS)),
-                pl.col("timestamp").is_between(datetime(2024, 8, 1, tzinfo=UTC), datetime(2024, 8, 12, tzinfo=UTC)),
+                pl.col("timestamp").is_between(
+                    datetime(2024, 8, 1, tzinfo=UTC), datetime(2024, 8, 12, tzinfo=UTC)
+                ),
             )
             .collect()
             .write_parquet(directory / f"bars_{timeframe}.parquet")
@@ -91,8 +93,13 @@ class AlwaysBuy:
             action = Action.SELL if holding else Action.BUY
             out.append(
                 TradeDecision(
-                    action=action, confidence=90, position_size_pct=10 if action is Action.BUY else 100,
-                    symbol=s.symbol, at=s.at, provider=self.name, model_version="test",
+                    action=action,
+                    confidence=90,
+                    position_size_pct=10 if action is Action.BUY else 100,
+                    symbol=s.symbol,
+                    at=s.at,
+                    provider=self.name,
+                    model_version="test",
                 )
             )
         return out
@@ -104,8 +111,13 @@ def clients_for(server: ExchangeServer, key: str = KEY, secret: str = SECRET) ->
 
 def live_config(**overrides: object) -> LiveConfig:
     values: dict[str, object] = {
-        "session_id": "t1", "symbols": SYMBOLS, "timeframe": "5m", "decision_interval": "1h",
-        "max_runtime_s": 60, "lookback_days": 4, "grace_s": 0.5,
+        "session_id": "t1",
+        "symbols": SYMBOLS,
+        "timeframe": "5m",
+        "decision_interval": "1h",
+        "max_runtime_s": 60,
+        "lookback_days": 4,
+        "grace_s": 0.5,
     }
     values.update(overrides)
     return LiveConfig(**values)
@@ -143,7 +155,9 @@ class Running:
         while self.session.report.decision_batches < n:
             if self.error is not None:
                 raise self.error
-            assert time.monotonic() < deadline, f"only {self.session.report.decision_batches} decision batches"
+            assert time.monotonic() < deadline, (
+                f"only {self.session.report.decision_batches} decision batches"
+            )
             time.sleep(0.02)
 
     def step(self, hours: int = 1) -> None:

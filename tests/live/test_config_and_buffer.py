@@ -7,20 +7,26 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
+from crypto_pipeline.config import Settings
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.live.bars import BarBuffer
 from crypto_pipeline.live.config import LiveConfig
 from crypto_pipeline.live.orders import client_order_id
 from crypto_pipeline.live.venue import resolve_endpoints
-from crypto_pipeline.config import Settings
 from crypto_pipeline.market.timeframes import Timeframe
 
 T0 = datetime(2024, 8, 5, tzinfo=UTC)
 
 
 def bar(minutes: int, close: float = 100.0) -> dict:
-    return {"timestamp": T0 + timedelta(minutes=minutes), "open": close, "high": close, "low": close,
-            "close": close, "volume": 1.0}
+    return {
+        "timestamp": T0 + timedelta(minutes=minutes),
+        "open": close,
+        "high": close,
+        "low": close,
+        "close": close,
+        "volume": 1.0,
+    }
 
 
 def test_a_decision_interval_that_is_no_multiple_of_the_timeframe_is_refused() -> None:
@@ -41,7 +47,10 @@ def test_the_buffer_reports_the_gap_a_lost_bar_leaves_and_keeps_at_most_max_bars
     assert buffer.add_stream_bar("BTC/USDT", bar(0)) is None
     assert buffer.add_stream_bar("BTC/USDT", bar(5)) is None
     gap = buffer.add_stream_bar("BTC/USDT", bar(20))
-    assert gap is not None and (gap.start, gap.end) == (T0 + timedelta(minutes=10), T0 + timedelta(minutes=20))
+    assert gap is not None and (gap.start, gap.end) == (
+        T0 + timedelta(minutes=10),
+        T0 + timedelta(minutes=20),
+    )
     buffer.add_stream_bar("BTC/USDT", bar(25))
     assert buffer.count("BTC/USDT") == 3 and buffer.last_close("BTC/USDT") == T0 + timedelta(minutes=30)
 

@@ -22,7 +22,10 @@ def test_live_paper_runs_a_bounded_session_and_journals_it(tmp_path: Path) -> No
     job = make_definitions().get_job_def("live_paper")
     result = job.execute_in_process(
         run_config=run_config(
-            symbols=["BTC/USDT", "ETH/USDT"], max_decisions=2, max_runtime_s=60, lookback_days=3,
+            symbols=["BTC/USDT", "ETH/USDT"],
+            max_decisions=2,
+            max_runtime_s=60,
+            lookback_days=3,
             exchange_start="2024-08-05T12:00:00",
         ),
         resources={"warehouse": WarehouseResource(root=str(tmp_path / "wh"))},

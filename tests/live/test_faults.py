@@ -44,7 +44,10 @@ def test_connections_dropped_mid_stream_lose_no_bar(start_exchange, tmp_path, sm
     )
     assert session.report.gaps_backfilled > 0  # the drops did cost stream bars...
     assert live.height == recorded.height == 2 * 36  # ...and every one of them is in the buffer
-    assert live.sort("symbol", "timestamp")["close"].to_list() == recorded.sort("symbol", "timestamp")["close"].to_list()
+    assert (
+        live.sort("symbol", "timestamp")["close"].to_list()
+        == recorded.sort("symbol", "timestamp")["close"].to_list()
+    )
     assert session.report.decision_batches == 4
 
 
@@ -58,7 +61,9 @@ def test_errors_on_submission_never_double_an_order(start_exchange, tmp_path, co
     orders = venue_orders(server)
     ids = [o["client_order_id"] for o in orders]
     assert len(ids) == len(set(ids))  # one venue order per client id
-    assert len(ids) == session.report.approved == session.report.orders_submitted + session.report.orders_reused
+    assert (
+        len(ids) == session.report.approved == session.report.orders_submitted + session.report.orders_reused
+    )
     assert session.report.approved >= 4
 
 
@@ -105,7 +110,9 @@ def test_wrong_keys_stop_the_session_with_a_clear_message_before_any_order(start
     server = start_exchange()
     warehouse = Warehouse(tmp_path / "wh")
     session = LiveSession(live_config(), clients_for(server, secret="not-the-secret"), AlwaysBuy(), warehouse)
-    with pytest.raises(UserInputError, match="refused the API keys \\(HTTP 403\\).*no order was sent") as error:
+    with pytest.raises(
+        UserInputError, match="refused the API keys \\(HTTP 403\\).*no order was sent"
+    ) as error:
         session.run()
     assert "not-the-secret" not in str(error.value)
     assert venue_orders(server) == []

@@ -42,8 +42,13 @@ class TakesThenFails:
         if request.client_order_id in self.orders:
             raise api_error(422, "client_order_id must be unique")
         self.orders[request.client_order_id] = {
-            "id": f"o{len(self.orders)}", "client_order_id": request.client_order_id, "symbol": request.symbol,
-            "status": "filled", "filled_qty": str(request.qty), "filled_avg_price": "100", "side": "buy",
+            "id": f"o{len(self.orders)}",
+            "client_order_id": request.client_order_id,
+            "symbol": request.symbol,
+            "status": "filled",
+            "filled_qty": str(request.qty),
+            "filled_avg_price": "100",
+            "side": "buy",
             "updated_at": AT.isoformat(),
         }
         if self.posts == 1:
@@ -72,7 +77,9 @@ def test_the_secret_key_appears_in_no_file_the_session_writes(start_exchange, tm
     monkeypatch.setenv("ALPACA_API_KEY", "leak-test-key")
     monkeypatch.setenv("ALPACA_SECRET_KEY", secret)
     settings = Settings(warehouse_dir=tmp_path / "warehouse")
-    server = start_exchange(key="leak-test-key", secret=secret, db_path=tmp_path / "venue" / "exchange.sqlite")
+    server = start_exchange(
+        key="leak-test-key", secret=secret, db_path=tmp_path / "venue" / "exchange.sqlite"
+    )
     log_file = tmp_path / "logs" / "live.log"
     log_file.parent.mkdir()
     handler = logging.FileHandler(log_file)
@@ -82,7 +89,9 @@ def test_the_secret_key_appears_in_no_file_the_session_writes(start_exchange, tm
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)  # everything any library logs, websocket frames included
     try:
-        clients = Clients.connect(Endpoints.local(server.base_url), Credentials.from_settings(settings, "local"))
+        clients = Clients.connect(
+            Endpoints.local(server.base_url), Credentials.from_settings(settings, "local")
+        )
         session = LiveSession(live_config(), clients, AlwaysBuy(), Warehouse(settings.warehouse_dir))
         with Running(session, server) as running:
             running.step(1)
@@ -98,4 +107,6 @@ def test_the_secret_key_appears_in_no_file_the_session_writes(start_exchange, tm
     pieces += [" ".join(f"{b:02x}" for b in piece).encode() for piece in pieces]  # a frame logged in hex
     leaked = [str(p) for p in written if any(piece in p.read_bytes() for piece in pieces)]
     assert leaked == []
-    assert b"authorized" in log_file.read_bytes()  # the streams did log at DEBUG: the check had something to read
+    assert (
+        b"authorized" in log_file.read_bytes()
+    )  # the streams did log at DEBUG: the check had something to read

@@ -9,15 +9,17 @@ import polars as pl
 
 from crypto_pipeline.live.session import LiveSession
 from crypto_pipeline.live.states import states_at
-from crypto_pipeline.llm.rule_based import RuleBased
 from crypto_pipeline.llm.prompts import build_user_prompt
+from crypto_pipeline.llm.rule_based import RuleBased
 from crypto_pipeline.state import Portfolio
 from crypto_pipeline.warehouse import Warehouse
 
 from .conftest import START, SYMBOLS, AlwaysBuy, Running, clients_for, live_config
 
 
-def test_a_session_decides_every_hour_through_the_risk_engine_and_journals_it(start_exchange, tmp_path) -> None:
+def test_a_session_decides_every_hour_through_the_risk_engine_and_journals_it(
+    start_exchange, tmp_path
+) -> None:
     server = start_exchange()
     warehouse = Warehouse(tmp_path / "wh")
     session = LiveSession(live_config(), clients_for(server), AlwaysBuy(), warehouse)
@@ -32,13 +34,17 @@ def test_a_session_decides_every_hour_through_the_risk_engine_and_journals_it(st
     verdicts = warehouse.read("risk_verdicts")
     assert verdicts.height == decisions.height
     orders = warehouse.read("orders")
-    assert orders.filter(pl.col("status") == "filled")["client_order_id"].n_unique() == report.orders_submitted
+    assert (
+        orders.filter(pl.col("status") == "filled")["client_order_id"].n_unique() == report.orders_submitted
+    )
     fills = warehouse.read("fills")
     assert fills.height >= report.orders_submitted and (fills["price"] > 0).all()
     assert warehouse.read("equity").height >= 3
 
 
-def test_live_states_equal_the_states_built_from_the_recorded_bars(start_exchange, tmp_path, small_data) -> None:
+def test_live_states_equal_the_states_built_from_the_recorded_bars(
+    start_exchange, tmp_path, small_data
+) -> None:
     server = start_exchange()
     config = live_config(lookback_days=4)
     session = LiveSession(config, clients_for(server), RuleBased(), Warehouse(tmp_path / "wh"))
@@ -48,8 +54,14 @@ def test_live_states_equal_the_states_built_from_the_recorded_bars(start_exchang
     live_bars = session.buffer.frame(closed_by=at)
     recorded = (
         pl.read_parquet(small_data / "bars_5m.parquet")
-        .filter(pl.col("timestamp") >= live_bars["timestamp"].min(), pl.col("timestamp") + timedelta(minutes=5) <= at)
-        .with_columns(pl.col("timestamp").cast(live_bars.schema["timestamp"]), *(pl.lit(None, pl.Float64).alias(c) for c in ("trade_count", "vwap")))
+        .filter(
+            pl.col("timestamp") >= live_bars["timestamp"].min(),
+            pl.col("timestamp") + timedelta(minutes=5) <= at,
+        )
+        .with_columns(
+            pl.col("timestamp").cast(live_bars.schema["timestamp"]),
+            *(pl.lit(None, pl.Float64).alias(c) for c in ("trade_count", "vwap")),
+        )
         .select(live_bars.columns)
         .sort("symbol", "timestamp")
     )

@@ -81,18 +81,25 @@ class InjectingProxy:
             self.thread.join(10)
 
 
-def test_a_malformed_message_is_logged_and_skipped_and_costs_no_other(start_exchange, tmp_path, caplog) -> None:
+def test_a_malformed_message_is_logged_and_skipped_and_costs_no_other(
+    start_exchange, tmp_path, caplog
+) -> None:
     server = start_exchange()
     proxy = InjectingProxy(server.data_stream_url)
     with proxy.running() as proxied:
         endpoints = Endpoints("local", server.base_url, server.base_url, proxied, server.trading_stream_url)
         clients = Clients.connect(endpoints, Credentials(SecretStr(KEY), SecretStr(SECRET)))
         session = LiveSession(live_config(), clients, AlwaysBuy(), Warehouse(tmp_path / "wh"))
-        with caplog.at_level(logging.WARNING, logger="crypto_pipeline.live"), Running(session, server) as running:
+        with (
+            caplog.at_level(logging.WARNING, logger="crypto_pipeline.live"),
+            Running(session, server) as running,
+        ):
             running.step(1)
     assert proxy.injected == 2
     assert session.report.malformed_messages == 2
-    skipped = [r.getMessage() for r in caplog.records if "malformed market data message skipped" in r.getMessage()]
+    skipped = [
+        r.getMessage() for r in caplog.records if "malformed market data message skipped" in r.getMessage()
+    ]
     assert len(skipped) == 2 and "bad time" in skipped[0]
     # The real bars of that frame all arrived by the stream: no gap needed backfilling.
     assert session.report.gaps_backfilled == 0
