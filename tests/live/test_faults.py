@@ -117,3 +117,38 @@ def test_wrong_keys_stop_the_session_with_a_clear_message_before_any_order(start
     assert "not-the-secret" not in str(error.value)
     assert venue_orders(server) == []
     assert warehouse.read("orders").is_empty()
+
+
+@pytest.mark.slow  # two fresh Python processes: most of its time is their imports
+def test_a_session_killed_by_sigkill_and_restarted_reconciles_and_never_doubles(
+    start_exchange, tmp_path
+) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from crypto_pipeline.config import REPO_ROOT
+
+    server = start_exchange()
+    env = {**os.environ, "ALPACA_API_KEY": KEY, "ALPACA_SECRET_KEY": SECRET, "PYTHONPATH": str(REPO_ROOT)}
+    args = [sys.executable, "-m", "tests.live.session_process", server.base_url, "k1"]
+    wh = str(tmp_path / "wh")
+    # The first process decides at the hour its history reaches, places its orders, and is killed
+    # (no clean stop, no final journal flush) while it waits for the next hour.
+    first = subprocess.Popen([*args, "5", wh], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(venue_orders(server)) < 2:
+        assert first.poll() is None and time.monotonic() < deadline, "the first session placed no orders"
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    placed = venue_orders(server)
+    # Restarted on the same bar (the clock has not moved): same client ids, so no second order.
+    second = subprocess.run([*args, "1", wh], cwd=REPO_ROOT, env=env, capture_output=True, timeout=180)
+    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    report = json.loads(second.stdout.decode().strip().splitlines()[-1])
+    assert report["reconciled_positions"] == 2
+    assert report["orders_submitted"] == 0 and report["orders_reused"] == 2
+    assert sorted(o["id"] for o in venue_orders(server)) == sorted(o["id"] for o in placed)
