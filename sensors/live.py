@@ -2,6 +2,8 @@
 new version (a running session polls the alias and ends itself cleanly). The cursor is the version
 last seen, so each move starts one run."""
 
+import warnings
+
 import dagster as dg
 
 from assets.training import MlflowResource
@@ -9,8 +11,7 @@ from crypto_pipeline.live.providers import alias_version
 from jobs.live import live_paper
 
 
-@dg.sensor(job=live_paper, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
-def champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource) -> dg.SensorResult:
+def _champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource) -> dg.SensorResult:
     version = alias_version(mlflow.uri, "champion")
     if version is None or version == context.cursor:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"champion is {version or 'not set'}, unchanged"))
@@ -21,3 +22,15 @@ def champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource)
         ],
         cursor=version,
     )
+
+
+# Dagster 1.13's `@sensor` hands `owners=None` to a beta parameter, which warns on every load of the
+# definitions (`make run` would print it); nothing of ours uses owners.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    champion_sensor = dg.sensor(
+        job=live_paper,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        name="champion_sensor",
+    )(_champion_sensor)
