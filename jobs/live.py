@@ -7,7 +7,7 @@ from pydantic import Field
 from assets.resources import WarehouseResource
 from crypto_pipeline.config import DEFAULT_SYMBOLS, get_settings
 from crypto_pipeline.live.config import LiveConfig
-from crypto_pipeline.live.run import EmbeddedExchange, run_live
+from crypto_pipeline.live.run import EmbeddedExchange, flatten_venue, run_live
 
 
 class LivePaperConfig(dg.Config):
@@ -60,3 +60,24 @@ def live_paper_session(
 @dg.job(description="A bounded paper-trading session on the local exchange (or Alpaca paper).")
 def live_paper() -> None:
     live_paper_session()
+
+
+class FlattenConfig(dg.Config):
+    venue: str = Field(
+        "local", description="local, alpaca_paper or alpaca_live (needs the explicit setting)."
+    )
+    exchange_url: str | None = Field(
+        None, description="local venue: the running exchange (default: Settings)."
+    )
+
+
+@dg.op(description="Cancel every open order and close every position at the venue.")
+def flatten_account(config: FlattenConfig, warehouse: WarehouseResource) -> dg.Output[int]:
+    settings = get_settings().model_copy(update={"warehouse_dir": warehouse.get().root})
+    closed = flatten_venue(settings, config.venue, config.exchange_url)
+    return dg.Output(closed, metadata={"positions_closed": closed})
+
+
+@dg.job(description="The kill switch when no live session is running: flatten the account.")
+def kill_switch() -> None:
+    flatten_account()

@@ -140,4 +140,3 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     return str(getattr(value, "value", value))
-

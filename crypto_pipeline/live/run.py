@@ -104,3 +104,23 @@ def _champion_moved(settings: object, alias: str, version: str):  # noqa: ANN202
         return None
 
     return check
+
+
+def flatten_venue(settings: object, venue: str = "local", exchange_url: str | None = None) -> int:
+    """The kill switch without a session: cancel every open order and close every position at the
+    venue (keys from the environment), journaled under run id `kill-switch`; returns positions closed."""
+    from datetime import UTC, datetime
+
+    from crypto_pipeline.live.journal import Journal
+    from crypto_pipeline.live.orders import OrderDesk
+
+    clients = Clients.connect(
+        resolve_endpoints(venue, settings, exchange_url), Credentials.from_settings(settings, venue)
+    )
+    journal = Journal(Warehouse(Path(settings.warehouse_dir)), "kill-switch")  # type: ignore[attr-defined]
+    desk = OrderDesk(clients.trading, journal, "kill-switch")
+    desk.call("account", clients.check_keys)
+    closed = desk.flatten(datetime.now(UTC))
+    journal.flush()
+    log.warning("kill switch: open orders canceled and %d position(s) closed at %s", closed, venue)
+    return closed

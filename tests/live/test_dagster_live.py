@@ -97,3 +97,51 @@ def test_the_kill_command_sets_and_clears_the_flag_sessions_watch(tmp_path: Path
     cleared = runner.invoke(app, ["kill", "--clear"])
     assert cleared.exit_code == 0 and "cleared" in cleared.output
     assert kill_reason(kill_flag_path(tmp_path)) is None
+
+
+def test_the_kill_switch_sensor_runs_kill_switch_which_flattens_the_account(
+    start_exchange, tmp_path: Path, monkeypatch
+) -> None:
+    from alpaca.trading.client import TradingClient
+    from alpaca.trading.enums import OrderSide, TimeInForce
+    from alpaca.trading.requests import MarketOrderRequest
+
+    from crypto_pipeline.config import get_settings
+    from crypto_pipeline.live.kill import kill_flag_path, request_kill
+    from sensors.live import kill_switch_sensor
+
+    from .conftest import KEY, SECRET
+
+    server = start_exchange()
+    client = TradingClient(KEY, SECRET, paper=True, raw_data=True, url_override=server.base_url)
+    for symbol in ("BTC/USDT", "ETH/USDT"):
+        client.submit_order(
+            MarketOrderRequest(symbol=symbol, qty=0.1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC)
+        )
+    assert len(client.get_all_positions()) == 2
+    warehouse = WarehouseResource(root=str(tmp_path / "wh"))
+    with dg.build_sensor_context(resources={"warehouse": warehouse}) as context:
+        assert kill_switch_sensor(context).run_requests == []  # switch off
+    request_kill(kill_flag_path(tmp_path / "wh"), "drill")
+    with dg.build_sensor_context(resources={"warehouse": warehouse}) as context:
+        result = kill_switch_sensor(context)
+    assert len(result.run_requests) == 1 and result.cursor.endswith("drill")
+    with dg.build_sensor_context(cursor=result.cursor, resources={"warehouse": warehouse}) as context:
+        assert kill_switch_sensor(context).run_requests == []  # acted on once
+
+    monkeypatch.setenv("ALPACA_API_KEY", KEY)
+    monkeypatch.setenv("ALPACA_SECRET_KEY", SECRET)
+    get_settings.cache_clear()
+    try:
+        run = (
+            make_definitions()
+            .get_job_def("kill_switch")
+            .execute_in_process(
+                run_config={"ops": {"flatten_account": {"config": {"exchange_url": server.base_url}}}},
+                resources={"warehouse": warehouse},
+            )
+        )
+    finally:
+        get_settings.cache_clear()
+    assert run.success and run.output_for_node("flatten_account") == 2
+    assert client.get_all_positions() == []
