@@ -575,5 +575,23 @@ def models_command() -> None:
     console.print(table)
 
 
+# --- live: the kill switch ------------------------------------------------------------------
+@app.command("kill")
+def kill_command(
+    reason: str = typer.Option("requested by a person", help="Why: written in the flag and the journal."),
+    clear: bool = typer.Option(False, "--clear", help="Switch the kill switch off again (a person decides)."),
+) -> None:
+    """Set the kill switch: every live session cancels its orders, closes its positions and stops."""
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.live.kill import clear_kill, kill_flag_path, request_kill
+
+    flag = kill_flag_path(Settings().warehouse_dir)
+    if clear:
+        typer.echo(f"kill switch {'cleared' if clear_kill(flag) else 'was not set'} ({flag})")
+        return
+    request_kill(flag, reason)
+    typer.echo(f"kill switch set ({flag}): live sessions flatten and stop; clear it with --clear")
+
+
 if __name__ == "__main__":
     app()

@@ -170,6 +170,10 @@ class Settings(BaseSettings):
     )
     alpaca_trading_url: str | None = Field(default=None, description="url_override for TradingClient.")
     alpaca_paper: bool = True
+    live_trading_enabled: bool = Field(
+        default=False,
+        description="The one switch that lets the live loop trade real money (venue alpaca_live); off by default.",
+    )
 
     # Secrets: read from the conventional Alpaca variable names as well as the prefixed ones.
     alpaca_api_key: SecretStr | None = Field(

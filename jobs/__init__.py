@@ -8,6 +8,8 @@ from assets.market_data import bars, raw_bars
 from assets.partitions import DAILY_PARTITIONS
 from assets.resources import MarketDataSourceResource, WarehouseResource
 from assets.training import MlflowResource, finetuned_model, retrain_job, sft_dataset, weekly_retrain_schedule
+from jobs.live import kill_switch, live_paper
+from sensors.live import champion_sensor, kill_switch_sensor
 
 MARKET_DATA_ASSETS = dg.AssetSelection.assets("raw_bars", "bars", "features", "market_states")
 
@@ -42,8 +44,9 @@ def make_definitions(
             sft_dataset,
             finetuned_model,
         ],
-        jobs=[market_data_job, retrain_job],
+        jobs=[market_data_job, retrain_job, live_paper, kill_switch],
         schedules=[daily_market_data_schedule, weekly_retrain_schedule],
+        sensors=[champion_sensor, kill_switch_sensor],
         resources={
             "warehouse": warehouse or WarehouseResource(),
             # Keys default to Settings (ALPACA_API_KEY / ALPACA_SECRET_KEY), read when a run starts.

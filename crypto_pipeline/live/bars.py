@@ -1,0 +1,140 @@
+"""The rolling bar buffer of the live loop: base-timeframe bars per symbol, bounded, with the gaps and
+the periods it cannot trust yet (a stream bar finer than the base) reported for a REST backfill."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from crypto_pipeline.market.schema import BAR_SCHEMA
+from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.timeutil import as_utc
+
+_VALUES = ("open", "high", "low", "close", "volume", "trade_count", "vwap")
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Bars of `symbol` opening in [start, end) that the buffer lacks."""
+
+    symbol: str
+    start: datetime
+    end: datetime
+
+
+@dataclass
+class BarBuffer:
+    """Base bars keyed by open time, at most `max_bars` per symbol (the oldest go first)."""
+
+    symbols: tuple[str, ...]
+    base: Timeframe
+    max_bars: int
+    _bars: dict[str, dict[datetime, tuple[float | None, ...]]] = field(default_factory=dict)
+    # Base periods a finer stream bar fell into: their content must come from REST once they are over.
+    _suspect: dict[str, set[datetime]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for symbol in self.symbols:
+            self._bars.setdefault(symbol, {})
+            self._suspect.setdefault(symbol, set())
+
+    def floor(self, moment: datetime) -> datetime:
+        step = int(self.base.duration.total_seconds())
+        epoch = int(moment.timestamp())
+        return datetime.fromtimestamp(epoch - epoch % step, tz=moment.tzinfo)
+
+    def last_open(self, symbol: str) -> datetime | None:
+        bars = self._bars.get(symbol)
+        return max(bars) if bars else None
+
+    def last_close(self, symbol: str) -> datetime | None:
+        last = self.last_open(symbol)
+        return last + self.base.duration if last is not None else None
+
+    def count(self, symbol: str) -> int:
+        return len(self._bars.get(symbol, {}))
+
+    def add_stream_bar(self, symbol: str, bar: Mapping[str, object]) -> Gap | None:
+        """Store one stream bar (keys timestamp, open, ...). Returns the gap before it, if any: the
+        bars between the last stored one and this one, which a dropped connection may have lost."""
+        if symbol not in self._bars:
+            return None
+        opened = as_utc(bar["timestamp"])  # type: ignore[arg-type]
+        slot = self.floor(opened)
+        previous = self.last_open(symbol)
+        if opened != slot:
+            # A bar finer than the base (a minute bar inside a 5m period): the period is taken from REST.
+            self._suspect[symbol].add(slot)
+            self._bars[symbol].setdefault(slot, _row(bar))
+        else:
+            self._bars[symbol][slot] = _row(bar)
+        self._trim(symbol)
+        if previous is not None and slot > previous + self.base.duration:
+            return Gap(symbol, previous + self.base.duration, slot)
+        return None
+
+    def suspect_until(self, moment: datetime) -> list[Gap]:
+        """Periods (per symbol) formed from finer stream bars that are over by `moment`."""
+        out = []
+        for symbol, slots in self._suspect.items():
+            for slot in sorted(s for s in slots if s + self.base.duration <= moment):
+                out.append(Gap(symbol, slot, slot + self.base.duration))
+        return out
+
+    def missing_until(self, symbol: str, moment: datetime) -> Gap | None:
+        """The bars of `symbol` that closed by `moment` after the last stored one."""
+        last = self.last_open(symbol)
+        if last is None:
+            return None
+        start = last + self.base.duration
+        end = self.floor(moment)
+        return Gap(symbol, start, end) if end > start else None
+
+    def insert(self, frame: pl.DataFrame) -> int:
+        """Bars from REST (BAR_SCHEMA): they replace what the stream gave for the same open time."""
+        added = 0
+        for row in frame.iter_rows(named=True):
+            symbol = row["symbol"]
+            if symbol not in self._bars or row["timestamp"] is None:
+                continue
+            opened = as_utc(row["timestamp"])
+            if opened != self.floor(opened):
+                continue
+            added += opened not in self._bars[symbol]
+            self._bars[symbol][opened] = _row(row)
+            self._suspect[symbol].discard(opened)
+        for symbol in self.symbols:
+            self._trim(symbol)
+        return added
+
+    def resolved(self, gaps: Iterable[Gap]) -> None:
+        """Forget suspect periods that a REST answer covered (even with no bar: nothing traded)."""
+        for gap in gaps:
+            self._suspect[gap.symbol] = {s for s in self._suspect[gap.symbol] if not gap.start <= s < gap.end}
+
+    def frame(self, closed_by: datetime | None = None) -> pl.DataFrame:
+        """Every buffered bar (closed by `closed_by` when given) as BAR_SCHEMA rows, by symbol and time."""
+        rows = []
+        for symbol in self.symbols:
+            for opened, values in self._bars[symbol].items():
+                if closed_by is None or opened + self.base.duration <= closed_by:
+                    rows.append((symbol, opened, *values))
+        frame = pl.DataFrame(rows, schema=BAR_SCHEMA, orient="row")
+        return frame.sort("symbol", "timestamp")
+
+    def _trim(self, symbol: str) -> None:
+        bars = self._bars[symbol]
+        if len(bars) > self.max_bars:
+            for opened in sorted(bars)[: len(bars) - self.max_bars]:
+                del bars[opened]
+
+
+def _row(bar: Mapping[str, object]) -> tuple[float | None, ...]:
+    return tuple(None if bar.get(k) is None else float(bar[k]) for k in _VALUES)  # type: ignore[arg-type]
+
+
+def max_bars_for(base: Timeframe, lookback_days: int) -> int:
+    return base.bars_per(timedelta(days=lookback_days))

@@ -1,0 +1,142 @@
+"""The live journal: every prompt and decision, risk verdict, order event, fill and equity snapshot,
+written to the warehouse's append-only journal tables (`decisions`, `risk_verdicts`, `orders`, `fills`,
+`equity`; see `warehouse/tables.py`). Re-writing an event is a no-op, so a restarted session that
+journals what it finds again adds nothing twice. Holds no secret: only what the venue and model said."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+
+from crypto_pipeline.llm.decision import TradeDecision
+from crypto_pipeline.risk import RiskResult
+from crypto_pipeline.state import MarketState
+from crypto_pipeline.warehouse import Warehouse, table_spec
+
+JOURNAL_TABLES = ("decisions", "risk_verdicts", "orders", "fills", "equity")
+
+
+class Journal:
+    """Rows gathered in memory and written by `flush` (once per decision batch and at the end)."""
+
+    def __init__(self, warehouse: Warehouse, session_id: str) -> None:
+        self.warehouse = warehouse
+        self.session_id = session_id
+        self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self.written: dict[str, int] = defaultdict(int)
+
+    def decision(self, at: datetime, state: MarketState | None, prompt: str, decision: TradeDecision) -> None:
+        self._add(
+            "decisions",
+            time=at,
+            symbol=decision.symbol or (state.symbol if state else None),
+            provider=decision.provider,
+            model_version=decision.model_version,
+            prompt_version=decision.prompt_version,
+            prompt_hash=decision.prompt_hash,
+            prompt=prompt,
+            state=state.model_dump_json() if state is not None else None,
+            raw_output=decision.raw_text,
+            decision=decision.model_dump_json(exclude={"raw_text"}),
+            action=decision.action.value,
+            valid=decision.valid,
+            invalid_reason=decision.error,
+            latency_ms=decision.latency_ms,
+            prompt_tokens=decision.prompt_tokens,
+            completion_tokens=decision.completion_tokens,
+        )
+
+    def verdict(
+        self, at: datetime, symbol: str, action: str, result: RiskResult, client_order_id: str | None
+    ) -> None:
+        intent = result.intent
+        self._add(
+            "risk_verdicts",
+            time=at,
+            symbol=symbol,
+            action=action,
+            verdict="approved" if intent is not None else "rejected",
+            reasons=[result.reason] if result.reason else [],
+            side=intent.side.value if intent is not None else None,
+            qty=intent.qty if intent is not None else None,
+            notional=intent.notional if intent is not None else None,
+            client_order_id=client_order_id,
+        )
+
+    def order_event(self, at: datetime, order: dict[str, Any], status: str | None = None) -> None:
+        self._add(
+            "orders",
+            time=at,
+            symbol=order.get("symbol"),
+            client_order_id=order.get("client_order_id"),
+            order_id=order.get("id"),
+            side=_text(order.get("side")),
+            type=_text(order.get("type") or order.get("order_type")),
+            time_in_force=_text(order.get("time_in_force")),
+            qty=_float(order.get("qty")),
+            notional=_float(order.get("notional")),
+            limit_price=_float(order.get("limit_price")),
+            status=status or _text(order.get("status")),
+            filled_qty=_float(order.get("filled_qty")),
+            filled_avg_price=_float(order.get("filled_avg_price")),
+        )
+
+    def fill(self, at: datetime, order: dict[str, Any], fill_id: str, qty: float, price: float) -> None:
+        self._add(
+            "fills",
+            time=at,
+            symbol=order.get("symbol"),
+            fill_id=fill_id,
+            order_id=order.get("id"),
+            client_order_id=order.get("client_order_id"),
+            side=_text(order.get("side")),
+            qty=qty,
+            price=price,
+        )
+
+    def equity(
+        self, at: datetime, *, equity: float, cash: float, positions_value: float, unrealized: float
+    ) -> None:
+        self._add(
+            "equity",
+            time=at,
+            equity=equity,
+            cash=cash,
+            positions_value=positions_value,
+            exposure=positions_value / equity * 100 if equity > 0 else None,
+            unrealized_pnl=unrealized,
+        )
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._rows = self._rows, defaultdict(list)
+        for table, rows in pending.items():
+            spec = table_spec(table)
+            schema = {name: dtype for name, dtype in spec.schema.items() if name != spec.stamp_column}
+            frame = pl.DataFrame([{c: row.get(c) for c in schema} for row in rows], schema=schema)
+            self.warehouse.upsert(table, frame)
+            self.written[table] += frame.height
+
+    def _add(self, table: str, **row: Any) -> None:
+        with self._lock:
+            self._rows[table].append({"run_id": self.session_id, **row})
+
+
+def _float(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(getattr(value, "value", value))

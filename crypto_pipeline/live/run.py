@@ -1,0 +1,126 @@
+"""`run_live`: one bounded session from a `LiveConfig` and the settings, with everything it needs set
+up: the venue (and, for the local venue, an embedded exchange when asked), the keys from the
+environment, the provider (champion, or the newest challenger, saying so) and the kill switch."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from crypto_pipeline.live.config import LiveConfig
+from crypto_pipeline.live.kill import kill_flag_path
+from crypto_pipeline.live.providers import alias_version, choose_provider
+from crypto_pipeline.live.session import LiveSession, SessionReport
+from crypto_pipeline.live.venue import Clients, Credentials, resolve_endpoints
+from crypto_pipeline.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+CHAMPION_POLL_S = 15.0
+
+
+@dataclass(frozen=True)
+class EmbeddedExchange:
+    """Start the local exchange inside the session (offline runs, `make run`, tests)."""
+
+    start: str | None = "2024-08-01"
+    speed: float = 3600.0
+    data_dir: Path | None = None
+    db_path: Path | None = None
+
+
+def run_live(
+    config: LiveConfig,
+    settings: object,
+    *,
+    exchange_url: str | None = None,
+    embedded: EmbeddedExchange | None = None,
+) -> SessionReport:
+    warehouse_dir = Path(settings.warehouse_dir)  # type: ignore[attr-defined]
+    endpoints = resolve_endpoints(config.venue, settings, exchange_url)  # real money refused here
+    server = None
+    if config.venue == "local" and embedded is not None:
+        from crypto_pipeline.exchange import ExchangeConfig, ExchangeServer
+
+        credentials = _embedded_credentials(settings)
+        server = ExchangeServer(
+            ExchangeConfig(
+                port=0,
+                key=credentials.key,
+                secret=credentials.secret,
+                start=embedded.start,
+                speed=embedded.speed,
+                data_dir=embedded.data_dir or settings.market_data_dir,  # type: ignore[attr-defined]
+                db_path=embedded.db_path or warehouse_dir / "exchange.sqlite",
+            )
+        ).start()
+        endpoints = resolve_endpoints("local", settings, server.base_url)
+    else:
+        credentials = Credentials.from_settings(settings, config.venue)
+    try:
+        choice = choose_provider(config.provider, config.model_alias, settings)
+        log.info("live session %s decides with %s", config.session_id, choice.note)
+        session = LiveSession(
+            config,
+            Clients.connect(endpoints, credentials),
+            choice.provider,
+            Warehouse(warehouse_dir),
+            kill_flag=kill_flag_path(warehouse_dir),
+            provider_note=choice.note,
+        )
+        if config.provider == "local" and choice.model_version is not None:
+            session.stop_when = _champion_moved(settings, config.model_alias, choice.model_version)
+        return session.run()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _embedded_credentials(settings: object) -> Credentials:
+    """The environment's keys when set; otherwise keys made for this run alone and never shown."""
+    key = getattr(settings, "alpaca_api_key", None)
+    secret = getattr(settings, "alpaca_secret_key", None)
+    if key and secret and key.get_secret_value() and secret.get_secret_value():
+        return Credentials(key, secret)
+    return Credentials(SecretStr(secrets.token_urlsafe(16)), SecretStr(secrets.token_urlsafe(32)))
+
+
+def _champion_moved(settings: object, alias: str, version: str):  # noqa: ANN202 - a small closure
+    """A check, polled by the session, that ends it cleanly once `alias` names another version."""
+    last = [0.0]
+
+    def check() -> str | None:
+        now = time.monotonic()
+        if now - last[0] < CHAMPION_POLL_S:
+            return None
+        last[0] = now
+        current = alias_version(settings.mlflow_tracking_uri, alias)  # type: ignore[attr-defined]
+        if current is not None and current != version:
+            return f"{alias} moved from version {version} to {current}"
+        return None
+
+    return check
+
+
+def flatten_venue(settings: object, venue: str = "local", exchange_url: str | None = None) -> int:
+    """The kill switch without a session: cancel every open order and close every position at the
+    venue (keys from the environment), journaled under run id `kill-switch`; returns positions closed."""
+    from datetime import UTC, datetime
+
+    from crypto_pipeline.live.journal import Journal
+    from crypto_pipeline.live.orders import OrderDesk
+
+    clients = Clients.connect(
+        resolve_endpoints(venue, settings, exchange_url), Credentials.from_settings(settings, venue)
+    )
+    journal = Journal(Warehouse(Path(settings.warehouse_dir)), "kill-switch")  # type: ignore[attr-defined]
+    desk = OrderDesk(clients.trading, journal, "kill-switch")
+    desk.call("account", clients.check_keys)
+    closed = desk.flatten(datetime.now(UTC))
+    journal.flush()
+    log.warning("kill switch: open orders canceled and %d position(s) closed at %s", closed, venue)
+    return closed

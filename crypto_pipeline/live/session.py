@@ -1,0 +1,403 @@
+"""The live loop: stream bars -> rolling buffer -> the same `MarketState` as backtests -> a decision
+provider -> the same `RiskEngine` -> idempotent orders -> the journal.
+
+One session, step by step:
+1. check the keys (a refused key stops here, before any order), reconcile open orders and positions;
+2. load `lookback_days` of base bars through REST, then follow `CryptoDataStream` bars and
+   `TradingStream` order updates (each client in its own thread, reconnecting by itself);
+3. a bar that leaves a gap after the last one (a dropped connection) has the gap backfilled through
+   REST at once; at a decision time, symbols that lag are backfilled before deciding;
+4. at every close of the decision interval: account, states, decisions, risk verdicts, orders, equity;
+5. stop on max runtime, max decisions, the kill switch (which first cancels and flattens) or `stop()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from crypto_pipeline.live.bars import BarBuffer, Gap, max_bars_for
+from crypto_pipeline.live.config import LiveConfig
+from crypto_pipeline.live.journal import Journal
+from crypto_pipeline.live.kill import kill_reason
+from crypto_pipeline.live.orders import OrderDesk, client_order_id, describe
+from crypto_pipeline.live.states import states_at
+from crypto_pipeline.live.streams import StreamThread, parse_stream_bar
+from crypto_pipeline.live.venue import Clients
+from crypto_pipeline.llm.decision import TradeDecision
+from crypto_pipeline.llm.prompts import build_user_prompt
+from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
+from crypto_pipeline.risk import RiskEngine
+from crypto_pipeline.state import Portfolio
+from crypto_pipeline.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SessionReport:
+    session_id: str
+    provider: str
+    provider_note: str = ""
+    decision_batches: int = 0
+    decisions: int = 0
+    valid_decisions: int = 0
+    approved: int = 0
+    orders_submitted: int = 0
+    orders_reused: int = 0
+    orders_refused: int = 0
+    stream_bars: int = 0
+    malformed_messages: int = 0
+    gaps_backfilled: int = 0
+    bars_backfilled: int = 0
+    reconciled_open_orders: int = 0
+    reconciled_positions: int = 0
+    flattened_positions: int = 0
+    stop_reason: str = ""
+    equity_start: float | None = None
+    equity_end: float | None = None
+    decision_to_order_ms: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def summary(self) -> str:
+        lat = np.percentile(self.decision_to_order_ms, [50, 99]) if self.decision_to_order_ms else None
+        latency = f", decision->order p50 {lat[0]:.1f} ms p99 {lat[1]:.1f} ms" if lat is not None else ""
+        return (
+            f"live session {self.session_id} ({self.provider_note}): {self.decision_batches} decision time(s), "
+            f"{self.decisions} decisions ({self.valid_decisions} valid), {self.orders_submitted} orders "
+            f"(+{self.orders_reused} already at the venue, {self.orders_refused} refused), "
+            f"{self.stream_bars} stream bars, {self.gaps_backfilled} gaps backfilled, "
+            f"{self.malformed_messages} malformed messages skipped{latency}; stopped: {self.stop_reason}"
+        )
+
+
+class LiveSession:
+    """One bounded live session; `run()` blocks until it stops and returns its report."""
+
+    def __init__(
+        self,
+        config: LiveConfig,
+        clients: Clients,
+        provider: DecisionProvider,
+        warehouse: Warehouse,
+        *,
+        kill_flag: Any = None,
+        risk: RiskEngine | None = None,
+        provider_note: str = "",
+    ) -> None:
+        self.config = config
+        self.clients = clients
+        self.provider = provider
+        self.risk = risk or RiskEngine()
+        self.journal = Journal(warehouse, config.session_id)
+        self.desk = OrderDesk(
+            clients.trading, self.journal, config.session_id, attempts=config.submit_attempts
+        )
+        self.buffer = BarBuffer(config.symbols, config.base, max_bars_for(config.base, config.lookback_days))
+        self.kill_flag = kill_flag
+        self.report = SessionReport(config.session_id, getattr(provider, "name", "provider"), provider_note)
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.subscribed = threading.Event()
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._last_bar_wall = time.monotonic()
+        self._stale_logged = False
+        self._last_clock_poll = 0.0
+        # Polled on every turn; a reason ends the session cleanly (e.g. the champion alias moved).
+        self.stop_when: Callable[[], str | None] | None = None
+
+    # --- control ------------------------------------------------------------------------------------
+    def stop(self, reason: str = "stopped") -> None:
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    def run(self) -> SessionReport:
+        started = time.monotonic()
+        cfg = self.config
+        account = self.desk.call("account", self.clients.check_keys)  # wrong keys end here, before any order
+        self.report.equity_start = float(account["equity"])
+        now = self._venue_time()
+        opened, held = self.desk.reconcile(now)
+        self.report.reconciled_open_orders, self.report.reconciled_positions = opened, held
+        self._load_history(now)
+        next_at = self._first_decision_time()
+        streams = self._start_streams()
+        self.subscribed.set()
+        waiting_since: float | None = None
+        try:
+            while not self._stop.is_set():
+                if self._check_kill():
+                    break
+                reason = self.stop_when() if self.stop_when is not None else None
+                if reason:
+                    self.stop(reason)
+                    break
+                if time.monotonic() - started >= cfg.max_runtime_s:
+                    self.stop(f"max runtime {cfg.max_runtime_s:g} s")
+                    break
+                self._drain(timeout=0.05)
+                reached = [s for s in cfg.symbols if (self.buffer.last_close(s) or next_at) >= next_at]
+                if reached and waiting_since is None:
+                    waiting_since = time.monotonic()
+                all_in = len(reached) == len(cfg.symbols) and all(
+                    self.buffer.last_close(s) for s in cfg.symbols
+                )
+                grace_over = waiting_since is not None and time.monotonic() - waiting_since >= cfg.grace_s
+                if all_in or (reached and grace_over) or self._clock_passed(next_at):
+                    self._decide(next_at)
+                    waiting_since = None
+                    next_at += cfg.interval.duration
+                    if cfg.max_decisions is not None and self.report.decision_batches >= cfg.max_decisions:
+                        self.stop(f"max decisions {cfg.max_decisions}")
+                self._watch_staleness()
+        finally:
+            for stream in streams:
+                stream.stop()
+            self._drain(timeout=0)
+            self._finish()
+        self.report.wall_s = time.monotonic() - started
+        log.info(self.report.summary())
+        return self.report
+
+    # --- start ----------------------------------------------------------------------------------------
+    def _venue_time(self) -> datetime:
+        clock = self.desk.call("clock", self.clients.trading.get_clock)
+        stamp = clock["timestamp"] if isinstance(clock, dict) else clock.timestamp
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).astimezone(UTC)
+
+    def _load_history(self, now: datetime) -> None:
+        cfg = self.config
+        start = self.buffer.floor(now) - timedelta(days=cfg.lookback_days)
+        bars = self.clients.data.fetch_bars(list(cfg.symbols), cfg.base, start, self.buffer.floor(now))
+        self.buffer.insert(bars)
+        empty = [s for s in cfg.symbols if not self.buffer.count(s)]
+        if empty:
+            from crypto_pipeline.errors import UserInputError
+
+            raise UserInputError(
+                f"the venue has no {cfg.base.value} bars for {empty} in the {cfg.lookback_days} days before "
+                f"{now:%Y-%m-%d %H:%M}; choose symbols it trades at that timeframe"
+            )
+        log.info("loaded %d %s bars of %d symbol(s)", bars.height, cfg.base.value, len(cfg.symbols))
+
+    def _first_decision_time(self) -> datetime:
+        # The latest interval boundary the history has reached: a session decides as soon as it can.
+        newest = max(self.buffer.last_close(s) for s in self.config.symbols)  # type: ignore[type-var]
+        step = int(self.config.interval.duration.total_seconds())
+        epoch = int(newest.timestamp())
+        return datetime.fromtimestamp(epoch - epoch % step, tz=UTC)
+
+    def _start_streams(self) -> list[StreamThread]:
+        data = self.clients.data_stream()
+        data.subscribe_bars(self._on_bar, *self.config.symbols)
+        trades = self.clients.trading_stream()
+        trades.subscribe_trade_updates(self._on_trade_update)
+        return [
+            StreamThread(data, "live-data-stream").start(),
+            StreamThread(trades, "live-trade-stream").start(),
+        ]
+
+    # --- stream handlers (run in the streams' threads: they only queue) --------------------------------
+    async def _on_bar(self, message: dict[str, Any]) -> None:
+        try:
+            symbol, bar = parse_stream_bar(message)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with one message, skip it and say so
+            self.events.put(("malformed", f"{type(exc).__name__}: {exc}"[:200]))
+            return
+        self.events.put(("bar", (symbol, bar)))
+
+    async def _on_trade_update(self, message: dict[str, Any]) -> None:
+        order = (message.get("data") or {}).get("order") if isinstance(message, dict) else None
+        if isinstance(order, dict):
+            self.events.put(("order", order))
+
+    # --- the main thread ------------------------------------------------------------------------------
+    def _drain(self, timeout: float) -> None:
+        try:
+            kind, payload = self.events.get(timeout=timeout) if timeout else self.events.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(kind, payload)
+            try:
+                kind, payload = self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "bar":
+            symbol, bar = payload
+            self.report.stream_bars += 1
+            self._last_bar_wall = time.monotonic()
+            self._stale_logged = False
+            gap = self.buffer.add_stream_bar(symbol, bar)
+            if gap is not None:
+                self._backfill([gap])
+        elif kind == "order":
+            self.desk.observe(payload)
+        elif kind == "malformed":
+            self.report.malformed_messages += 1
+            log.warning("malformed market data message skipped: %s", payload)
+
+    def _backfill(self, gaps: list[Gap]) -> None:
+        """Fetch the bars of `gaps` through REST (one request per gap)."""
+        for gap in gaps:
+            try:
+                bars = self.clients.data.fetch_bars([gap.symbol], self.config.base, gap.start, gap.end)
+            except Exception as exc:  # noqa: BLE001 - the next decision's catch-up tries again
+                log.warning("backfill of %s %s..%s failed: %s", gap.symbol, gap.start, gap.end, describe(exc))
+                continue
+            added = self.buffer.insert(bars)
+            self.buffer.resolved([gap])
+            self.report.gaps_backfilled += 1
+            self.report.bars_backfilled += added
+            log.info(
+                "backfilled %d bar(s) of %s %s..%s",
+                added,
+                gap.symbol,
+                f"{gap.start:%H:%M}",
+                f"{gap.end:%H:%M}",
+            )
+
+    def _clock_passed(self, at: datetime) -> bool:
+        """When no bar came for `grace_s`, ask the venue's clock whether `at` has passed: the bars that
+        would have said so may be the ones a dropped connection lost (they are backfilled then)."""
+        now = time.monotonic()
+        if (
+            now - self._last_bar_wall < self.config.grace_s
+            or now - self._last_clock_poll < self.config.grace_s
+        ):
+            return False
+        self._last_clock_poll = now
+        try:
+            return self._venue_time() >= at
+        except Exception as exc:  # noqa: BLE001 - asked again after the next grace period
+            log.warning("venue clock unavailable: %s", describe(exc))
+            return False
+
+    def _watch_staleness(self) -> None:
+        idle = time.monotonic() - self._last_bar_wall
+        if idle >= self.config.stale_after_s and not self._stale_logged:
+            self._stale_logged = True
+            log.warning("stale data: no bar for %.0f s; no position is opened until bars arrive", idle)
+
+    def _check_kill(self) -> bool:
+        if self.kill_flag is None:
+            return False
+        reason = kill_reason(self.kill_flag)
+        if reason is None:
+            return False
+        now = self._venue_time()
+        self.report.flattened_positions = self.desk.flatten(now)
+        log.warning(
+            "kill switch (%s): orders canceled, %d position(s) closed",
+            reason,
+            self.report.flattened_positions,
+        )
+        self.stop(f"kill switch: {reason}")
+        return True
+
+    # --- one decision time ------------------------------------------------------------------------------
+    def _decide(self, at: datetime) -> None:
+        cfg = self.config
+        # Catch up first: lagging symbols and periods built from finer stream bars come from REST.
+        lagging = [g for s in cfg.symbols if (g := self.buffer.missing_until(s, at)) is not None]
+        self._backfill(lagging + self.buffer.suspect_until(at))
+        account = self.desk.account()
+        now = self._venue_time()
+        frame = self.buffer.frame(closed_by=at)
+        marks = _last_closes(frame)
+        for intent in self.risk.update(account, marks, at):  # the drawdown switch closes everything
+            cid = client_order_id(cfg.session_id, intent.symbol, at, "kill")
+            self.desk.submit(intent, cid, at)
+        states, missing = states_at(frame, cfg.base, cfg.symbols, at)
+        batch = [
+            states[s].with_portfolio(Portfolio.from_account(account, s)) for s in cfg.symbols if s in states
+        ]
+        prompts = {s.symbol: build_user_prompt(s) for s in batch}
+        decisions = decide_safely(self.provider, batch)
+        for symbol, why in missing.items():
+            decisions.append(TradeDecision.invalid(f"no market state: {why}", symbol=symbol, at=at))
+        returns = _returns(frame, self.risk.config.correlation_window)
+        last_close = {s: frame.filter(pl.col("symbol") == s)["timestamp"].max() for s in cfg.symbols}
+        for decision in decisions:
+            symbol = decision.symbol or ""
+            state = states.get(symbol)
+            decided = time.perf_counter()
+            newest = last_close.get(symbol)
+            age = now - (newest + cfg.base.duration) if newest is not None else timedelta(days=365)
+            price = state.price if state is not None else float("nan")
+            result = self.risk.evaluate(
+                decision,
+                account,
+                price,
+                now=at,
+                data_age=max(age, timedelta(0)),
+                prices=marks,
+                returns=returns,
+            )
+            self.journal.decision(at, state, prompts.get(symbol, ""), decision)
+            self.report.decisions += 1
+            self.report.valid_decisions += decision.valid
+            cid = None
+            if result.intent is not None:
+                cid = client_order_id(cfg.session_id, symbol, at)
+                self.report.approved += 1
+            self.journal.verdict(at, symbol, decision.action.value, result, cid)
+            if result.intent is not None and cid is not None:
+                order = self.desk.submit(result.intent, cid, at)
+                if order is not None:
+                    self.report.decision_to_order_ms.append((time.perf_counter() - decided) * 1e3)
+                    account = self.desk.account()  # the next decision sees this order's effect
+        self.desk.poll_open()
+        self._snapshot(at)
+        self.journal.flush()
+        self.report.decision_batches += 1
+        self.report.orders_submitted = self.desk.submitted
+        self.report.orders_reused = self.desk.reused
+        self.report.orders_refused = len(self.desk.refused)
+
+    def _snapshot(self, at: datetime) -> None:
+        raw = self.desk.call("account", self.clients.trading.get_account)
+        value, unrealized = self.desk.positions_value()
+        equity = float(raw["equity"])
+        self.report.equity_end = equity
+        self.journal.equity(
+            at, equity=equity, cash=float(raw["cash"]), positions_value=value, unrealized=unrealized
+        )
+
+    def _finish(self) -> None:
+        try:
+            self.desk.poll_open()
+            self._snapshot(self._venue_time())
+        except Exception as exc:  # noqa: BLE001 - the journal is still written below
+            log.warning("final account snapshot failed: %s", describe(exc))
+        self.journal.flush()
+        self.report.orders_submitted = self.desk.submitted
+        self.report.orders_reused = self.desk.reused
+        self.report.orders_refused = len(self.desk.refused)
+        self.report.stop_reason = self._stop_reason or "stopped"
+
+
+def _last_closes(frame: pl.DataFrame) -> dict[str, float]:
+    if frame.is_empty():
+        return {}
+    last = frame.group_by("symbol").agg(pl.col("close").sort_by("timestamp").last())
+    return {row["symbol"]: float(row["close"]) for row in last.iter_rows(named=True)}
+
+
+def _returns(frame: pl.DataFrame, window: int) -> dict[str, list[float]]:
+    out = {}
+    for (symbol,), rows in frame.partition_by("symbol", as_dict=True).items():
+        closes = rows.sort("timestamp")["close"].tail(window + 1)
+        out[str(symbol)] = closes.pct_change().drop_nulls().to_list()
+    return out

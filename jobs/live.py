@@ -1,0 +1,83 @@
+"""The `live_paper` job: one bounded live session (`crypto_pipeline.live.run_live`) from run config,
+runnable with `dagster job execute -j live_paper -w workspace.yaml` or from the launchpad."""
+
+import dagster as dg
+from pydantic import Field
+
+from assets.resources import WarehouseResource
+from crypto_pipeline.config import DEFAULT_SYMBOLS, get_settings
+from crypto_pipeline.live.config import LiveConfig
+from crypto_pipeline.live.run import EmbeddedExchange, flatten_venue, run_live
+
+
+class LivePaperConfig(dg.Config):
+    symbols: list[str] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
+    timeframe: str = Field("5m", description="Bar timeframe the loop buffers.")
+    decision_interval: str = Field("1h", description="Decide at every close of this interval.")
+    provider: str = Field("rules", description="'rules' or 'local' (the registered crypto-policy).")
+    model_alias: str = Field("champion", description="crypto-policy alias; no champion: newest challenger.")
+    max_runtime_s: float = 120.0
+    max_decisions: int | None = None
+    venue: str = Field(
+        "local", description="local, alpaca_paper or alpaca_live (needs the explicit setting)."
+    )
+    session_id: str | None = Field(None, description="Journal and order-id name (default: the run id).")
+    lookback_days: int = 30
+    exchange_url: str | None = Field(None, description="local venue: a running exchange (default: Settings).")
+    start_exchange: bool = Field(True, description="local venue: start an exchange inside the run.")
+    exchange_start: str | None = Field("2024-08-01", description="Embedded exchange: replay start.")
+    exchange_speed: float = Field(3600.0, description="Embedded exchange: market seconds per second.")
+
+
+@dg.op(description="Trade one bounded session: stream -> state -> decision -> risk -> orders -> journal.")
+def live_paper_session(
+    context: dg.OpExecutionContext, config: LivePaperConfig, warehouse: WarehouseResource
+) -> dg.Output[dict]:
+    settings = get_settings().model_copy(update={"warehouse_dir": warehouse.get().root})
+    live = LiveConfig(
+        session_id=config.session_id or context.run_id[:8],
+        symbols=tuple(config.symbols),
+        timeframe=config.timeframe,
+        decision_interval=config.decision_interval,
+        provider=config.provider,  # type: ignore[arg-type]
+        model_alias=config.model_alias,
+        max_runtime_s=config.max_runtime_s,
+        max_decisions=config.max_decisions,
+        venue=config.venue,  # type: ignore[arg-type]
+        lookback_days=config.lookback_days,
+    )
+    embedded = (
+        EmbeddedExchange(start=config.exchange_start, speed=config.exchange_speed)
+        if config.venue == "local" and config.start_exchange
+        else None
+    )
+    report = run_live(live, settings, exchange_url=config.exchange_url, embedded=embedded)
+    context.log.info(report.summary())
+    summary = {k: v for k, v in vars(report).items() if k != "decision_to_order_ms"}
+    return dg.Output(summary, metadata={k: v for k, v in summary.items() if v is not None})
+
+
+@dg.job(description="A bounded paper-trading session on the local exchange (or Alpaca paper).")
+def live_paper() -> None:
+    live_paper_session()
+
+
+class FlattenConfig(dg.Config):
+    venue: str = Field(
+        "local", description="local, alpaca_paper or alpaca_live (needs the explicit setting)."
+    )
+    exchange_url: str | None = Field(
+        None, description="local venue: the running exchange (default: Settings)."
+    )
+
+
+@dg.op(description="Cancel every open order and close every position at the venue.")
+def flatten_account(config: FlattenConfig, warehouse: WarehouseResource) -> dg.Output[int]:
+    settings = get_settings().model_copy(update={"warehouse_dir": warehouse.get().root})
+    closed = flatten_venue(settings, config.venue, config.exchange_url)
+    return dg.Output(closed, metadata={"positions_closed": closed})
+
+
+@dg.job(description="The kill switch when no live session is running: flatten the account.")
+def kill_switch() -> None:
+    flatten_account()

@@ -1,0 +1,154 @@
+"""Faults from the exchange's own injection (and a proxy for what it cannot inject): nothing lost,
+nothing doubled, a kill switch that flattens, wrong keys refused before any order."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import polars as pl
+import pytest
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import QueryOrderStatus
+from alpaca.trading.requests import GetOrdersRequest
+
+from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.live.kill import kill_flag_path, request_kill
+from crypto_pipeline.live.session import LiveSession
+from crypto_pipeline.warehouse import Warehouse
+
+from .conftest import KEY, SECRET, START, AlwaysBuy, Running, clients_for, live_config
+
+
+def venue_orders(server) -> list[dict]:
+    """Every order the venue holds (asked again past injected errors: this is the test's own look)."""
+    client = TradingClient(KEY, SECRET, paper=True, raw_data=True, url_override=server.base_url)
+    for _ in range(10):
+        try:
+            return client.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500))
+        except APIError:
+            continue
+    raise AssertionError("the venue never answered the order list")
+
+
+def test_connections_dropped_mid_stream_lose_no_bar(start_exchange, tmp_path, small_data) -> None:
+    server = start_exchange(faults={"drop_ws_every_messages": 7})
+    session = LiveSession(live_config(), clients_for(server), AlwaysBuy(), Warehouse(tmp_path / "wh"))
+    with Running(session, server) as running:
+        running.step(3)
+    at = START + timedelta(hours=3)
+    live = session.buffer.frame(closed_by=at).filter(pl.col("timestamp") >= START)
+    recorded = pl.read_parquet(small_data / "bars_5m.parquet").filter(
+        pl.col("timestamp") >= START, pl.col("timestamp") + timedelta(minutes=5) <= at
+    )
+    assert session.report.gaps_backfilled > 0  # the drops did cost stream bars...
+    assert live.height == recorded.height == 2 * 36  # ...and every one of them is in the buffer
+    assert (
+        live.sort("symbol", "timestamp")["close"].to_list()
+        == recorded.sort("symbol", "timestamp")["close"].to_list()
+    )
+    assert session.report.decision_batches == 4
+
+
+# 429 waits out alpaca-py's own 1 s retry before ours: slow.
+@pytest.mark.parametrize("codes", [[500, 503], pytest.param([429, 502], marks=pytest.mark.slow)])
+def test_errors_on_submission_never_double_an_order(start_exchange, tmp_path, codes) -> None:
+    server = start_exchange(faults={"rest_error_rate": 0.5, "rest_error_codes": codes})
+    session = LiveSession(live_config(), clients_for(server), AlwaysBuy(), Warehouse(tmp_path / "wh"))
+    with Running(session, server) as running:
+        running.step(2)
+    orders = venue_orders(server)
+    ids = [o["client_order_id"] for o in orders]
+    assert len(ids) == len(set(ids))  # one venue order per client id
+    assert (
+        len(ids) == session.report.approved == session.report.orders_submitted + session.report.orders_reused
+    )
+    assert session.report.approved >= 4
+
+
+def test_a_restart_on_the_same_bar_reconciles_and_places_no_second_order(start_exchange, tmp_path) -> None:
+    server = start_exchange()
+    warehouse = Warehouse(tmp_path / "wh")
+    first = LiveSession(live_config(max_decisions=1), clients_for(server), AlwaysBuy(), warehouse)
+    with Running(first, server):
+        pass
+    before = venue_orders(server)
+    assert len(before) == 2 and first.report.orders_submitted == 2
+    # The same session again, the clock where it stood: it finds the positions and re-derives the
+    # same client ids for the same bar, although it would now decide otherwise (sell what it holds).
+    second = LiveSession(live_config(max_decisions=1), clients_for(server), AlwaysBuy(), warehouse)
+    with Running(second, server):
+        pass
+    assert second.report.reconciled_positions == 2
+    assert second.report.orders_submitted == 0 and second.report.orders_reused == 2
+    assert len(venue_orders(server)) == 2
+    verdicts = warehouse.read("risk_verdicts")
+    assert verdicts.height == 2  # the journal holds each event once
+
+
+def test_the_kill_switch_cancels_and_flattens_the_account_and_stops(start_exchange, tmp_path) -> None:
+    server = start_exchange()
+    flag = kill_flag_path(tmp_path)
+    session = LiveSession(
+        live_config(), clients_for(server), AlwaysBuy(), Warehouse(tmp_path / "wh"), kill_flag=flag
+    )
+    client = TradingClient(KEY, SECRET, paper=True, raw_data=True, url_override=server.base_url)
+    with Running(session, server):
+        assert len(client.get_all_positions()) == 2
+        request_kill(flag, "test drill")
+        deadline = time.monotonic() + 10  # the loop looks at the flag on every turn
+        while not session.report.stop_reason and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert session.report.stop_reason.startswith("kill switch")
+    assert client.get_all_positions() == []
+    assert client.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN)) == []
+    assert session.report.flattened_positions == 2
+
+
+def test_wrong_keys_stop_the_session_with_a_clear_message_before_any_order(start_exchange, tmp_path) -> None:
+    server = start_exchange()
+    warehouse = Warehouse(tmp_path / "wh")
+    session = LiveSession(live_config(), clients_for(server, secret="not-the-secret"), AlwaysBuy(), warehouse)
+    with pytest.raises(
+        UserInputError, match="refused the API keys \\(HTTP 403\\).*no order was sent"
+    ) as error:
+        session.run()
+    assert "not-the-secret" not in str(error.value)
+    assert venue_orders(server) == []
+    assert warehouse.read("orders").is_empty()
+
+
+@pytest.mark.slow  # two fresh Python processes: most of its time is their imports
+def test_a_session_killed_by_sigkill_and_restarted_reconciles_and_never_doubles(
+    start_exchange, tmp_path
+) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from crypto_pipeline.config import REPO_ROOT
+
+    server = start_exchange()
+    env = {**os.environ, "ALPACA_API_KEY": KEY, "ALPACA_SECRET_KEY": SECRET, "PYTHONPATH": str(REPO_ROOT)}
+    args = [sys.executable, "-m", "tests.live.session_process", server.base_url, "k1"]
+    wh = str(tmp_path / "wh")
+    # The first process decides at the hour its history reaches, places its orders, and is killed
+    # (no clean stop, no final journal flush) while it waits for the next hour.
+    first = subprocess.Popen([*args, "5", wh], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(venue_orders(server)) < 2:
+        assert first.poll() is None and time.monotonic() < deadline, "the first session placed no orders"
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    placed = venue_orders(server)
+    # Restarted on the same bar (the clock has not moved): same client ids, so no second order.
+    second = subprocess.run([*args, "1", wh], cwd=REPO_ROOT, env=env, capture_output=True, timeout=180)
+    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    report = json.loads(second.stdout.decode().strip().splitlines()[-1])
+    assert report["reconciled_positions"] == 2
+    assert report["orders_submitted"] == 0 and report["orders_reused"] == 2
+    assert sorted(o["id"] for o in venue_orders(server)) == sorted(o["id"] for o in placed)
