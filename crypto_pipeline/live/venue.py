@@ -38,7 +38,7 @@ class Endpoints:
 def resolve_endpoints(venue: str, settings: object, exchange_url: str | None = None) -> Endpoints:
     """The endpoints of `venue`; real money is refused unless the explicit setting enables it."""
     if venue == "local":
-        url = exchange_url or f"http://{settings.exchange_host}:{settings.exchange_port}"  # type: ignore[attr-defined]
+        url = exchange_url or f"http://{settings.exchange.host}:{settings.exchange.port}"
         return Endpoints.local(url)
     if venue == "alpaca_paper":
         return Endpoints("alpaca_paper", None, None, None, None, paper=True)
