@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import threading
-import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from chat_completions import ChatCompletionsServer, completion
 
 from crypto_pipeline.llm.decision import Action
 from crypto_pipeline.llm.openai_compat import OpenAICompatible
@@ -20,69 +18,23 @@ from crypto_pipeline.state import MarketState
 ANSWER = (
     '{"action": "BUY", "confidence": 70, "position_size_pct": 10, "stop_loss_pct": 2, "take_profit_pct": 5}'
 )
-Handler = Callable[[dict[str, Any], int], tuple[int, dict[str, Any] | str, float]]
-
-
-def _completion(content: str, prompt_tokens: int = 400, completion_tokens: int = 30) -> dict[str, Any]:
-    return {
-        "id": "cmpl-1",
-        "model": "served-model-2024",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-    }
-
-
-class FakeServer:
-    """A /v1/chat/completions endpoint whose behaviour a test sets with `handler(body, call_no)`."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
-        self.handler: Handler = lambda body, n: (200, _completion(ANSWER), 0.0)
-        server = self
-
-        class _H(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append((dict(self.headers), body))
-                status, payload, delay = server.handler(body, len(server.requests))
-                time.sleep(delay)
-                data = payload if isinstance(payload, str) else json.dumps(payload)
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.end_headers()
-                    self.wfile.write(data.encode())
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _H)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
-def server() -> Iterator[FakeServer]:
-    srv = FakeServer()
+def server() -> Iterator[ChatCompletionsServer]:
+    srv = ChatCompletionsServer(lambda body, n: (200, completion(ANSWER), 0.0))
     yield srv
     srv.close()
 
 
-def _provider(server: FakeServer, **kwargs: Any) -> OpenAICompatible:
+def _provider(server: ChatCompletionsServer, **kwargs: Any) -> OpenAICompatible:
     defaults: dict[str, Any] = {"timeout_s": 2.0, "max_attempts": 3, "backoff_s": 0.01}
     return OpenAICompatible(server.url, "served-model", **{**defaults, **kwargs})
 
 
-def test_decides_and_counts_tokens_and_cost(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decides_and_counts_tokens_and_cost(
+    server: ChatCompletionsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TEST_LLM_KEY", "sk-secret-123")
     state = MarketState.example()
     with _provider(
@@ -103,9 +55,9 @@ def test_decides_and_counts_tokens_and_cost(server: FakeServer, monkeypatch: pyt
     assert "sk-secret-123" not in d.model_dump_json()
 
 
-def test_server_errors_are_retried_then_succeed(server: FakeServer) -> None:
+def test_server_errors_are_retried_then_succeed(server: ChatCompletionsServer) -> None:
     server.handler = lambda body, n: (
-        (500, {"error": "boom"}, 0.0) if n < 3 else (200, _completion(ANSWER), 0.0)
+        (500, {"error": "boom"}, 0.0) if n < 3 else (200, completion(ANSWER), 0.0)
     )
     with _provider(server) as provider:
         [d] = provider.decide([MarketState.example()])
@@ -113,7 +65,7 @@ def test_server_errors_are_retried_then_succeed(server: FakeServer) -> None:
     assert len(server.requests) == 3
 
 
-def test_persistent_500_gives_an_invalid_hold_with_the_reason(server: FakeServer) -> None:
+def test_persistent_500_gives_an_invalid_hold_with_the_reason(server: ChatCompletionsServer) -> None:
     server.handler = lambda body, n: (500, {"error": "down"}, 0.0)
     with _provider(server) as provider:
         decisions = provider.decide([MarketState.example(), MarketState.example()])
@@ -122,10 +74,10 @@ def test_persistent_500_gives_an_invalid_hold_with_the_reason(server: FakeServer
     assert len(server.requests) == 6
 
 
-def test_timeouts_give_an_invalid_hold_within_the_budget(server: FakeServer) -> None:
+def test_timeouts_give_an_invalid_hold_within_the_budget(server: ChatCompletionsServer) -> None:
     # the server answers only once the test lets it: the client must give up by itself, twice
     released = threading.Event()
-    server.handler = lambda body, n: (200, _completion(ANSWER), released.wait(timeout=60) and 0.0)
+    server.handler = lambda body, n: (200, completion(ANSWER), released.wait(timeout=60) and 0.0)
     try:
         with _provider(server, timeout_s=0.2, max_attempts=2) as provider:
             [d] = provider.decide([MarketState.example()])
@@ -136,7 +88,7 @@ def test_timeouts_give_an_invalid_hold_within_the_budget(server: FakeServer) -> 
     assert len(server.requests) == 2
 
 
-def test_client_errors_are_not_retried(server: FakeServer) -> None:
+def test_client_errors_are_not_retried(server: ChatCompletionsServer) -> None:
     server.handler = lambda body, n: (401, {"error": "bad key"}, 0.0)
     with _provider(server) as provider:
         [d] = provider.decide([MarketState.example()])
@@ -144,11 +96,11 @@ def test_client_errors_are_not_retried(server: FakeServer) -> None:
     assert len(server.requests) == 1
 
 
-def test_falls_back_when_the_server_has_no_json_mode(server: FakeServer) -> None:
+def test_falls_back_when_the_server_has_no_json_mode(server: ChatCompletionsServer) -> None:
     def handler(body: dict[str, Any], n: int) -> tuple[int, dict[str, Any], float]:
         if "response_format" in body:
             return 400, {"error": {"message": "response_format is not supported"}}, 0.0
-        return 200, _completion("Sure: " + ANSWER), 0.0
+        return 200, completion("Sure: " + ANSWER), 0.0
 
     server.handler = handler
     with _provider(server) as provider:
@@ -158,9 +110,9 @@ def test_falls_back_when_the_server_has_no_json_mode(server: FakeServer) -> None
     assert [("response_format" in b) for _, b in server.requests] == [True, False, False]
 
 
-def test_malformed_bodies_and_bad_text_are_invalid_holds(server: FakeServer) -> None:
+def test_malformed_bodies_and_bad_text_are_invalid_holds(server: ChatCompletionsServer) -> None:
     server.handler = lambda body, n: (
-        (200, "not json", 0.0) if n == 1 else (200, _completion("I think BUY"), 0.0)
+        (200, "not json", 0.0) if n == 1 else (200, completion("I think BUY"), 0.0)
     )
     with _provider(server, concurrency=1) as provider:
         a, b = provider.decide([MarketState.example(), MarketState.example()])
@@ -174,14 +126,14 @@ def test_unreachable_endpoint_is_an_invalid_hold() -> None:
     assert not d.valid and "endpoint unavailable" in d.error
 
 
-def test_states_are_sent_concurrently_and_answers_keep_their_order(server: FakeServer) -> None:
+def test_states_are_sent_concurrently_and_answers_keep_their_order(server: ChatCompletionsServer) -> None:
     # the server answers only when all four requests are in at once: sent one by one, the barrier breaks
     together = threading.Barrier(4, timeout=30)
 
     def handler(body: dict[str, Any], n: int) -> tuple[int, dict[str, Any], float]:
         together.wait()
         action = "BUY" if "ETH" in body["messages"][1]["content"] else "HOLD"
-        return 200, _completion(f'{{"action": "{action}", "confidence": 50, "position_size_pct": 5}}'), 0.0
+        return 200, completion(f'{{"action": "{action}", "confidence": 50, "position_size_pct": 5}}'), 0.0
 
     server.handler = handler
     states = [MarketState.example().model_copy(update={"symbol": s}) for s in ["BTC/USDT", "ETH/USDT"] * 2]

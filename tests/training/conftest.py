@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
 import pytest
+from chat_completions import ChatCompletionsServer, completion
 
 from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.features import compute_features
@@ -118,56 +117,30 @@ def teacher_answer(user_prompt: str) -> tuple[str, str]:
     return ("SELL", "Teacher: the day is down.") if down else ("BUY", "Teacher: the day is up.")
 
 
-class ChatServer:
-    """A minimal `/v1/chat/completions` endpoint with token usage, as vLLM or llama.cpp serve it; it
-    answers `teacher_answer(user prompt)` and reports the same token usage for every call."""
+class ChatServer(ChatCompletionsServer):
+    """The teacher's endpoint: it answers `teacher_answer(user prompt)` and reports the same token usage
+    for every call."""
 
     prompt_tokens, completion_tokens = PROMPT_TOKENS, COMPLETION_TOKENS
     answer = staticmethod(teacher_answer)
 
     def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], dict]] = []
-        server = self
+        super().__init__(self._teach)
 
-        class _Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append((dict(self.headers), body))
-                action, reasoning = teacher_answer(body["messages"][-1]["content"])
-                content = json.dumps(
-                    {
-                        "action": action,
-                        "confidence": 70,
-                        "position_size_pct": 10 if action == "BUY" else 0,
-                        "stop_loss_pct": 2,
-                        "take_profit_pct": 4,
-                        "reasoning": reasoning,
-                    }
-                )
-                payload = {
-                    "id": "c1",
-                    "model": "teacher-7b",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
-                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS},
-                }
-                data = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    @staticmethod
+    def _teach(body: dict, call_no: int) -> tuple[int, dict, float]:
+        action, reasoning = teacher_answer(body["messages"][-1]["content"])
+        content = json.dumps(
+            {
+                "action": action,
+                "confidence": 70,
+                "position_size_pct": 10 if action == "BUY" else 0,
+                "stop_loss_pct": 2,
+                "take_profit_pct": 4,
+                "reasoning": reasoning,
+            }
+        )
+        return 200, completion(content, PROMPT_TOKENS, COMPLETION_TOKENS, model="teacher-7b"), 0.0
 
 
 @pytest.fixture

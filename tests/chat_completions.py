@@ -1,0 +1,67 @@
+"""A real `/v1/chat/completions` endpoint on loopback, as vLLM, llama.cpp or OpenAI serve it, for the tests of
+`OpenAICompatible` and of the dataset's teacher. A test sets its behaviour with `handler(body, call_no)`;
+every request (headers, body) is kept in `requests`. Importable from every test folder: pytest puts `tests/`
+on the path for `tests/conftest.py`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+# (request body, 1-based call number) -> (HTTP status, JSON payload or raw text, seconds to wait first)
+Handler = Callable[[dict[str, Any], int], tuple[int, dict[str, Any] | str, float]]
+
+
+def completion(
+    content: str, prompt_tokens: int = 400, completion_tokens: int = 30, model: str = "served-model-2024"
+) -> dict[str, Any]:
+    """A chat-completions response body carrying `content` and the token usage."""
+    return {
+        "id": "cmpl-1",
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+    }
+
+
+class ChatCompletionsServer:
+    """The endpoint, served from a daemon thread until `close()`; `url` ends in `/v1`."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.handler = handler
+        server = self
+
+        class _H(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append((dict(self.headers), body))
+                status, payload, delay = server.handler(body, len(server.requests))
+                time.sleep(delay)
+                data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout tests)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
