@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.bars import BarBuffer, Gap, max_bars_for
 from crypto_pipeline.live.config import LiveConfig
 from crypto_pipeline.live.journal import Journal
 from crypto_pipeline.live.kill import kill_reason
+from crypto_pipeline.live.metrics import LiveMetrics
 from crypto_pipeline.live.orders import OrderDesk, client_order_id, describe
 from crypto_pipeline.live.states import states_at
 from crypto_pipeline.live.streams import StreamThread, parse_stream_bar
@@ -93,12 +95,19 @@ class LiveSession:
         kill_flag: Any = None,
         risk: RiskEngine | None = None,
         provider_note: str = "",
+        metrics: LiveMetrics | None = None,
+        alerts: Alerter | None = None,
     ) -> None:
         self.config = config
         self.clients = clients
         self.provider = provider
         self.risk = risk or RiskEngine()
         self.journal = Journal(warehouse, config.session_id)
+        # Monitoring follows the journal (see metrics.py, alerts.py); the caller may serve or post them.
+        self.metrics = metrics or LiveMetrics(config.session_id)
+        self.alerts = alerts or Alerter(config.session_id)
+        self.journal.listeners += [self.metrics.on_journal, self.alerts.on_journal]
+        self._streams: list[StreamThread] = []
         self.desk = OrderDesk(
             clients.trading, self.journal, config.session_id, attempts=config.submit_attempts
         )
@@ -130,7 +139,7 @@ class LiveSession:
         self.report.reconciled_open_orders, self.report.reconciled_positions = opened, held
         self._load_history(now)
         next_at = self._first_decision_time()
-        streams = self._start_streams()
+        streams = self._streams = self._start_streams()
         self.subscribed.set()
         waiting_since: float | None = None
         try:
@@ -286,9 +295,11 @@ class LiveSession:
 
     def _watch_staleness(self) -> None:
         idle = time.monotonic() - self._last_bar_wall
+        connections = {s.thread.name: s.connections for s in self._streams}
+        self.metrics.on_stream(data_age_s=idle, connections=connections, bars=self.report.stream_bars)
         if idle >= self.config.stale_after_s and not self._stale_logged:
             self._stale_logged = True
-            log.warning("stale data: no bar for %.0f s; no position is opened until bars arrive", idle)
+            self.alerts.stale_data(idle)
 
     def _check_kill(self) -> bool:
         if self.kill_flag is None:
@@ -298,11 +309,7 @@ class LiveSession:
             return False
         now = self._venue_time()
         self.report.flattened_positions = self.desk.flatten(now)
-        log.warning(
-            "kill switch (%s): orders canceled, %d position(s) closed",
-            reason,
-            self.report.flattened_positions,
-        )
+        self.alerts.kill_switch(reason, self.report.flattened_positions)
         self.stop(f"kill switch: {reason}")
         return True
 
@@ -319,6 +326,7 @@ class LiveSession:
         for intent in self.risk.update(account, marks, at):  # the drawdown switch closes everything
             cid = client_order_id(cfg.session_id, intent.symbol, at, "kill")
             self.desk.submit(intent, cid, at)
+        self.alerts.risk_state(self.risk.daily_breaker, self.risk.killed, self.risk.kill_reason)
         states, missing = states_at(frame, cfg.base, cfg.symbols, at)
         batch = [
             states[s].with_portfolio(Portfolio.from_account(account, s)) for s in cfg.symbols if s in states
