@@ -147,7 +147,13 @@ class MonitoringSettings(BaseModel):
         default=3, ge=1, description="Alert when this many decisions in a row are invalid model outputs."
     )
 
-    @field_validator("metrics_port", "alert_webhook_url", mode="before")
+    drift_reference_run: str | None = Field(
+        default=None, description="drift_sensor's reference run in the journal; empty: the newest backtest run."
+    )
+    drift_threshold: float = Field(default=0.25, gt=0, description="PSI beyond which drift_sensor retrains.")
+    drift_min_decisions: int = Field(default=50, ge=1, description="Fewer live decisions: drift is not judged.")
+
+    @field_validator("metrics_port", "alert_webhook_url", "drift_reference_run", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
