@@ -134,7 +134,10 @@ class MonitoringSettings(BaseModel):
     CRYPTO_PIPELINE_MONITORING__METRICS_PORT=9464 serves /metrics on that port."""
 
     metrics_port: int | None = Field(
-        default=None, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; empty: off, 0: any."
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint; empty: off, 0: any.",
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address /metrics listens on.")
     # A Slack or Discord webhook URL carries its own token: a secret, never logged.
@@ -148,10 +151,13 @@ class MonitoringSettings(BaseModel):
     )
 
     drift_reference_run: str | None = Field(
-        default=None, description="drift_sensor's reference run in the journal; empty: the newest backtest run."
+        default=None,
+        description="drift_sensor's reference run in the journal; empty: the newest backtest run.",
     )
     drift_threshold: float = Field(default=0.25, gt=0, description="PSI beyond which drift_sensor retrains.")
-    drift_min_decisions: int = Field(default=50, ge=1, description="Fewer live decisions: drift is not judged.")
+    drift_min_decisions: int = Field(
+        default=50, ge=1, description="Fewer live decisions: drift is not judged."
+    )
 
     @field_validator("metrics_port", "alert_webhook_url", "drift_reference_run", mode="before")
     @classmethod
