@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.backtest import baseline_backtests, llm_backtests, promotion, walk_forward_report
 from assets.features import features, market_states
+from assets.live import live_performance
 from assets.market_data import bars, raw_bars
 from assets.partitions import DAILY_PARTITIONS
 from assets.resources import MarketDataSourceResource, WarehouseResource
@@ -44,6 +45,7 @@ def make_definitions(
             promotion,
             sft_dataset,
             finetuned_model,
+            live_performance,
         ],
         jobs=[market_data_job, retrain_job, live_paper, kill_switch],
         schedules=[daily_market_data_schedule, weekly_retrain_schedule],
