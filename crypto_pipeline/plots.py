@@ -92,7 +92,9 @@ def plot_equity_vs_buy_hold(
     """A strategy's equity against buy-and-hold of the same symbols from the same start; returns the PNG."""
     fig, ax = plt.subplots(figsize=(10, 4.5), constrained_layout=True)
     ax.plot(times, equity, color="tab:blue", linewidth=1.2, marker=".", label="live equity")
-    ax.plot(times, buy_hold, color="grey", linewidth=1.0, linestyle="--", label="buy and hold (equal weights)")
+    ax.plot(
+        times, buy_hold, color="grey", linewidth=1.0, linestyle="--", label="buy and hold (equal weights)"
+    )
     ax.set_title(title)
     ax.set_ylabel("USD")
     ax.legend(loc="upper left", fontsize=8)
