@@ -6,6 +6,7 @@ builds, mounts and runs exists; the services' dagster.yaml loads as a Dagster in
 from __future__ import annotations
 
 import configparser
+import importlib
 import json
 import re
 import shlex
@@ -59,7 +60,9 @@ def _unit(path: Path) -> configparser.ConfigParser:
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
-def test_each_systemd_unit_verifies_and_runs_a_dagster_command_with_options_it_accepts(unit, tmp_path) -> None:
+def test_each_systemd_unit_verifies_and_runs_a_dagster_command_with_options_it_accepts(
+    unit, tmp_path
+) -> None:
     parsed = _unit(unit)
     service = parsed["Service"]
     assert service["Restart"] == "always" and parsed["Install"]["WantedBy"] == "multi-user.target"
@@ -75,16 +78,24 @@ def test_each_systemd_unit_verifies_and_runs_a_dagster_command_with_options_it_a
         text = unit.read_text().replace(f"{INSTALL}/.venv/bin", str(VENV_BIN)).replace(INSTALL, str(ROOT))
         local.write_text(text)
         done = subprocess.run([verifier, "verify", str(local)], capture_output=True, text=True, timeout=120)
-        problems = [line for line in done.stderr.splitlines() if "Unknown" in line or "not executable" in line]
+        problems = [
+            line for line in done.stderr.splitlines() if "Unknown" in line or "not executable" in line
+        ]
         assert done.returncode == 0 and not problems, done.stderr
 
-    # Each option it passes is one the command lists (the daemon's options are those of `run`).
+    # Each option it passes is one the command lists (the daemon's options are those of `run`). The
+    # program's own click command is asked in process: a subprocess would import Dagster again.
+    from importlib.metadata import entry_points
+
+    from click.testing import CliRunner
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == program.name]
+    command = importlib.import_module(script.module).cli
     subcommand = [a for a in argv[1:2] if not a.startswith("-")]
-    help_text = subprocess.run(
-        [str(program), *subcommand, "--help"], capture_output=True, text=True, timeout=300
-    ).stdout
+    shown = CliRunner().invoke(command, [*subcommand, "--help"])
+    assert shown.exit_code == 0, shown.output
     for option in [a for a in argv[1:] if a.startswith("-")]:
-        assert re.search(rf"(^|[\s,]){re.escape(option)}\b", help_text), f"{program.name} has no {option}"
+        assert re.search(rf"(^|[\s,]){re.escape(option)}\b", shown.output), f"{program.name} has no {option}"
     assert (ROOT / argv[argv.index("-w") + 1]).is_file()  # the workspace it loads
 
 
