@@ -232,3 +232,41 @@ def test_a_failing_webhook_is_logged_and_never_stops_the_caller(status, caplog) 
     assert "stale data: no bar for 45 s" in caplog.text
     assert ("HTTP 500" if status else "unreachable") in caplog.text
     assert "T0KEN" not in caplog.text
+
+
+def test_run_live_serves_metrics_on_the_configured_port_while_the_session_runs(tmp_path, small_data) -> None:
+    import socket
+
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.live.run import EmbeddedExchange, run_live
+
+    with socket.socket() as probe:  # a port free now, given as a fixed setting
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(warehouse_dir=tmp_path / "wh", monitoring={"metrics_port": port})
+    seen: list[dict] = []
+    done = threading.Event()
+
+    def scrape_while_running() -> None:
+        while not done.is_set():
+            try:
+                seen.append(scrape(port))
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=scrape_while_running, daemon=True)
+    watcher.start()
+    try:
+        report = run_live(
+            live_config(session_id="served", max_decisions=2, lookback_days=3),
+            settings,
+            embedded=EmbeddedExchange(start="2024-08-05T12:00:00", speed=3600, data_dir=small_data),
+        )
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    assert report.decision_batches == 2
+    assert seen and total(seen[-1], "live_session_info", session="served") == 1
+    with pytest.raises(httpx.HTTPError):  # the endpoint ends with the session
+        scrape(port)
