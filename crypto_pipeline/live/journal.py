@@ -92,7 +92,15 @@ class Journal:
             filled_avg_price=_float(order.get("filled_avg_price")),
         )
 
-    def fill(self, at: datetime, order: dict[str, Any], fill_id: str, qty: float, price: float) -> None:
+    def fill(
+        self,
+        at: datetime,
+        order: dict[str, Any],
+        fill_id: str,
+        qty: float,
+        price: float,
+        fee: float | None = None,
+    ) -> None:
         self._add(
             "fills",
             time=at,
@@ -103,10 +111,21 @@ class Journal:
             side=_text(order.get("side")),
             qty=qty,
             price=price,
+            fee=fee,
+            # Spot fees are charged in the quote currency (BTC/USDT: USDT).
+            fee_currency=str(order.get("symbol") or "").partition("/")[2] or None
+            if fee is not None
+            else None,
         )
 
     def equity(
-        self, at: datetime, *, equity: float, cash: float, positions_value: float, unrealized: float
+        self,
+        at: datetime,
+        *,
+        equity: float,
+        cash: float,
+        positions_value: float,
+        unrealized: float | None,
     ) -> None:
         self._add(
             "equity",

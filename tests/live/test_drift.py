@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import polars as pl
 import pytest
 
@@ -134,3 +135,58 @@ def test_drift_sensor_requests_retrain_once_per_drifted_live_run(journal_of_thre
             assert drift_sensor(context).run_requests == []  # 8 decisions: too few to judge
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.requires_data("binance-spot-2024")
+def test_a_journaled_backtest_is_the_reference_a_live_run_is_judged_against(start_exchange, tmp_path) -> None:
+    from datetime import UTC, datetime
+
+    from crypto_pipeline.backtest.folds import Fold
+    from crypto_pipeline.backtest.journaling import journal_policy_run
+    from crypto_pipeline.backtest.walkforward import MarketData, WalkForwardConfig, run_provider_fold
+    from crypto_pipeline.live.performance import live_performance
+    from crypto_pipeline.llm.prompts import build_user_prompt
+    from crypto_pipeline.risk import RiskConfig
+
+    from .conftest import SYMBOLS
+
+    config = WalkForwardConfig(
+        symbols=SYMBOLS,
+        start="2024-07-01",
+        end="2024-08-05",
+        decision_every_hours=1,
+        risk=RiskConfig(min_confidence=50),
+    )
+    start, end = datetime(2024, 8, 1, tzinfo=UTC), datetime(2024, 8, 5, tzinfo=UTC)
+    run = run_provider_fold(
+        "rules", RuleBased(), MarketData.load(config), Fold(0, start, start, start, end), config
+    ).run
+    assert run is not None and run.fills and len(run.states) == len(run.decisions) == 4 * 24 * 2
+
+    warehouse = Warehouse(tmp_path / "wh")
+    written = journal_policy_run(warehouse, "backtest-rules", run)
+    assert written["decisions"] == written["risk_verdicts"] == len(run.decisions)
+    assert written["fills"] == len(run.fills) and written["orders"] == 2 * len(run.fills)
+    decisions = warehouse.read("decisions").sort("time", "symbol")
+    first = min(run.states, key=lambda s: (s.at, s.symbol))
+    assert decisions["prompt"][0] == build_user_prompt(first)  # the prompt with the portfolio it saw
+    fills = warehouse.read("fills")
+    assert fills["fee"].sum() == pytest.approx(sum(f.fee for f in run.fills))
+    journal_policy_run(warehouse, "backtest-rules", run)  # journaled again: nothing added
+    assert warehouse.read("decisions").height == len(run.decisions)
+    equity = warehouse.read("equity").sort("time")
+    assert equity.height == 4 * 24 and equity["equity"][-1] == pytest.approx(
+        float(run.equity.asof(pd.Timestamp(equity["time"][-1])))
+    )
+
+    server = start_exchange()
+    session = LiveSession(live_config(session_id="buyer"), clients_for(server), AlwaysBuy(), warehouse)
+    with Running(session, server) as running:
+        running.step(3)
+    runs = journal_runs(warehouse)
+    assert pick_runs(runs) == ("buyer", "backtest-rules")
+    report = journal_drift(warehouse, "buyer", "backtest-rules", min_decisions=8)
+    assert report.drifted and report.reasons[0].startswith("action mix PSI"), report.summary()
+    # The backtest's slippage against the closes its decisions saw: its own next-open fills.
+    perf = live_performance(warehouse, "backtest-rules")
+    assert perf.slippage_fills == len(run.fills) and perf.valid_rate == 1.0
