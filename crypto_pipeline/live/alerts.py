@@ -77,10 +77,9 @@ class Alerter:
             self.alert(f"drawdown kill switch tripped ({kill_reason}): every position is being closed")
         self._breaker, self._killed = daily_breaker, killed
 
-    def kill_switch(self, reason: str, closed: int) -> None:
-        self.alert(
-            f"kill switch ({reason}): open orders canceled, {closed} position(s) closed, session stopped"
-        )
+    def kill_switch(self, reason: str, closed: int, *, session: bool = True) -> None:
+        stopped = ", session stopped" if session else ""
+        self.alert(f"kill switch ({reason}): open orders canceled, {closed} position(s) closed{stopped}")
 
     def stale_data(self, idle_s: float) -> None:
         self.alert(f"stale data: no bar for {idle_s:.0f} s; no position is opened until bars arrive")

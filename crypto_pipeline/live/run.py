@@ -133,5 +133,9 @@ def flatten_venue(settings: object, venue: str = "local", exchange_url: str | No
     desk.call("account", clients.check_keys)
     closed = desk.flatten(datetime.now(UTC))
     journal.flush()
-    log.warning("kill switch: open orders canceled and %d position(s) closed at %s", closed, venue)
+    alerts = Alerter.from_settings("kill-switch", settings)
+    alerts.kill_switch(
+        f"no session running, venue {venue}", closed, session=False
+    )  # logged, and posted when set
+    alerts.close()
     return closed

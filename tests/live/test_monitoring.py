@@ -270,3 +270,23 @@ def test_run_live_serves_metrics_on_the_configured_port_while_the_session_runs(t
     assert seen and total(seen[-1], "live_session_info", session="served") == 1
     with pytest.raises(httpx.HTTPError):  # the endpoint ends with the session
         scrape(port)
+
+
+def test_the_kill_switch_without_a_session_alerts_the_webhook(
+    start_exchange, tmp_path, webhook, monkeypatch
+) -> None:
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.live.run import flatten_venue
+
+    from .conftest import KEY
+
+    server = start_exchange()
+    monkeypatch.setenv("ALPACA_API_KEY", KEY)
+    monkeypatch.setenv("ALPACA_SECRET_KEY", SECRET)
+    settings = Settings(warehouse_dir=tmp_path / "wh", monitoring={"alert_webhook_url": webhook.url})
+    assert flatten_venue(settings, "local", server.base_url) == 0
+    (body,) = webhook.wait_for(1)
+    assert body == {
+        "text": "[crypto-pipeline kill-switch] kill switch (no session running, venue local): "
+        "open orders canceled, 0 position(s) closed"
+    }
