@@ -10,12 +10,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from chat_completions import ChatCompletionsServer, completion
 
 from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.state import STATE_TIMEFRAMES, market_state_table
 from crypto_pipeline.training.dataset import DatasetConfig, SftDataset, build_sft_dataset
+from tests.chat_completions import ChatCompletionsServer, completion
 
 DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"  # for benchmarks; tests ask the `recorded` fixture
 START = datetime(2024, 2, 1, tzinfo=UTC)
