@@ -62,7 +62,7 @@ def run_live(
     else:
         credentials = Credentials.from_settings(settings, config.venue)
     try:
-        choice = choose_provider(config.provider, config.model_alias, settings)
+        choice = choose_provider(config.provider, config.model_alias, settings, config)
         log.info("live session %s decides with %s", config.session_id, choice.note)
         session = LiveSession(
             config,
@@ -72,7 +72,7 @@ def run_live(
             kill_flag=kill_flag_path(warehouse_dir),
             provider_note=choice.note,
         )
-        if config.provider == "local" and choice.model_version is not None:
+        if config.provider in ("local", "swarm") and choice.model_version is not None:
             session.stop_when = _champion_moved(settings, config.model_alias, choice.model_version)
         return session.run()
     finally:
