@@ -295,3 +295,50 @@ def test_over_streamable_http_a_refused_order_is_refused_and_bars_come_from_the_
     ]
     assert not any(SECRET in text for text in out["texts"])
     assert json.dumps(out["account"][1]).find(SECRET) == -1
+
+
+def test_wrong_keys_are_a_clear_tool_error_and_no_order(start_exchange, tmp_path) -> None:
+    from mcp import Client
+    from pydantic import SecretStr
+
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.live.agent import AgentConfig, AgentDesk
+    from crypto_pipeline.mcp_server import build_server
+
+    server = start_exchange()
+    wrong = "not-the-secret-5b1f"
+    settings = Settings(
+        warehouse_dir=tmp_path / "wh", alpaca_api_key=SecretStr(KEY), alpaca_secret_key=SecretStr(wrong)
+    )
+    desk = AgentDesk(AgentConfig(exchange_url=server.base_url), settings)
+
+    async def scenario() -> list[Any]:
+        async with Client(build_server(desk, tmp_path / "wh" / "reports")) as client:
+            account = await client.call_tool("get_account", {})
+            order = await client.call_tool(
+                "place_order",
+                {"symbol": "BTC/USDT", "action": "BUY", "position_size_pct": 10, "confidence": 90},
+            )
+            report = await client.call_tool("get_positions", {})
+            return [account, order, report]
+
+    results = anyio.run(scenario)
+    for result in results:
+        text = result.content[0].text
+        assert result.is_error and "refused the API keys (HTTP 403)" in text, text
+        assert wrong not in text and "no order was sent" in text
+    assert venue_orders(server) == []
+
+
+def test_real_money_is_refused_unless_explicitly_enabled(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from crypto_pipeline.cli import app
+
+    monkeypatch.setenv("ALPACA_API_KEY", KEY)
+    monkeypatch.setenv("ALPACA_SECRET_KEY", SECRET)
+    monkeypatch.setenv("CRYPTO_PIPELINE_WAREHOUSE_DIR", str(tmp_path))
+    monkeypatch.delenv("CRYPTO_PIPELINE_LIVE_TRADING_ENABLED", raising=False)
+    result = CliRunner().invoke(app, ["mcp", "--venue", "alpaca_live"])
+    assert result.exit_code == 2
+    assert "CRYPTO_PIPELINE_LIVE_TRADING_ENABLED=true" in result.output
