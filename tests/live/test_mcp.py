@@ -128,6 +128,9 @@ def test_over_stdio_the_risk_engine_decides_what_reaches_the_venue(start_exchang
                 "place_order", symbol="BTC/USDT", action="BUY", position_size_pct=10, confidence=80
             )
             out["positions"] = await call("get_positions")
+            out["orders"] = await call("get_orders", status="all")
+            cid = out["buy"][1]["client_order_id"]
+            out["cancel_filled"] = await call("cancel_order", order_id=cid)
             out["sell_unheld"] = await call(
                 "place_order", symbol="ETH/USDT", action="SELL", position_size_pct=10, confidence=90
             )
@@ -173,6 +176,11 @@ def test_over_stdio_the_risk_engine_decides_what_reaches_the_venue(start_exchang
     assert at_venue["id"] == buy["order"]["id"] and float(at_venue["qty"]) == buy["intent"]["qty"]
     error, positions = out["positions"]
     assert [p["symbol"] for p in positions["positions"]] == ["BTC/USDT"]
+    assert positions["positions"][0]["qty"] == buy["order"]["filled_qty"] == buy["intent"]["qty"]
+    error, orders = out["orders"]
+    assert [(o["client_order_id"], o["status"]) for o in orders["orders"]] == [(cid, "filled")]
+    error, cancel = out["cancel_filled"]  # found by its client id; the venue's refusal comes back
+    assert error and "already" in cancel and "filled" in cancel
 
     # Refused: nothing of ETH is held (spot only): refused through MCP, with the reason, and not sent.
     error, sell = out["sell_unheld"]
