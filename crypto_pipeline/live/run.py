@@ -69,7 +69,7 @@ def run_live(
     try:
         if monitoring is not None and monitoring.metrics_port is not None:
             metrics.serve(monitoring.metrics_port, monitoring.metrics_host)
-        choice = choose_provider(config.provider, config.model_alias, settings)
+        choice = choose_provider(config.provider, config.model_alias, settings, config)
         log.info("live session %s decides with %s", config.session_id, choice.note)
         session = LiveSession(
             config,
@@ -81,7 +81,7 @@ def run_live(
             metrics=metrics,
             alerts=alerts,
         )
-        if config.provider == "local" and choice.model_version is not None:
+        if config.provider in ("local", "swarm") and choice.model_version is not None:
             session.stop_when = _champion_moved(settings, config.model_alias, choice.model_version)
         return session.run()
     finally:

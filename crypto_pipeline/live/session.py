@@ -28,6 +28,7 @@ import polars as pl
 from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.bars import BarBuffer, Gap, max_bars_for
 from crypto_pipeline.live.config import LiveConfig
+from crypto_pipeline.live.gate import gate_decision, last_closes, recent_returns
 from crypto_pipeline.live.journal import Journal
 from crypto_pipeline.live.kill import kill_reason
 from crypto_pipeline.live.metrics import LiveMetrics
@@ -322,7 +323,7 @@ class LiveSession:
         account = self.desk.account()
         now = self._venue_time()
         frame = self.buffer.frame(closed_by=at)
-        marks = _last_closes(frame)
+        marks = last_closes(frame)
         for intent in self.risk.update(account, marks, at):  # the drawdown switch closes everything
             cid = client_order_id(cfg.session_id, intent.symbol, at, "kill")
             self.desk.submit(intent, cid, at)
@@ -335,37 +336,31 @@ class LiveSession:
         decisions = decide_safely(self.provider, batch)
         for symbol, why in missing.items():
             decisions.append(TradeDecision.invalid(f"no market state: {why}", symbol=symbol, at=at))
-        returns = _returns(frame, self.risk.config.correlation_window)
+        returns = recent_returns(frame, self.risk.config.correlation_window)
         last_close = {s: frame.filter(pl.col("symbol") == s)["timestamp"].max() for s in cfg.symbols}
         for decision in decisions:
             symbol = decision.symbol or ""
-            state = states.get(symbol)
             decided = time.perf_counter()
             newest = last_close.get(symbol)
             age = now - (newest + cfg.base.duration) if newest is not None else timedelta(days=365)
-            price = state.price if state is not None else float("nan")
-            result = self.risk.evaluate(
+            gated = gate_decision(
                 decision,
+                states.get(symbol),
+                prompts.get(symbol, ""),
                 account,
-                price,
-                now=at,
-                data_age=max(age, timedelta(0)),
+                risk=self.risk,
+                desk=self.desk,
+                at=at,
+                data_age=age,
                 prices=marks,
                 returns=returns,
             )
-            self.journal.decision(at, state, prompts.get(symbol, ""), decision)
             self.report.decisions += 1
             self.report.valid_decisions += decision.valid
-            cid = None
-            if result.intent is not None:
-                cid = client_order_id(cfg.session_id, symbol, at)
-                self.report.approved += 1
-            self.journal.verdict(at, symbol, decision.action.value, result, cid)
-            if result.intent is not None and cid is not None:
-                order = self.desk.submit(result.intent, cid, at)
-                if order is not None:
-                    self.report.decision_to_order_ms.append((time.perf_counter() - decided) * 1e3)
-                    account = self.desk.account()  # the next decision sees this order's effect
+            self.report.approved += gated.result.approved
+            if gated.order is not None:
+                self.report.decision_to_order_ms.append((time.perf_counter() - decided) * 1e3)
+                account = self.desk.account()  # the next decision sees this order's effect
         self.desk.poll_open()
         self._snapshot(at)
         self.journal.flush()
@@ -394,18 +389,3 @@ class LiveSession:
         self.report.orders_reused = self.desk.reused
         self.report.orders_refused = len(self.desk.refused)
         self.report.stop_reason = self._stop_reason or "stopped"
-
-
-def _last_closes(frame: pl.DataFrame) -> dict[str, float]:
-    if frame.is_empty():
-        return {}
-    last = frame.group_by("symbol").agg(pl.col("close").sort_by("timestamp").last())
-    return {row["symbol"]: float(row["close"]) for row in last.iter_rows(named=True)}
-
-
-def _returns(frame: pl.DataFrame, window: int) -> dict[str, list[float]]:
-    out = {}
-    for (symbol,), rows in frame.partition_by("symbol", as_dict=True).items():
-        closes = rows.sort("timestamp")["close"].tail(window + 1)
-        out[str(symbol)] = closes.pct_change().drop_nulls().to_list()
-    return out

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from chat_completions import ChatCompletionsServer, completion
 
 from crypto_pipeline.llm.decision import Action
 from crypto_pipeline.llm.openai_compat import OpenAICompatible
 from crypto_pipeline.llm.prompts import PROMPT_VERSION, SYSTEM_PROMPT
 from crypto_pipeline.llm.provider import DecisionProvider
 from crypto_pipeline.state import MarketState
+from tests.chat_completions import ChatCompletionsServer, completion
 
 ANSWER = (
     '{"action": "BUY", "confidence": 70, "position_size_pct": 10, "stop_loss_pct": 2, "take_profit_pct": 5}'
