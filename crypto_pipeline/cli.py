@@ -595,6 +595,72 @@ def kill_command(
     typer.echo(f"kill switch set ({flag}): live sessions flatten and stop; clear it with --clear")
 
 
+# --- replay-decisions: a model again on a run's journaled prompts ----------------------------------
+@app.command("replay-decisions")
+def replay_decisions_command(
+    run: str = typer.Option(
+        ..., "--run", help="The journal's run id (a live session id, or a backtest run)."
+    ),
+    model: str = typer.Option(
+        "",
+        "--model",
+        help="LoRA adapter folder or MLflow URI (models:/crypto-policy/3, models:/crypto-policy@champion); "
+        "default: the registered version the run used.",
+    ),
+    provider: str = typer.Option("local", help="local (LocalLLM with --model) | rules."),
+    limit: int = typer.Option(0, min=0, help="Replay only the first N decisions (0: all)."),
+    show: int = typer.Option(20, min=0, help="Rows of differences to print."),
+    out: str = typer.Option("", help="Write every replayed row to this CSV file."),
+) -> None:
+    """Re-run a model on a run's journaled prompts; show where it now decides differently."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.errors import UserInputError
+    from crypto_pipeline.live.replay import journaled_decisions, journaled_model, replay_decisions
+    from crypto_pipeline.warehouse import Warehouse
+
+    console = Console(stderr=True)
+    settings = Settings()
+    try:
+        rows = journaled_decisions(Warehouse(settings.warehouse_dir), run, limit or None)
+        if provider == "rules":
+            from crypto_pipeline.llm.rule_based import RuleBased
+
+            chosen = RuleBased()
+        elif provider == "local":
+            from crypto_pipeline.llm.local import LocalLLM
+
+            uri = model or journaled_model(rows)
+            if uri is None:
+                raise UserInputError(
+                    f"run {run!r} did not decide with one registered version: name one with --model"
+                )
+            chosen = LocalLLM(adapter=uri, model_version=uri, settings=settings)
+        else:
+            raise UserInputError(f"unknown --provider {provider!r}: expected local or rules")
+    except UserInputError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    with console.status(f"replaying {rows.height} decisions of {run} with {chosen.name}..."):
+        report = replay_decisions(rows, chosen, run)
+    changed = report.rows.filter("changed")
+    table = Table(title=f"{report.changed} of {report.replayed} decisions differ ({chosen.name} vs {run})")
+    for column in ("time", "symbol", "before", "after", "valid_after", "prompt_changed"):
+        table.add_column(column)
+    for row in changed.head(show).iter_rows(named=True):
+        table.add_row(
+            *(str(row[c]) for c in ("time", "symbol", "before", "after", "valid_after", "prompt_changed"))
+        )
+    console.print(table)
+    if out:
+        report.rows.write_csv(out)
+    typer.echo(json.dumps(report.summary()))
+
+
 # --- mcp: the venue's risk-gated tools for any MCP client ----------------------------------------
 @app.command("mcp")
 def mcp_command(

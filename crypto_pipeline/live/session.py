@@ -332,7 +332,8 @@ class LiveSession:
         batch = [
             states[s].with_portfolio(Portfolio.from_account(account, s)) for s in cfg.symbols if s in states
         ]
-        prompts = {s.symbol: build_user_prompt(s) for s in batch}
+        shown = {s.symbol: s for s in batch}  # the states as the model saw them, portfolio included
+        prompts = {symbol: build_user_prompt(s) for symbol, s in shown.items()}
         decisions = decide_safely(self.provider, batch)
         for symbol, why in missing.items():
             decisions.append(TradeDecision.invalid(f"no market state: {why}", symbol=symbol, at=at))
@@ -345,7 +346,7 @@ class LiveSession:
             age = now - (newest + cfg.base.duration) if newest is not None else timedelta(days=365)
             gated = gate_decision(
                 decision,
-                states.get(symbol),
+                shown.get(symbol),
                 prompts.get(symbol, ""),
                 account,
                 risk=self.risk,
