@@ -216,13 +216,13 @@ def _llm_provider() -> tuple[object, str]:
             return choice.provider, choice.note
     from crypto_pipeline.llm.local import LocalLLM
 
-    return LocalLLM(), "base SmolLM2-135M (no model registered)"
+    return LocalLLM().load(), "base SmolLM2-135M (no model registered)"
 
 
 def llm_latency_results(quick: bool, workdir: Path) -> list[BenchResult]:
     provider, which = _llm_provider()
-    symbols = _symbols(4 if not quick else 2)
-    hours = 12 if not quick else 2
+    symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT"][: 3 if not quick else 1]
+    hours = 6 if not quick else 2
     report, http, wh = stepped_latency(provider, symbols, hours, workdir, "llm")
     summary = summarize_journal(Warehouse(wh), "llm")
     ref50, ref99 = np.percentile(http, [50, 99])
