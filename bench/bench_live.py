@@ -221,8 +221,9 @@ def _llm_provider() -> tuple[object, str]:
 
 def llm_latency_results(quick: bool, workdir: Path) -> list[BenchResult]:
     provider, which = _llm_provider()
+    # Minutes per decision time on a busy 2-core machine (250 s for three pairs under a load of 13).
     symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT"][: 3 if not quick else 1]
-    hours = 6 if not quick else 2
+    hours = 4 if not quick else 2
     report, http, wh = stepped_latency(provider, symbols, hours, workdir, "llm")
     summary = summarize_journal(Warehouse(wh), "llm")
     ref50, ref99 = np.percentile(http, [50, 99])
