@@ -126,19 +126,30 @@ def run_command(
         "--train/--no-train",
         help="Also build the dataset, QLoRA-tune briefly and run the walk-forward.",
     ),
+    live_seconds: float = typer.Option(
+        120.0, help="Wall seconds of the closing live_paper session on the replay (0: none)."
+    ),
+    live_decisions: int | None = typer.Option(
+        None, help="Also end the live session after this many decision times.", min=1
+    ),
 ) -> None:
     """The offline run: the market_data job (raw_bars → bars → features → market_states) over
     Settings.start..end (both days included) in one run; then the dataset, a short QLoRA fine-tune registered
-    as MLflow's `challenger`, and the walk-forward baselines with their report. One line per stage, the
-    full logs in a file; then the warehouse summary."""
+    as MLflow's `challenger`, the walk-forward baselines, the LLM walk-forward and the promotion gate; last,
+    a bounded `live_paper` session on the replay with the champion (or the newest challenger, or the rules
+    when no model is registered) and its summary from the journal. One line per stage, the full logs in a
+    file; then the warehouse summary and the commands that open the Dagster and MLflow UIs."""
     if source not in ("exchange", "recorded"):
         raise typer.BadParameter("expected 'exchange' or 'recorded'", param_hint="--source")
     # Imported here: the library never imports Dagster; the job lives in the Dagster layer (jobs/).
-    from jobs.run_offline import run
+    from crypto_pipeline.config import get_settings
+    from jobs.run_offline import run, ui_commands
 
-    if not run(source, train=train):
+    if not run(source, train=train, live_seconds=live_seconds, live_decisions=live_decisions):
         raise typer.Exit(1)
     info_command(table="")
+    for line in ui_commands(get_settings()):
+        typer.echo(line)
 
 
 # --- exchange: the local Alpaca-compatible paper exchange -----------------------------------

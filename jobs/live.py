@@ -1,7 +1,10 @@
 """The `live_paper` job: one bounded live session (`crypto_pipeline.live.run_live`) from run config,
 runnable with `dagster job execute -j live_paper -w workspace.yaml` or from the launchpad."""
 
+from pathlib import Path
+
 import dagster as dg
+import numpy as np
 from pydantic import Field
 
 from assets.resources import WarehouseResource
@@ -34,6 +37,8 @@ class LivePaperConfig(dg.Config):
     start_exchange: bool = Field(True, description="local venue: start an exchange inside the run.")
     exchange_start: str | None = Field("2024-08-01", description="Embedded exchange: replay start.")
     exchange_speed: float = Field(3600.0, description="Embedded exchange: market seconds per second.")
+    exchange_db: str | None = Field(None, description="Embedded exchange: its SQLite account file.")
+    exchange_reset: bool = Field(False, description="Embedded exchange: start with a fresh paper account.")
 
 
 @dg.op(description="Trade one bounded session: stream -> state -> decision -> risk -> orders -> journal.")
@@ -57,13 +62,21 @@ def live_paper_session(
         lookback_days=config.lookback_days,
     )
     embedded = (
-        EmbeddedExchange(start=config.exchange_start, speed=config.exchange_speed)
+        EmbeddedExchange(
+            start=config.exchange_start,
+            speed=config.exchange_speed,
+            db_path=Path(config.exchange_db) if config.exchange_db else None,
+            reset=config.exchange_reset,
+        )
         if config.venue == "local" and config.start_exchange
         else None
     )
     report = run_live(live, settings, exchange_url=config.exchange_url, embedded=embedded)
     context.log.info(report.summary())
     summary = {k: v for k, v in vars(report).items() if k != "decision_to_order_ms"}
+    if report.decision_to_order_ms:
+        p50, p99 = np.percentile(report.decision_to_order_ms, [50, 99])
+        summary |= {"decision_to_order_p50_ms": float(p50), "decision_to_order_p99_ms": float(p99)}
     return dg.Output(summary, metadata={k: v for k, v in summary.items() if v is not None})
 
 

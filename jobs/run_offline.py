@@ -13,6 +13,7 @@ is passed to the job as a resource: nothing is configured through the environmen
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import sys
 import time
@@ -134,6 +135,7 @@ class Stages:
 
     def __init__(self, out: Console, log_path: Path) -> None:
         self.out, self.log_path, self.ok = out, log_path, True
+        self.took: dict[str, float] = {}  # stage -> seconds, for the summary
 
     def run(
         self, name: str, step: Callable[[], dg.ExecuteInProcessResult | list[dg.ExecuteInProcessResult]]
@@ -159,6 +161,7 @@ class Stages:
         for result in results:
             summary.add(result)
         success = error is None and all(r.success for r in results) and not summary.failed
+        self.took[name] = time.perf_counter() - started
         mark = "[green]✓[/]" if success else "[red]✗[/]"
         passed = summary.checks - len(summary.failed) - len(summary.warned)
         detail = f"{passed}/{summary.checks} checks passed" if summary.checks else ""
@@ -269,7 +272,99 @@ def comparison_table(result: dg.ExecuteInProcessResult) -> list[str]:
     return lines
 
 
-def run(source: str = "exchange", train: bool = True) -> bool:
+# The live stage of `make run`: `live_paper` on the replay of the recorded data from QUICK_LIVE's start
+# (inside the dataset's test period, after every training label), 5m bars and a decision every hour at
+# 3600x (an hour of market time each wall second), a fresh paper account on its own SQLite file. SmolLM2
+# on two cores takes seconds per decision time, so the session skips the hours the replay ran past
+# meanwhile (see LiveSession._next_decision_time) and still decides a few dozen times in two minutes.
+QUICK_LIVE = {
+    "timeframe": "5m",
+    "decision_interval": "1h",
+    "exchange_start": "2024-08-01",
+    "lookback_days": 30,
+}
+LIVE_SPEED = 3600.0
+
+
+def live_provider(settings: Settings) -> tuple[str, str]:
+    """'local' when MLflow's registry holds crypto-policy's champion or a challenger (the session itself
+    falls back from the one to the other, saying so); else 'rules', and why."""
+    from crypto_pipeline.live.providers import FALLBACK_ALIAS, REGISTERED_MODEL, alias_version
+
+    if (settings.mlruns_dir / "mlflow.db").exists():  # asking MLflow would create an empty registry
+        uri = settings.mlflow_tracking_uri
+        if any(alias_version(uri, alias) for alias in ("champion", FALLBACK_ALIAS)):
+            return "local", ""
+    return (
+        "rules",
+        f"no {REGISTERED_MODEL}@champion or @{FALLBACK_ALIAS} registered: the rule-based provider trades",
+    )
+
+
+def run_live_paper(
+    instance: dg.DagsterInstance,
+    settings: Settings,
+    provider: str,
+    session_id: str,
+    seconds: float,
+    max_decisions: int | None = None,
+) -> dg.ExecuteInProcessResult:
+    """The `live_paper` job, bounded to `seconds` (and `max_decisions` decision times), on an exchange it
+    starts at LIVE_SPEED."""
+    config = {
+        **QUICK_LIVE,
+        "symbols": list(settings.symbols),
+        "provider": provider,
+        "session_id": session_id,
+        "max_runtime_s": seconds,
+        "max_decisions": max_decisions,
+        "exchange_speed": LIVE_SPEED,
+        "exchange_db": str(settings.warehouse_dir / "exchange-live-make-run.sqlite"),
+        "exchange_reset": True,
+    }
+    job = make_definitions().resolve_job_def("live_paper")
+    run_config = {"ops": {"live_paper_session": {"config": config}}}
+    return job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+
+
+def live_summary(
+    result: dg.ExecuteInProcessResult, settings: Settings, session_id: str, note: str
+) -> list[str]:
+    """The session's summary, read back from the journal, with what only the session knows (which model
+    decided, why it stopped, decision -> order latency)."""
+    from crypto_pipeline.live.summary import summarize_journal
+    from crypto_pipeline.warehouse import Warehouse
+
+    report = result.output_for_node("live_paper_session")
+    lines = [f"session {session_id}: {note or report.get('provider_note') or report.get('provider')}"]
+    lines += summarize_journal(Warehouse(settings.warehouse_dir), session_id).lines()
+    if "decision_to_order_p50_ms" in report:
+        lines.append(
+            f"decision -> order acknowledged: p50 {report['decision_to_order_p50_ms']:.1f} ms, "
+            f"p99 {report['decision_to_order_p99_ms']:.1f} ms"
+        )
+    lines.append(
+        f"stopped: {report.get('stop_reason')}; {report.get('decision_times_skipped', 0)} decision time(s) skipped "
+        f"while deciding; {report.get('stream_bars', 0)} stream bars, {report.get('gaps_backfilled', 0)} gaps backfilled"
+    )
+    return lines
+
+
+def ui_commands(settings: Settings) -> list[str]:
+    """How to look at what the run made: the Dagster UI on this instance, the MLflow UI on its registry."""
+    home = os.environ.get("DAGSTER_HOME", str(Path.cwd() / ".dagster_home"))
+    return [
+        f"Dagster UI: DAGSTER_HOME={home} .venv/bin/dagster-webserver -w workspace.yaml   # http://127.0.0.1:3000",
+        f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}   # http://127.0.0.1:5000",
+    ]
+
+
+def run(
+    source: str = "exchange",
+    train: bool = True,
+    live_seconds: float = 120.0,
+    live_decisions: int | None = None,
+) -> bool:
     """The whole offline run; True when every stage succeeded."""
     if source not in ("exchange", "recorded"):
         raise ValueError(f"unknown source {source!r}: expected 'exchange' or 'recorded'")
@@ -310,9 +405,26 @@ def run(source: str = "exchange", train: bool = True) -> bool:
             if gated and gated[-1].success:
                 for line in comparison_table(gated[-1]):
                     out.print(f"      {line}", highlight=False, markup=False)
+        if live_seconds > 0:
+            provider, note = live_provider(settings)
+            session_id = f"make-run-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+            lived: list[dg.ExecuteInProcessResult] = []
+            stages.run(
+                f"live paper session ({live_seconds:g} s at {LIVE_SPEED:g}x)",
+                lambda: (
+                    lived.append(
+                        run_live_paper(instance, settings, provider, session_id, live_seconds, live_decisions)
+                    )
+                    or lived[-1]
+                ),
+            )
+            if lived and lived[-1].success:
+                for line in live_summary(lived[-1], settings, session_id, note):
+                    out.print(f"      {line}", highlight=False, markup=False)
     status = "[green]success[/]" if stages.ok else "[red]failure[/]"
     out.print(f"offline run: {status} in {time.perf_counter() - started:.0f} s (full logs: {log_path})")
     reports = settings.warehouse_dir / "reports"
     if stages.ok and reports.is_dir():
         out.print(f"reports and charts: {reports}")
+    out.print("stages: " + ", ".join(f"{name} {took:.0f} s" for name, took in stages.took.items()))
     return stages.ok

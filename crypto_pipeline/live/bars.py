@@ -3,10 +3,13 @@ the periods it cannot trust yet (a stream bar finer than the base) reported for 
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 from crypto_pipeline.market.schema import BAR_SCHEMA
@@ -32,14 +35,21 @@ class BarBuffer:
     symbols: tuple[str, ...]
     base: Timeframe
     max_bars: int
-    _bars: dict[str, dict[datetime, tuple[float | None, ...]]] = field(default_factory=dict)
+    # Per symbol: open time -> (open time in epoch microseconds, open, ..., vwap), NaN where missing: all
+    # floats, so that `frame` converts the whole buffer in one numpy call (100+ symbols every decision).
+    _bars: dict[str, dict[datetime, tuple[float, ...]]] = field(default_factory=dict)
     # Base periods a finer stream bar fell into: their content must come from REST once they are over.
     _suspect: dict[str, set[datetime]] = field(default_factory=dict)
+    # The newest open time and a min-heap of the open times, per symbol: the loop asks for the newest
+    # bar of every symbol on each turn, and trimming must not sort the buffer at each bar (100+ symbols).
+    _last: dict[str, datetime] = field(default_factory=dict)
+    _opens: dict[str, list[datetime]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for symbol in self.symbols:
             self._bars.setdefault(symbol, {})
             self._suspect.setdefault(symbol, set())
+            self._opens.setdefault(symbol, [])
 
     def floor(self, moment: datetime) -> datetime:
         step = int(self.base.duration.total_seconds())
@@ -47,8 +57,7 @@ class BarBuffer:
         return datetime.fromtimestamp(epoch - epoch % step, tz=moment.tzinfo)
 
     def last_open(self, symbol: str) -> datetime | None:
-        bars = self._bars.get(symbol)
-        return max(bars) if bars else None
+        return self._last.get(symbol)
 
     def last_close(self, symbol: str) -> datetime | None:
         last = self.last_open(symbol)
@@ -68,9 +77,10 @@ class BarBuffer:
         if opened != slot:
             # A bar finer than the base (a minute bar inside a 5m period): the period is taken from REST.
             self._suspect[symbol].add(slot)
-            self._bars[symbol].setdefault(slot, _row(bar))
+            if slot not in self._bars[symbol]:
+                self._store(symbol, slot, _row(slot, bar))
         else:
-            self._bars[symbol][slot] = _row(bar)
+            self._store(symbol, slot, _row(slot, bar))
         self._trim(symbol)
         if previous is not None and slot > previous + self.base.duration:
             return Gap(symbol, previous + self.base.duration, slot)
@@ -104,7 +114,7 @@ class BarBuffer:
             if opened != self.floor(opened):
                 continue
             added += opened not in self._bars[symbol]
-            self._bars[symbol][opened] = _row(row)
+            self._store(symbol, opened, _row(opened, row))
             self._suspect[symbol].discard(opened)
         for symbol in self.symbols:
             self._trim(symbol)
@@ -117,23 +127,48 @@ class BarBuffer:
 
     def frame(self, closed_by: datetime | None = None) -> pl.DataFrame:
         """Every buffered bar (closed by `closed_by` when given) as BAR_SCHEMA rows, by symbol and time."""
-        rows = []
+        symbols: list[pl.Series] = []
+        rows: list[tuple[float, ...]] = []
         for symbol in self.symbols:
-            for opened, values in self._bars[symbol].items():
-                if closed_by is None or opened + self.base.duration <= closed_by:
-                    rows.append((symbol, opened, *values))
-        frame = pl.DataFrame(rows, schema=BAR_SCHEMA, orient="row")
+            bars = self._bars[symbol]
+            if closed_by is None:
+                chosen = list(bars.values())
+            else:
+                last_open = closed_by - self.base.duration
+                chosen = [values for opened, values in bars.items() if opened <= last_open]
+            symbols.append(pl.repeat(symbol, len(chosen), dtype=pl.Utf8, eager=True))
+            rows += chosen
+        table = np.array(rows, dtype=np.float64).reshape(len(rows), len(_VALUES) + 1)
+        frame = pl.DataFrame(
+            {
+                "symbol": pl.concat(symbols) if symbols else pl.Series([], dtype=pl.Utf8),
+                "timestamp": pl.Series(table[:, 0].astype(np.int64)).cast(BAR_SCHEMA["timestamp"]),
+                **{
+                    name: pl.Series(name, table[:, i + 1], nan_to_null=True) for i, name in enumerate(_VALUES)
+                },
+            },
+            schema=BAR_SCHEMA,
+        )
         return frame.sort("symbol", "timestamp")
 
-    def _trim(self, symbol: str) -> None:
+    def _store(self, symbol: str, opened: datetime, values: tuple[float, ...]) -> None:
         bars = self._bars[symbol]
-        if len(bars) > self.max_bars:
-            for opened in sorted(bars)[: len(bars) - self.max_bars]:
-                del bars[opened]
+        if opened not in bars:
+            heapq.heappush(self._opens[symbol], opened)
+            last = self._last.get(symbol)
+            if last is None or opened > last:
+                self._last[symbol] = opened
+        bars[opened] = values
+
+    def _trim(self, symbol: str) -> None:
+        bars, opens = self._bars[symbol], self._opens[symbol]
+        while len(bars) > self.max_bars:
+            del bars[heapq.heappop(opens)]
 
 
-def _row(bar: Mapping[str, object]) -> tuple[float | None, ...]:
-    return tuple(None if bar.get(k) is None else float(bar[k]) for k in _VALUES)  # type: ignore[arg-type]
+def _row(opened: datetime, bar: Mapping[str, object]) -> tuple[float, ...]:
+    values = (math.nan if bar.get(k) is None else float(bar[k]) for k in _VALUES)  # type: ignore[arg-type]
+    return (opened.timestamp() * 1e6, *values)
 
 
 def max_bars_for(base: Timeframe, lookback_days: int) -> int:

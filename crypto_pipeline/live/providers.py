@@ -85,4 +85,5 @@ def registered_model(alias: str, settings: Any) -> ProviderChoice:
         raise UserInputError(f"no {REGISTERED_MODEL}@{alias} in the registry at {uri}")
     adapter = resolve_adapter(f"models:/{REGISTERED_MODEL}/{version}", settings)
     provider = LocalLLM(adapter=adapter, model_version=f"{REGISTERED_MODEL}:{version}", settings=settings)
+    provider.load()  # now, not at the first decision: loading takes seconds the replay would run past
     return ProviderChoice(provider, version, note)

@@ -33,6 +33,7 @@ class EmbeddedExchange:
     speed: float = 3600.0
     data_dir: Path | None = None
     db_path: Path | None = None
+    reset: bool = False  # a fresh paper account (`make run`), instead of the one in `db_path`
 
 
 def run_live(
@@ -58,6 +59,7 @@ def run_live(
                 speed=embedded.speed,
                 data_dir=embedded.data_dir or settings.market_data_dir,  # type: ignore[attr-defined]
                 db_path=embedded.db_path or warehouse_dir / "exchange.sqlite",
+                reset=embedded.reset,
             )
         ).start()
         endpoints = resolve_endpoints("local", settings, server.base_url)

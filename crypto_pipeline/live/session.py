@@ -65,6 +65,7 @@ class SessionReport:
     reconciled_open_orders: int = 0
     reconciled_positions: int = 0
     flattened_positions: int = 0
+    decision_times_skipped: int = 0
     stop_reason: str = ""
     equity_start: float | None = None
     equity_end: float | None = None
@@ -120,6 +121,7 @@ class LiveSession:
         self._stop = threading.Event()
         self._stop_reason = ""
         self._last_bar_wall = time.monotonic()
+        self._decided_wall = 0.0
         self._stale_logged = False
         self._last_clock_poll = 0.0
         # Polled on every turn; a reason ends the session cleanly (e.g. the champion alias moved).
@@ -165,7 +167,7 @@ class LiveSession:
                 if all_in or (reached and grace_over) or self._clock_passed(next_at):
                     self._decide(next_at)
                     waiting_since = None
-                    next_at += cfg.interval.duration
+                    next_at = self._next_decision_time(next_at)
                     if cfg.max_decisions is not None and self.report.decision_batches >= cfg.max_decisions:
                         self.stop(f"max decisions {cfg.max_decisions}")
                 self._watch_staleness()
@@ -205,6 +207,25 @@ class LiveSession:
         step = int(self.config.interval.duration.total_seconds())
         epoch = int(newest.timestamp())
         return datetime.fromtimestamp(epoch - epoch % step, tz=UTC)
+
+    def _next_decision_time(self, done: datetime) -> datetime:
+        """The close after `done`; or, when the stream has run past it while deciding (a slow model at a
+        fast replay), the latest close the stream has reached: deciding on the missed ones would decide
+        on stale data and fall further behind."""
+        following = done + self.config.interval.duration
+        self._drain(timeout=0)  # the bars that came while deciding
+        closes = [c for s in self.config.symbols if (c := self.buffer.last_close(s)) is not None]
+        if not closes:
+            return following
+        step = int(self.config.interval.duration.total_seconds())
+        epoch = int(max(closes).timestamp())
+        latest = datetime.fromtimestamp(epoch - epoch % step, tz=UTC)
+        if latest <= following:
+            return following
+        skipped = (latest - following) // self.config.interval.duration
+        self.report.decision_times_skipped += skipped
+        log.info("behind the venue clock: %d decision time(s) skipped, next at %s", skipped, latest)
+        return latest
 
     def _start_streams(self) -> list[StreamThread]:
         data = self.clients.data_stream()
@@ -259,23 +280,28 @@ class LiveSession:
             log.warning("malformed market data message skipped: %s", payload)
 
     def _backfill(self, gaps: list[Gap]) -> None:
-        """Fetch the bars of `gaps` through REST (one request per gap)."""
+        """Fetch the bars of `gaps` through REST: one request per span, for every symbol missing it (a
+        reconnect or a busy turn leaves the same span missing for all symbols: 100+ requests otherwise)."""
+        spans: dict[tuple[datetime, datetime], list[Gap]] = {}
         for gap in gaps:
+            spans.setdefault((gap.start, gap.end), []).append(gap)
+        for (start, end), same in spans.items():
+            symbols = sorted({g.symbol for g in same})
             try:
-                bars = self.clients.data.fetch_bars([gap.symbol], self.config.base, gap.start, gap.end)
+                bars = self.clients.data.fetch_bars(symbols, self.config.base, start, end)
             except Exception as exc:  # noqa: BLE001 - the next decision's catch-up tries again
-                log.warning("backfill of %s %s..%s failed: %s", gap.symbol, gap.start, gap.end, describe(exc))
+                log.warning("backfill of %s %s..%s failed: %s", ",".join(symbols), start, end, describe(exc))
                 continue
             added = self.buffer.insert(bars)
-            self.buffer.resolved([gap])
-            self.report.gaps_backfilled += 1
+            self.buffer.resolved(same)
+            self.report.gaps_backfilled += len(same)
             self.report.bars_backfilled += added
             log.info(
                 "backfilled %d bar(s) of %s %s..%s",
                 added,
-                gap.symbol,
-                f"{gap.start:%H:%M}",
-                f"{gap.end:%H:%M}",
+                ",".join(symbols),
+                f"{start:%H:%M}",
+                f"{end:%H:%M}",
             )
 
     def _clock_passed(self, at: datetime) -> bool:
@@ -283,7 +309,8 @@ class LiveSession:
         would have said so may be the ones a dropped connection lost (they are backfilled then)."""
         now = time.monotonic()
         if (
-            now - self._last_bar_wall < self.config.grace_s
+            # idle since the last bar or the end of the last decision time (no bar is read meanwhile)
+            now - max(self._last_bar_wall, self._decided_wall) < self.config.grace_s
             or now - self._last_clock_poll < self.config.grace_s
         ):
             return False
@@ -338,7 +365,7 @@ class LiveSession:
         for symbol, why in missing.items():
             decisions.append(TradeDecision.invalid(f"no market state: {why}", symbol=symbol, at=at))
         returns = recent_returns(frame, self.risk.config.correlation_window)
-        last_close = {s: frame.filter(pl.col("symbol") == s)["timestamp"].max() for s in cfg.symbols}
+        last_close = dict(frame.group_by("symbol").agg(pl.col("timestamp").max()).iter_rows())
         for decision in decisions:
             symbol = decision.symbol or ""
             decided = time.perf_counter()
@@ -365,6 +392,7 @@ class LiveSession:
         self.desk.poll_open()
         self._snapshot(at)
         self.journal.flush()
+        self._decided_wall = time.monotonic()
         self.report.decision_batches += 1
         self.report.orders_submitted = self.desk.submitted
         self.report.orders_reused = self.desk.reused

@@ -3,6 +3,8 @@ orders that are never doubled, a journal of everything, and faults that lose not
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import polars as pl
@@ -79,3 +81,44 @@ def test_live_states_equal_the_states_built_from_the_recorded_bars(
         build_user_prompt(live[s].with_portfolio(Portfolio(cash=c, equity=c)))
         for s, c in zip(SYMBOLS, [float(session.report.equity_start)] * 2, strict=True)
     )
+
+
+class _SlowSecondTime(RuleBased):
+    """The rules, but the second decision time blocks until the test releases it: the replay runs on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        object.__setattr__(self, "calls", 0)
+        object.__setattr__(self, "entered", threading.Event())
+        object.__setattr__(self, "release", threading.Event())
+
+    def decide(self, states: list) -> list:
+        object.__setattr__(self, "calls", self.calls + 1)
+        if self.calls == 2:
+            self.entered.set()
+            self.release.wait(120)
+        return super().decide(states)
+
+
+def test_a_session_that_fell_behind_the_replay_decides_at_the_latest_close_not_each_missed_one(
+    start_exchange, tmp_path
+) -> None:
+    server = start_exchange()
+    provider = _SlowSecondTime()
+    warehouse = Warehouse(tmp_path / "wh")
+    session = LiveSession(live_config(), clients_for(server), provider, warehouse)
+    with Running(session, server) as running:
+        running.clock += timedelta(hours=1)
+        server.advance_to(running.clock)
+        assert provider.entered.wait(60), "the second decision time never started"
+        running.clock += timedelta(hours=4)  # the replay runs 4 h on while the model thinks
+        server.advance_to(running.clock)
+        deadline = time.monotonic() + 60
+        while session.events.qsize() < 4 * 12 * len(SYMBOLS):  # those hours' 5m bars reached the session
+            assert time.monotonic() < deadline, f"only {session.events.qsize()} events queued"
+            time.sleep(0.02)
+        provider.release.set()
+        running.wait_batches(3)
+    times = sorted(warehouse.read("decisions")["time"].unique().to_list())
+    assert times == [START, START + timedelta(hours=1), START + timedelta(hours=5)]
+    assert session.report.decision_times_skipped == 3

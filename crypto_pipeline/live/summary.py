@@ -1,0 +1,108 @@
+"""What one live session did, read back from its journal (never from the session's own counters): decisions
+and their valid rate, risk approvals, orders, fills, P&L against holding the same symbols, and the
+model's decision latency. `make run` prints it; it reads only the rows tagged with the session's run id."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from crypto_pipeline.warehouse import Warehouse
+
+
+@dataclass(frozen=True)
+class JournalSummary:
+    run_id: str
+    decisions: int
+    valid: int
+    decision_times: int
+    actions: dict[str, int]
+    approved: int
+    orders: int  # distinct client order ids the session submitted
+    fills: int
+    equity_start: float | None
+    equity_end: float | None
+    buy_and_hold_return: float | None  # equal weight over the symbols decided on, first to last decision
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    first: datetime | None
+    last: datetime | None
+
+    @property
+    def valid_rate(self) -> float | None:
+        return self.valid / self.decisions if self.decisions else None
+
+    @property
+    def session_return(self) -> float | None:
+        if not self.equity_start or self.equity_end is None:
+            return None
+        return self.equity_end / self.equity_start - 1
+
+    def lines(self) -> list[str]:
+        """The summary as terminal lines (what `make run` prints)."""
+        span = f"{self.first:%Y-%m-%d %H:%M} .. {self.last:%Y-%m-%d %H:%M} UTC" if self.first else "none"
+        actions = ", ".join(f"{k} {v}" for k, v in sorted(self.actions.items())) or "none"
+        rate = f"{self.valid_rate:.1%}" if self.valid_rate is not None else "n/a"
+        lines = [
+            f"decisions: {self.decisions} at {self.decision_times} decision time(s), replay {span}",
+            f"valid rate: {rate} ({self.valid} valid; {actions})",
+            f"risk engine: {self.approved} approved; orders: {self.orders}; fills: {self.fills}",
+        ]
+        if self.session_return is not None:
+            pnl = self.equity_end - self.equity_start  # type: ignore[operator]
+            hold = f"{self.buy_and_hold_return:+.2%}" if self.buy_and_hold_return is not None else "n/a"
+            lines.append(
+                f"P&L: {pnl:+,.2f} USD ({self.session_return:+.2%}) on {self.equity_start:,.2f}; "
+                f"buy-and-hold of the same symbols: {hold}"
+            )
+        if self.latency_p50_ms is not None:
+            lines.append(
+                f"decision latency: p50 {self.latency_p50_ms:,.1f} ms, p99 {self.latency_p99_ms:,.1f} ms"
+            )
+        return lines
+
+
+def summarize_journal(warehouse: Warehouse, run_id: str) -> JournalSummary:
+    def rows(table: str) -> pl.DataFrame:
+        return warehouse.read(table).filter(pl.col("run_id") == run_id)
+
+    decisions = rows("decisions").sort("time", "symbol")
+    verdicts, orders, fills = rows("risk_verdicts"), rows("orders"), rows("fills")
+    equity = rows("equity").sort("time")
+    latency = decisions["latency_ms"].drop_nulls().to_numpy()
+    p50, p99 = np.percentile(latency, [50, 99]) if latency.size else (None, None)
+    submitted = orders.filter(pl.col("client_order_id").is_not_null())["client_order_id"].n_unique()
+    return JournalSummary(
+        run_id=run_id,
+        decisions=decisions.height,
+        valid=int(decisions["valid"].sum() or 0),
+        decision_times=decisions["time"].n_unique(),
+        actions={str(a): int(n) for a, n in decisions["action"].value_counts().iter_rows()},
+        approved=verdicts.filter(pl.col("verdict") == "approved").height,
+        orders=submitted,
+        fills=fills.height,
+        equity_start=float(equity["equity"][0]) if equity.height else None,
+        equity_end=float(equity["equity"][-1]) if equity.height else None,
+        buy_and_hold_return=_buy_and_hold(decisions),
+        latency_p50_ms=None if p50 is None else float(p50),
+        latency_p99_ms=None if p99 is None else float(p99),
+        first=decisions["time"].min() if decisions.height else None,
+        last=decisions["time"].max() if decisions.height else None,
+    )
+
+
+def _buy_and_hold(decisions: pl.DataFrame) -> float | None:
+    """Equal-weight return of holding each symbol from its first to its last journaled state's price."""
+    prices: dict[str, list[float]] = {}
+    for symbol, state in decisions.select("symbol", "state").iter_rows():
+        if state is None:
+            continue
+        price = json.loads(state).get("price")
+        if isinstance(price, int | float) and price > 0:
+            prices.setdefault(symbol, []).append(float(price))
+    returns = [p[-1] / p[0] - 1 for p in prices.values() if len(p) >= 2]
+    return float(np.mean(returns)) if returns else None
