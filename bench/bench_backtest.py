@@ -107,6 +107,37 @@ def _risk_decisions_per_s(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+def llm_walk_forward_wall_s(warehouse: Path) -> dict[str, float]:
+    """The default LLM walk-forward (`walkforward.LLM_WALK_FORWARD` on the default folds, as
+    `llm_backtests` runs it, with its three leakage audits) on the embedded SmolLM2 base model, timed
+    cold (an empty decision cache in `warehouse`, the model loaded inside the timing) and again from
+    the cache (a new process would do the same: the cache is read back from the warehouse)."""
+    from crypto_pipeline.backtest.cache import DecisionCache
+    from crypto_pipeline.backtest.run import make_provider
+    from crypto_pipeline.backtest.walkforward import LLM_WALK_FORWARD, WalkForwardConfig, walk_forward
+    from crypto_pipeline.warehouse import Warehouse
+
+    config = LLM_WALK_FORWARD.config(WalkForwardConfig(data_dir=DATA))
+    out: dict[str, float] = {}
+    for label in ("cold", "cached"):
+        started = time.perf_counter()
+        cache = DecisionCache(Warehouse(warehouse))
+        report = walk_forward(
+            config,
+            signal_policies=(),
+            providers={"llm": make_provider("llm")},
+            cache=cache,
+            audited=("llm",),
+            audit_samples=LLM_WALK_FORWARD.audit_samples,
+        )
+        out[f"{label}_s"] = time.perf_counter() - started
+        out[f"{label}_misses"] = float(cache.misses)
+        out[f"{label}_hits"] = float(cache.hits)
+        out["decisions"] = float(sum(r.llm.get("decisions", 0) for r in report.results))
+        out["folds"] = float(len(report.folds))
+    return out
+
+
 def _load_average() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
@@ -180,6 +211,12 @@ def run(quick: bool = False) -> list[BenchResult]:
 
 
 if __name__ == "__main__":
+    if "--llm-only" in sys.argv:  # the LLM walk-forward's timing alone (minutes)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            print(llm_walk_forward_wall_s(Path(tmp)), _load_average())
+        sys.exit(0)
     quick = "--quick" in sys.argv
     print(TABLE_HEADER)
     for result in run(quick):

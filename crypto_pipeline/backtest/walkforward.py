@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -73,6 +73,24 @@ class WalkForwardConfig:
             embargo=timedelta(hours=self.embargo_hours),
             training_cutoff=training_cutoff,
         )
+
+
+@dataclass(frozen=True)
+class LLMWalkForward:
+    """The default LLM walk-forward (`llm_backtests`, `make run`, the benchmark): LLM decisions are the
+    slow part (tens of seconds each for SmolLM2 on two CPU cores), so the LLM decides on fewer symbols
+    and less often than RuleBased, on the same folds. Sized to finish within 10 minutes from a cold
+    decision cache on two cores (docs/backtest.md has the measurement)."""
+
+    symbols: tuple[str, ...] = ("BTC/USDT",)
+    decision_every_hours: float = 48.0
+    audit_samples: int = 2
+
+    def config(self, base: WalkForwardConfig) -> WalkForwardConfig:
+        return replace(base, symbols=self.symbols, decision_every_hours=self.decision_every_hours)
+
+
+LLM_WALK_FORWARD = LLMWalkForward()
 
 
 @dataclass
