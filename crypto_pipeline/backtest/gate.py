@@ -182,8 +182,8 @@ def promote(
     from crypto_pipeline.warehouse import Warehouse
 
     settings = settings or get_settings()
-    client = registry_client(settings)
     found = registered_model(challenger_ref, settings, model_name=model_name)
+    client = registry_client(settings)
     try:
         champion = registered_model("champion", settings, model_name=model_name)
     except Exception:  # noqa: BLE001 - UserInputError: no champion yet
@@ -193,6 +193,7 @@ def promote(
     config = config or WalkForwardConfig(
         decision_every_hours=12, test_days=7, data_dir=settings.market_data_dir
     )
+    data = MarketData.load(config)  # unknown symbols, no bars: an error before anything is recorded
     cutoffs = [m.training_cutoff for m in (found, champion) if m is not None and m.training_cutoff]
     folds = config.folds(training_cutoff=max(cutoffs) if cutoffs else None)
     ours = llm_policy_name(found.version)
@@ -217,7 +218,7 @@ def promote(
         providers=providers,
         cache=cache,
         folds=folds,
-        data=MarketData.load(config),
+        data=data,
         audited=(ours,),
         audit_samples=audit_samples,
     )
