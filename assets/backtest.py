@@ -24,6 +24,7 @@ from crypto_pipeline.backtest.run import (
 )
 from crypto_pipeline.backtest.walkforward import (
     LLM_WALK_FORWARD,
+    LLMWalkForward,
     MarketData,
     WalkForwardConfig,
     load_fold_results,
@@ -194,7 +195,10 @@ def walk_forward_report(context: dg.AssetExecutionContext, config: BacktestConfi
     samples = [(s, f.test_start) for f in report.folds for s in wf.symbols][:6]
     audits = [truncation_audit(lambda _: RuleBased(), data.bars_by_tf, samples)]
     llm_audits = [replace(a, name=f"{r.policy} {r.fold} {a.name}") for r in report.results for a in r.audits]
-    paths = write_report(report, _results_dir().parent, [*audits, *llm_audits])
+    llm = LLMWalkForward(
+        tuple(config.llm_symbols or config.symbols), config.llm_decision_every_hours, config.audit_samples
+    )
+    paths = write_report(report, _results_dir().parent, [*audits, *llm_audits], extra=llm.describe(wf))
     png = base64.b64encode(paths["png"].read_bytes()).decode()
     table = report.table()
     return dg.MaterializeResult(
@@ -202,6 +206,7 @@ def walk_forward_report(context: dg.AssetExecutionContext, config: BacktestConfi
             "table": dg.MetadataValue.md(table.to_pandas().to_markdown(index=False, floatfmt=".3g")),
             "equity_and_drawdowns": dg.MetadataValue.md(f"![walk-forward](data:image/png;base64,{png})"),
             "html": dg.MetadataValue.path(str(paths["html"])),
+            "llm_walk_forward": llm.describe(wf),
             "audits_passed": all(a.passed for a in [*audits, *llm_audits]),
             "audits": dg.MetadataValue.md(
                 "\n".join(

@@ -89,6 +89,24 @@ class LLMWalkForward:
     def config(self, base: WalkForwardConfig) -> WalkForwardConfig:
         return replace(base, symbols=self.symbols, decision_every_hours=self.decision_every_hours)
 
+    def model_calls(self, base: WalkForwardConfig) -> int:
+        """LLM calls of a cold run: the decisions of every fold, and per fold and audit sample one
+        truncated re-decision plus the plain and anonymized prompts of the anonymized audit."""
+        per_fold = len(self.symbols) * int(base.test_days * 24 // self.decision_every_hours)
+        return base.n_folds * (per_fold + 3 * self.audit_samples)
+
+    def describe(self, base: WalkForwardConfig) -> str:
+        """What the LLM walk-forward ran and why it is that small (for the report)."""
+        return (
+            f"LLM walk-forward: {', '.join(self.symbols)}, a decision every {self.decision_every_hours:g} h, "
+            f"{base.n_folds} folds of {base.test_days:g} days, {self.audit_samples} audit sample(s) per fold: "
+            f"at most {self.model_calls(base)} LLM calls from a cold decision cache. Each SmolLM2 call takes "
+            "tens of seconds on two CPU cores, so the interval and windows are chosen to finish within "
+            "10 minutes cold (docs/backtest.md has the measurement); from the cache it takes seconds. "
+            "The baselines and RuleBased run on every symbol in the table above; the gate compares the "
+            "challenger only with rivals run on its own symbols, folds and decision times."
+        )
+
 
 LLM_WALK_FORWARD = LLMWalkForward()
 
