@@ -114,27 +114,45 @@ def llm_walk_forward_wall_s(warehouse: Path) -> dict[str, float]:
     the cache (a new process would do the same: the cache is read back from the warehouse)."""
     from crypto_pipeline.backtest.cache import DecisionCache
     from crypto_pipeline.backtest.run import make_provider
-    from crypto_pipeline.backtest.walkforward import LLM_WALK_FORWARD, WalkForwardConfig, walk_forward
+    from crypto_pipeline.backtest.walkforward import (
+        LLM_WALK_FORWARD,
+        MarketData,
+        WalkForwardConfig,
+        walk_forward,
+    )
     from crypto_pipeline.warehouse import Warehouse
 
     config = LLM_WALK_FORWARD.config(WalkForwardConfig(data_dir=DATA))
     out: dict[str, float] = {}
     for label in ("cold", "cached"):
         started = time.perf_counter()
+        cpu = time.process_time()
         cache = DecisionCache(Warehouse(warehouse))
-        report = walk_forward(
-            config,
-            signal_policies=(),
-            providers={"llm": make_provider("llm")},
-            cache=cache,
-            audited=("llm",),
-            audit_samples=LLM_WALK_FORWARD.audit_samples,
-        )
+        provider = make_provider("llm")
+        data = MarketData.load(config)
+        decisions = 0
+        for fold in config.folds():  # fold by fold, as the partitions run, with progress
+            report = walk_forward(
+                config,
+                signal_policies=(),
+                providers={"llm": provider},
+                cache=cache,
+                folds=[fold],
+                data=data,
+                audited=("llm",),
+                audit_samples=LLM_WALK_FORWARD.audit_samples,
+            )
+            decisions += sum(r.llm.get("decisions", 0) for r in report.results)
+            print(
+                f"# {label} {fold.key}: {time.perf_counter() - started:.0f} s, {cache.misses} model calls",
+                flush=True,
+            )
         out[f"{label}_s"] = time.perf_counter() - started
+        out[f"{label}_cpu_s"] = time.process_time() - cpu
         out[f"{label}_misses"] = float(cache.misses)
         out[f"{label}_hits"] = float(cache.hits)
-        out["decisions"] = float(sum(r.llm.get("decisions", 0) for r in report.results))
-        out["folds"] = float(len(report.folds))
+        out["decisions"] = float(decisions)
+        out["folds"] = float(len(config.folds()))
     return out
 
 
