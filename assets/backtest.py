@@ -23,6 +23,8 @@ from crypto_pipeline.backtest.run import (
     registered_model,
 )
 from crypto_pipeline.backtest.walkforward import (
+    LLM_WALK_FORWARD,
+    LLMWalkForward,
     MarketData,
     WalkForwardConfig,
     load_fold_results,
@@ -42,20 +44,29 @@ class BacktestConfig(dg.Config):
     symbols: list[str] = Field(default=list(DEFAULT_WF.symbols))
     decision_every_hours: float = Field(default=DEFAULT_WF.decision_every_hours)
     llm_decision_every_hours: float = Field(
-        default=48.0,
+        default=LLM_WALK_FORWARD.decision_every_hours,
         description="LLM decisions are the slow part: fewer of them keep a cold run under 10 min.",
     )
     llm_policy: str = Field(
         default="llm:challenger", description="llm (base model) or llm:ALIAS_OR_VERSION of crypto-policy."
     )
     llm_symbols: list[str] = Field(
-        default=["BTC/USDT"], description="Symbols the LLM decides on (empty: `symbols`); each costs minutes."
+        default=list(LLM_WALK_FORWARD.symbols),
+        description="Symbols the LLM decides on (empty: `symbols`); each costs minutes.",
     )
-    audit_samples: int = Field(default=2, description="Decisions re-made per fold by the leakage audits.")
+    audit_samples: int = Field(
+        default=LLM_WALK_FORWARD.audit_samples,
+        description="Decisions re-made per fold by the leakage audits.",
+    )
 
 
 def _results_dir() -> Path:
     return get_settings().warehouse_dir / "reports" / "walk_forward" / "folds"
+
+
+def _gate_dir() -> Path:
+    """The gate's ground: the LLMs and every baseline on the LLM's symbols, folds and decision times."""
+    return _results_dir().parent / "gate"
 
 
 def _config(config: BacktestConfig, every: float) -> WalkForwardConfig:
@@ -87,6 +98,9 @@ def baseline_backtests(context: dg.AssetExecutionContext, config: BacktestConfig
     )
 
 
+GATE_SIGNALS = ("buy_hold", "ema_cross", "rsi", "lgbm")  # with RuleBased: every baseline
+
+
 def _settings(mlflow: MlflowResource) -> Settings:
     """The settings with MLflow where the resource points (its sqlite store lives in `mlruns_dir`)."""
     settings = get_settings()
@@ -111,7 +125,13 @@ def llm_backtests(
     """The LLM (the registered challenger, and the champion if another version holds it) on one fold,
     through the risk engine, decisions cached in the warehouse by (model version, prompt hash), with the
     three leakage audits on the challenger. A fold that starts before the model's training cutoff (plus
-    purge and embargo) is not out of sample: it is skipped and says so."""
+    purge and embargo) is not out of sample: it is skipped and says so.
+
+    The gate's rivals run here too, on the LLM's own ground (its symbols, this fold, RuleBased at its
+    decision times), so that `promotion` compares like for like; the report keeps the baselines on
+    every symbol from `baseline_backtests`."""
+    from crypto_pipeline.llm.rule_based import RuleBased
+
     settings = _settings(mlflow)
     wf = replace(
         _config(config, config.llm_decision_every_hours),
@@ -136,21 +156,24 @@ def llm_backtests(
         context.log.info(note)
         return dg.MaterializeResult(metadata={"skipped": note})
     cache = DecisionCache(Warehouse(settings.warehouse_dir))
+    llms = list(providers)
     report = walk_forward(
         wf,
-        signal_policies=(),
-        providers=providers,
+        signal_policies=GATE_SIGNALS,
+        providers={**providers, "rules": RuleBased()},
         folds=[fold],
         cache=cache,
         audited=audited,
         audit_samples=config.audit_samples,
     )
-    save_fold_results(report.results, _results_dir())
+    save_fold_results([r for r in report.results if r.policy in llms], _results_dir())
+    save_fold_results(report.results, _gate_dir())
     audits = [a for r in report.results for a in r.audits]
     ours = next(r for r in report.results if r.policy == audited[0])
     return dg.MaterializeResult(
         metadata={
-            "policies": ", ".join(providers),
+            "policies": ", ".join(llms),
+            "gate_ground": f"{', '.join(wf.symbols)}; {fold.key}; decisions every {wf.decision_every_hours:g} h",
             "results": dg.MetadataValue.md(_table_md(report)),
             "audits": dg.MetadataValue.md("\n".join(f"- {a.name}: {a.passed} ({a.detail})" for a in audits)),
             "audits_passed": all(a.passed for a in audits),
@@ -172,7 +195,10 @@ def walk_forward_report(context: dg.AssetExecutionContext, config: BacktestConfi
     samples = [(s, f.test_start) for f in report.folds for s in wf.symbols][:6]
     audits = [truncation_audit(lambda _: RuleBased(), data.bars_by_tf, samples)]
     llm_audits = [replace(a, name=f"{r.policy} {r.fold} {a.name}") for r in report.results for a in r.audits]
-    paths = write_report(report, _results_dir().parent, [*audits, *llm_audits])
+    llm = LLMWalkForward(
+        tuple(config.llm_symbols or config.symbols), config.llm_decision_every_hours, config.audit_samples
+    )
+    paths = write_report(report, _results_dir().parent, [*audits, *llm_audits], extra=llm.describe(wf))
     png = base64.b64encode(paths["png"].read_bytes()).decode()
     table = report.table()
     return dg.MaterializeResult(
@@ -180,6 +206,7 @@ def walk_forward_report(context: dg.AssetExecutionContext, config: BacktestConfi
             "table": dg.MetadataValue.md(table.to_pandas().to_markdown(index=False, floatfmt=".3g")),
             "equity_and_drawdowns": dg.MetadataValue.md(f"![walk-forward](data:image/png;base64,{png})"),
             "html": dg.MetadataValue.path(str(paths["html"])),
+            "llm_walk_forward": llm.describe(wf),
             "audits_passed": all(a.passed for a in [*audits, *llm_audits]),
             "audits": dg.MetadataValue.md(
                 "\n".join(
@@ -193,14 +220,15 @@ def walk_forward_report(context: dg.AssetExecutionContext, config: BacktestConfi
 
 @dg.asset(deps=[walk_forward_report, llm_backtests], group_name="backtest", kinds={"mlflow"})
 def promotion(config: BacktestConfig, mlflow: MlflowResource) -> dg.MaterializeResult:
-    """The promotion gate on the challenger's out-of-sample folds: the verdict and every reason go to
-    MLflow (tags on the version) and to this metadata; `champion` moves only on promotion. No model
-    passing is an honest outcome, not a failure."""
+    """The promotion gate on the challenger's out-of-sample folds, against the rivals `llm_backtests`
+    ran on the challenger's own ground (the same bars): the verdict and every reason go to MLflow (tags
+    on the version) and to this metadata; `champion` moves only on promotion. No model passing is an
+    honest outcome, not a failure."""
     settings = _settings(mlflow)
     ref = config.llm_policy.split(":", 1)[1] if ":" in config.llm_policy else "challenger"
     challenger = registered_model(ref, settings)
     champion = _champion(settings, challenger)
-    report = load_fold_results(_results_dir(), _config(config, config.decision_every_hours).folds())
+    report = load_fold_results(_gate_dir(), _config(config, config.decision_every_hours).folds())
     ours = llm_policy_name(challenger.version)
     decision = decide_promotion(
         report,
@@ -217,5 +245,8 @@ def promotion(config: BacktestConfig, mlflow: MlflowResource) -> dg.MaterializeR
             "champion_after": str(out["champion_after"]),
             "verdict": "promoted to champion" if out["promoted"] else "not promoted: the champion stays",
             "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in out["reasons"])),
+            "table": dg.MetadataValue.md(
+                report.table().to_pandas().to_markdown(index=False, floatfmt=".3g") if report.results else ""
+            ),
         }
     )

@@ -242,7 +242,8 @@ def run_report_and_gate(instance: dg.DagsterInstance, symbols: list[str]) -> dg.
 
 def comparison_table(result: dg.ExecuteInProcessResult) -> list[str]:
     """ONE table: every policy's stitched out-of-sample return, Sharpe [95% block-bootstrap interval],
-    max drawdown and trades, with the gate's verdict on the challenger's row, then the gate's reasons."""
+    max drawdown and trades on the gate's ground (the challenger's symbols, folds and decision times),
+    with the gate's verdict on the challenger's row, then the gate's reasons."""
     import assets.backtest as backtest
     from crypto_pipeline.backtest.walkforward import load_fold_results
 
@@ -250,8 +251,10 @@ def comparison_table(result: dg.ExecuteInProcessResult) -> list[str]:
     for event in result.get_asset_materialization_events():
         if event.materialization.asset_key.to_user_string() == "promotion":
             gate = {k: v.value for k, v in event.materialization.metadata.items()}
+    # The gate's ground: the baselines ran on the challenger's own symbols, fold and decision times
+    # (`llm_backtests`), so the rows compare like for like with the verdict beside them.
     wf = backtest._config(backtest.BacktestConfig(), 4.0)
-    table = load_fold_results(backtest._results_dir(), wf.folds()).table()
+    table = load_fold_results(backtest._gate_dir(), wf.folds()).table()
     challenger = f"llm:{gate['challenger']}" if gate else None
     lines = [f"{'policy':<12} {'return':>8} {'Sharpe [95% CI]':>22} {'max DD':>7} {'trades':>6}  gate"]
     for row in table.iter_rows(named=True):
@@ -263,6 +266,9 @@ def comparison_table(result: dg.ExecuteInProcessResult) -> list[str]:
             f"{row['policy']:<12} {row['total_return']:>8.1%} {sharpe:>22} {row['max_drawdown']:>7.1%} "
             f"{row['trades']:>6}  {verdict}".rstrip()
         )
+    lines.append(
+        f"(every policy on the challenger's bars; all symbols and folds: {backtest._results_dir().parent})"
+    )
     if gate:
         lines.append(
             f"gate: {gate['verdict']} (champion before {gate['champion_before']}, after "

@@ -35,9 +35,18 @@ class GateDecision:
     figures: dict[str, float] = field(default_factory=dict)
 
 
-def _stitched(report: WalkForwardReport, policy: str, folds: set[str]) -> np.ndarray:
+def _stitched(report: WalkForwardReport, policy: str, folds: set[str]) -> pd.Series:
     parts = [r.returns for r in report.results if r.policy == policy and r.fold in folds]
-    return pd.concat(parts).sort_index().to_numpy() if parts else np.array([])
+    return pd.concat(parts).sort_index() if parts else pd.Series(dtype=float)
+
+
+def comparison_windows(
+    report: WalkForwardReport, challenger: str, rivals: Sequence[str]
+) -> dict[str, pd.DatetimeIndex]:
+    """The bars each policy is judged on: the challenger's stitched out-of-sample bars over its folds,
+    and each rival's over the same folds. The gate compares only policies whose bars are identical."""
+    folds = {r.fold for r in report.results if r.policy == challenger}
+    return {p: pd.DatetimeIndex(_stitched(report, p, folds).index) for p in (challenger, *rivals)}
 
 
 def decide_promotion(
@@ -49,7 +58,9 @@ def decide_promotion(
     config: GateConfig = GateConfig(),
 ) -> GateDecision:
     """Judge `challenger` (a policy name in `report`) against the best baseline and `champion`, on the
-    folds the challenger ran (every rival on the same bars)."""
+    folds the challenger ran. Every rival must have run on exactly the challenger's bars (the same
+    symbols, folds and decision times: `comparison_windows`); one that did not fails the gate with
+    that reason rather than being compared on another market."""
     policies = report.policies()
     if challenger not in policies:
         return GateDecision(False, challenger, [f"no out-of-sample results for {challenger}"])
@@ -66,7 +77,7 @@ def decide_promotion(
     ]
     rivals = {}
     if baselines:
-        best = max(baselines, key=lambda p: m.sharpe(_stitched(report, p, folds), ppy))
+        best = max(baselines, key=lambda p: m.sharpe(_stitched(report, p, folds).to_numpy(), ppy))
         rivals[f"best baseline {best}"] = best
     else:
         ok = False
@@ -79,12 +90,19 @@ def decide_promotion(
             reasons.append(f"no out-of-sample results for the champion {champion}: fail")
     figures: dict[str, float] = {"sharpe": sharpe}
     for label, rival in rivals.items():
-        theirs = _stitched(report, rival, folds)
-        rival_sharpe = m.sharpe(theirs, ppy)
-        if theirs.size != ours.size:
+        stitched = _stitched(report, rival, folds)
+        if not stitched.index.equals(ours.index):
+            # Like for like or not at all: a rival on other symbols or bars would be judged on another
+            # market. Callers run the rivals on the challenger's ground (`llm_backtests`, `promote`).
             ok = False
-            reasons.append(f"{label} ran on {theirs.size} bars, the challenger on {ours.size}: fail")
+            reasons.append(
+                f"{label} ran on {stitched.size} bars, the challenger on {ours.size} "
+                f"({ours.index.symmetric_difference(stitched.index).size} bars differ): "
+                "not the same ground, fail"
+            )
             continue
+        theirs = stitched.to_numpy()
+        rival_sharpe = m.sharpe(theirs, ppy)
         lo, hi = m.sharpe_difference_ci(ours.to_numpy(), theirs, ppy, reps=config.reps)
         beats = sharpe >= rival_sharpe + config.sharpe_margin and lo > 0
         ok &= beats
@@ -164,8 +182,8 @@ def promote(
     from crypto_pipeline.warehouse import Warehouse
 
     settings = settings or get_settings()
-    client = registry_client(settings)
     found = registered_model(challenger_ref, settings, model_name=model_name)
+    client = registry_client(settings)
     try:
         champion = registered_model("champion", settings, model_name=model_name)
     except Exception:  # noqa: BLE001 - UserInputError: no champion yet
@@ -175,6 +193,7 @@ def promote(
     config = config or WalkForwardConfig(
         decision_every_hours=12, test_days=7, data_dir=settings.market_data_dir
     )
+    data = MarketData.load(config)  # unknown symbols, no bars: an error before anything is recorded
     cutoffs = [m.training_cutoff for m in (found, champion) if m is not None and m.training_cutoff]
     folds = config.folds(training_cutoff=max(cutoffs) if cutoffs else None)
     ours = llm_policy_name(found.version)
@@ -199,7 +218,7 @@ def promote(
         providers=providers,
         cache=cache,
         folds=folds,
-        data=MarketData.load(config),
+        data=data,
         audited=(ours,),
         audit_samples=audit_samples,
     )

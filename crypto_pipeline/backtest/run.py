@@ -48,7 +48,12 @@ def registered_model(
     from crypto_pipeline.backtest.gate import registry_client
     from crypto_pipeline.config import get_settings
 
-    client = registry_client(settings or get_settings())
+    settings = settings or get_settings()
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        # Asking MLflow would create an empty registry: a missing model must change nothing.
+        raise UserInputError(f"no version {ref!r} of {model_name}: no MLflow registry at {uri}")
+    client = registry_client(settings)
     try:
         found = (
             client.get_model_version(model_name, ref)
@@ -128,11 +133,11 @@ def backtest(
         )
         summary = m.summarize(pf)
         return {"policy": policy, **summary}, None
-    provider = None if base == "lgbm" else make_provider(policy)
     if base == "lgbm":
         report = walk_forward(config, signal_policies=("lgbm",))
     else:
-        data = MarketData.load(config)
+        data = MarketData.load(config)  # unknown symbols, an empty range: an error before a model loads
+        provider = make_provider(policy)
         whole = Fold(0, first, first, first, last)
         cache = DecisionCache(warehouse)
         report = walk_forward(

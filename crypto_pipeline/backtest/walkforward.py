@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -73,6 +74,44 @@ class WalkForwardConfig:
             embargo=timedelta(hours=self.embargo_hours),
             training_cutoff=training_cutoff,
         )
+
+
+@dataclass(frozen=True)
+class LLMWalkForward:
+    """The default LLM walk-forward (`llm_backtests`, `make run`, the benchmark): LLM decisions are the
+    slow part (tens of seconds each for SmolLM2 on two CPU cores), so the LLM decides on fewer symbols
+    and less often than RuleBased, on the same folds. Sized to finish within 10 minutes from a cold
+    decision cache on two cores (docs/backtest.md has the measurement)."""
+
+    symbols: tuple[str, ...] = ("BTC/USDT",)
+    # A decision every 48 h with 2 audit samples (39 calls) had spent 14.7 CPU-minutes and was not done
+    # after 40 min under load ~13: over budget. Every 96 h with 1 sample: at most 21 calls.
+    decision_every_hours: float = 96.0
+    audit_samples: int = 1
+
+    def config(self, base: WalkForwardConfig) -> WalkForwardConfig:
+        return replace(base, symbols=self.symbols, decision_every_hours=self.decision_every_hours)
+
+    def model_calls(self, base: WalkForwardConfig) -> int:
+        """LLM calls of a cold run: the decisions of every fold, and per fold and audit sample one
+        truncated re-decision plus the plain and anonymized prompts of the anonymized audit."""
+        per_fold = len(self.symbols) * math.ceil(base.test_days * 24 / self.decision_every_hours)
+        return base.n_folds * (per_fold + 3 * self.audit_samples)
+
+    def describe(self, base: WalkForwardConfig) -> str:
+        """What the LLM walk-forward ran and why it is that small (for the report)."""
+        return (
+            f"LLM walk-forward: {', '.join(self.symbols)}, a decision every {self.decision_every_hours:g} h, "
+            f"{base.n_folds} folds of {base.test_days:g} days, {self.audit_samples} audit sample(s) per fold: "
+            f"at most {self.model_calls(base)} LLM calls from a cold decision cache. Each SmolLM2 call takes "
+            "tens of seconds on two CPU cores, so the interval and windows are chosen to finish within "
+            "10 minutes cold (docs/backtest.md has the measurement); from the cache it takes seconds. "
+            "The baselines and RuleBased run on every symbol in the table above; the gate compares the "
+            "challenger only with rivals run on its own symbols, folds and decision times."
+        )
+
+
+LLM_WALK_FORWARD = LLMWalkForward()
 
 
 @dataclass

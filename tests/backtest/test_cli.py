@@ -42,6 +42,16 @@ def test_ema_cross_prints_one_json_object() -> None:
         (["--start", "2024-05-01", "--end", "2024-04-01"], "before end"),
         (["--start", "2030-01-01", "--end", "2030-02-01"], "no 1h bars"),
         (["--policy", "llm:987654"], "no version"),
+        # The model-driven and walk-forward policies check their input before any model loads.
+        (["--policy", "rules", "--symbols", "BTC/USDT,NOPE/USDT"], "unknown symbol"),
+        (["--policy", "llm", "--symbols", "NOPE/USDT"], "unknown symbol"),
+        (["--policy", "rules", "--start", "2030-01-01", "--end", "2030-02-01"], "no 1h bars"),
+        (["--policy", "llm", "--start", "2024-04-01", "--end", "2024-04-01"], "before end"),
+        (["--policy", "lgbm", "--start", "2024-05-01", "--end", "2024-04-01"], "before end"),
+        (["--symbols", ""], "no symbols given"),
+        (["--fast", "21", "--slow", "9"], "must be below --slow"),
+        (["--timeframe", "7m"], "unknown timeframe"),
+        (["--start", "notadate"], "not a date"),
     ],
 )
 def test_bad_input_gets_a_clear_error(args: list[str], message: str, tmp_path, monkeypatch) -> None:
@@ -51,6 +61,7 @@ def test_bad_input_gets_a_clear_error(args: list[str], message: str, tmp_path, m
     assert result.exit_code == 2
     assert message in result.output.replace("\n", " ")
     assert not (tmp_path / "out").exists() and not (tmp_path / "wh").exists()
+    assert not (tmp_path / "mlflow.db").exists()  # not even an empty registry
 
 
 def test_promote_a_missing_version_is_a_clear_error(tmp_path, monkeypatch) -> None:
@@ -58,3 +69,25 @@ def test_promote_a_missing_version_is_a_clear_error(tmp_path, monkeypatch) -> No
     result = runner.invoke(app, ["promote", "--challenger", "7"])
     assert result.exit_code == 2
     assert "no version '7' of crypto-policy" in result.output.replace("\n", " ")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_promote_bad_symbols_are_a_clear_error_and_record_nothing(tmp_path, monkeypatch) -> None:
+    """A real registered version (sqlite MLflow), judged on a symbol that does not exist: exit 2 with
+    one line, before any model loads, and no verdict on the version, no decision cache."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("crypto-policy")
+    version = client.create_model_version("crypto-policy", source=str(tmp_path)).version
+    client.set_registered_model_alias("crypto-policy", "challenger", version)
+    monkeypatch.setenv("CRYPTO_PIPELINE_MLRUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("CRYPTO_PIPELINE_WAREHOUSE_DIR", str(tmp_path / "wh"))
+    result = runner.invoke(app, ["promote", "--symbols", "NOPE/USDT"])
+    assert result.exit_code == 2
+    assert "unknown symbol(s) ['NOPE/USDT']" in result.output.replace("\n", " ")
+    assert not any(k.startswith("gate.") for k in client.get_model_version("crypto-policy", version).tags)
+    assert not (tmp_path / "wh").exists()
+    missing = runner.invoke(app, ["promote", "--challenger", "9"])
+    assert missing.exit_code == 2 and "no version '9' of crypto-policy" in missing.output.replace("\n", " ")

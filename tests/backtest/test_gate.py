@@ -67,3 +67,37 @@ def test_the_verdict_and_reasons_are_recorded_and_the_alias_moves_only_on_promot
         out["champion_after"] == v2 == client.get_model_version_by_alias("crypto-policy", "champion").version
     )
     del mlflow
+
+
+def test_rivals_are_judged_on_exactly_the_challengers_bars() -> None:
+    """`make run`'s old failure: the LLM decided on BTC/USDT only, the baselines ran on BTC, ETH and
+    SOL, and BTC lacks 20 hours of 2024-08-24..09-07 that SOL has (316 bars against 336). Rivals run on
+    the challenger's own ground compare on identical windows; rivals on other symbols are refused with
+    that reason, never compared on another market."""
+    from crypto_pipeline.backtest.gate import comparison_windows
+    from crypto_pipeline.backtest.walkforward import WalkForwardReport
+
+    ground = WalkForwardConfig(symbols=("BTC/USDT",), start="2024-06-01", decision_every_hours=48)
+    fold = ground.folds()[-1]
+    baselines = ("buy_hold", "ema_cross")
+    same = walk_forward(
+        ground, signal_policies=baselines, providers={"challenger": RuleBased()}, folds=[fold]
+    )
+    windows = comparison_windows(same, "challenger", baselines)
+    assert len(windows["challenger"]) == 316
+    assert all(w.equals(windows["challenger"]) for w in windows.values())
+    verdict = decide_promotion(same, "challenger", audits=PASSING)
+    assert any("vs best baseline" in r and "difference CI" in r for r in verdict.reasons)
+    assert not any("same ground" in r for r in verdict.reasons)
+
+    wider = walk_forward(
+        WalkForwardConfig(symbols=("BTC/USDT", "SOL/USDT"), start="2024-06-01"),
+        signal_policies=baselines,
+        folds=[fold],
+    )
+    mixed = WalkForwardReport([fold], [r for r in same.results if r.policy == "challenger"] + wider.results)
+    windows = comparison_windows(mixed, "challenger", baselines)
+    assert {len(w) for p, w in windows.items() if p != "challenger"} == {336}
+    refused = decide_promotion(mixed, "challenger", audits=PASSING, config=GateConfig(sharpe_margin=-1e6))
+    assert not refused.promoted
+    assert any("not the same ground, fail" in r and "(20 bars differ)" in r for r in refused.reasons)

@@ -133,7 +133,9 @@ def test_promotion_asset_end_to_end(registered_challenger, tmp_path: Path, monke
         [mod.baseline_backtests],
         partition_key=key,
         instance=instance,
-        run_config={"ops": {"baseline_backtests": {"config": {"symbols": ["BTC/USDT"]}}}},
+        # As `make run`: the baselines on more symbols than the LLM decides on (SOL/USDT has 20 hours
+        # of this fold that BTC/USDT lacks), so only rivals on the LLM's own ground compare like for like.
+        run_config={"ops": {"baseline_backtests": {"config": {"symbols": ["BTC/USDT", "SOL/USDT"]}}}},
     )
     assert baselines.success
     folds = run_llm_walk_forward(instance, ["BTC/USDT"])
@@ -156,6 +158,16 @@ def test_promotion_asset_end_to_end(registered_challenger, tmp_path: Path, monke
     }
     assert out["challenger"] == registered.version and meta["champion_before"].value == "None"
     assert any(r.startswith("audit truncation:") for r in reasons)
+    assert any("vs best baseline" in r and "difference CI" in r for r in reasons)
+    assert not any("same ground" in r for r in reasons)
+    from crypto_pipeline.backtest.gate import BASELINES, comparison_windows
+    from crypto_pipeline.backtest.walkforward import load_fold_results
+
+    folds_ = mod.DEFAULT_WF.folds()
+    windows = comparison_windows(load_fold_results(tmp_path / "gate", folds_), "llm:1", BASELINES)
+    assert len(windows["llm:1"]) > 0 and all(w.equals(windows["llm:1"]) for w in windows.values())
+    everywhere = load_fold_results(tmp_path / "folds", folds_).stitched("buy_hold")
+    assert len(everywhere) > len(windows["llm:1"])  # the report's baselines: every symbol's bars
     _check_recorded(mlruns, out)
     # `make run` prints this as ONE table: every policy, and the gate's verdict on the challenger's row.
     from jobs.run_offline import comparison_table
