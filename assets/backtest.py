@@ -15,6 +15,7 @@ from crypto_pipeline.backtest.audits import truncation_audit
 from crypto_pipeline.backtest.cache import DecisionCache
 from crypto_pipeline.backtest.folds import fold_by_key
 from crypto_pipeline.backtest.gate import decide_promotion, record_in_mlflow
+from crypto_pipeline.backtest.journaling import journal_policy_run
 from crypto_pipeline.backtest.run import (
     REGISTERED_MODEL,
     RegisteredModel,
@@ -168,11 +169,21 @@ def llm_backtests(
     )
     save_fold_results([r for r in report.results if r.policy in llms], _results_dir())
     save_fold_results(report.results, _gate_dir())
+    # The LLMs' runs into the live journal tables (run `backtest-<policy>-<fold>`): one query compares
+    # live with backtest, and drift_sensor takes the newest as what live trading should look like.
+    journaled = {
+        r.policy: journal_policy_run(
+            Warehouse(settings.warehouse_dir), f"backtest-{r.policy}-{fold.key}", r.run
+        )
+        for r in report.results
+        if r.policy in llms and r.run is not None and r.run.states
+    }
     audits = [a for r in report.results for a in r.audits]
     ours = next(r for r in report.results if r.policy == audited[0])
     return dg.MaterializeResult(
         metadata={
             "policies": ", ".join(llms),
+            "journaled": ", ".join(f"{p}: {n.get('decisions', 0)} decisions" for p, n in journaled.items()),
             "gate_ground": f"{', '.join(wf.symbols)}; {fold.key}; decisions every {wf.decision_every_hours:g} h",
             "results": dg.MetadataValue.md(_table_md(report)),
             "audits": dg.MetadataValue.md("\n".join(f"- {a.name}: {a.passed} ({a.detail})" for a in audits)),

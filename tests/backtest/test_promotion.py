@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from crypto_pipeline.cli import app
 from crypto_pipeline.config import SHARED_MARKET_DATA, Settings
+from crypto_pipeline.warehouse import Warehouse
 
 pytestmark = pytest.mark.skipif(
     not (SHARED_MARKET_DATA / "binance-spot-2024").is_dir(), reason="recorded market data not present"
@@ -143,6 +144,10 @@ def test_promotion_asset_end_to_end(registered_challenger, tmp_path: Path, monke
     llm_meta = folds.asset_materializations_for_node("llm_backtests")[0].metadata
     assert llm_meta["policies"].value == "llm:1" and llm_meta["decisions"].value > 0
     assert all(f"{name}:" in llm_meta["audits"].value for name in AUDITS)
+    # The LLM's run is in the live journal tables too, under its own run id (drift_sensor's reference).
+    journal = Warehouse(settings.warehouse_dir).read("decisions")
+    ours = journal.filter(journal["run_id"] == f"backtest-llm:1-{key}")
+    assert ours.height == llm_meta["decisions"].value and ours["state"].is_not_null().all()
     later = run_report_and_gate(instance, ["BTC/USDT"])
     assert later.success  # not passing the gate is an outcome, not a failure
     report_meta = later.asset_materializations_for_node("walk_forward_report")[0].metadata
