@@ -122,7 +122,9 @@ def run_command(
         "exchange", help="'exchange' (alpaca-py via the local exchange) or 'recorded' (Parquet files)."
     ),
     train: bool = typer.Option(
-        True, "--train/--no-train", help="Also build the dataset, QLoRA-tune briefly and run the walk-forward."
+        True,
+        "--train/--no-train",
+        help="Also build the dataset, QLoRA-tune briefly and run the walk-forward.",
     ),
 ) -> None:
     """The offline run: the market_data job (raw_bars → bars → features → market_states) over
@@ -288,6 +290,10 @@ def decide_command(
     api_key_env: str = typer.Option(
         "OPENAI_API_KEY", help="openai: the environment variable holding the key."
     ),
+    schema_mode: str = typer.Option(
+        "auto",
+        help="openai: auto | json_schema | ollama | json_object | text (auto steps down where refused).",
+    ),
 ) -> None:
     """Print the market state, the prompt and the decision of one provider at one time."""
     from datetime import UTC, datetime
@@ -307,6 +313,13 @@ def decide_command(
         console.print(f"[red]invalid --at {at!r}:[/red] expected an ISO time such as 2024-06-01T12:00")
         raise typer.Exit(2) from None
     when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    from crypto_pipeline.llm.openai_compat import SCHEMA_MODES
+
+    if schema_mode not in SCHEMA_MODES:
+        console.print(
+            f"[red]unknown --schema-mode {schema_mode!r}:[/red] expected one of {', '.join(SCHEMA_MODES)}"
+        )
+        raise typer.Exit(2)
     choices = ("local", "rule", "openai", "swarm")
     if provider not in choices:
         console.print(f"[red]unknown --provider {provider!r}:[/red] expected one of {', '.join(choices)}")
@@ -325,7 +338,7 @@ def decide_command(
         if kind == "openai":
             from crypto_pipeline.llm.openai_compat import OpenAICompatible
 
-            return OpenAICompatible(base_url, openai_model, api_key_env=api_key_env)
+            return OpenAICompatible(base_url, openai_model, api_key_env=api_key_env, schema_mode=schema_mode)
         from crypto_pipeline.llm.local import LocalLLM
 
         return LocalLLM(model or None, adapter=adapter or None, constrained=constrained, batch_size=1)

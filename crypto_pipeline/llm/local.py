@@ -206,6 +206,7 @@ class LocalLLM:
                 completion_tokens=c.completion_tokens,
                 cost_usd=0.0,
                 raw_text=c.text,
+                output_mode="grammar" if self._grammar is not None else "text",
             )
             for state, prompt, c in zip(states, prompts, completions, strict=True)
         ]
