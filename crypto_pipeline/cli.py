@@ -277,9 +277,10 @@ def decide_command(
     at: str = typer.Option(
         ..., help="Decision time, UTC (e.g. 2024-06-01T12:00): the state sees bars closed by then."
     ),
-    provider: str = typer.Option("local", help="local | rule | openai | swarm (local + rule)."),
+    provider: str = typer.Option("local", help="local | rule | openai | llama-cpp | swarm (local + rule)."),
     model: str = typer.Option(
-        "", help="local: a Hugging Face folder, hub id or .gguf file (default: embedded SmolLM2)."
+        "",
+        help="local: a Hugging Face folder, hub id or .gguf file; llama-cpp: a .gguf file (default: embedded SmolLM2).",
     ),
     adapter: str = typer.Option(
         "", help="local: LoRA adapter folder or MLflow URI (models:/name/1, models:/name@champion)."
@@ -320,7 +321,7 @@ def decide_command(
             f"[red]unknown --schema-mode {schema_mode!r}:[/red] expected one of {', '.join(SCHEMA_MODES)}"
         )
         raise typer.Exit(2)
-    choices = ("local", "rule", "openai", "swarm")
+    choices = ("local", "rule", "openai", "llama-cpp", "swarm")
     if provider not in choices:
         console.print(f"[red]unknown --provider {provider!r}:[/red] expected one of {', '.join(choices)}")
         raise typer.Exit(2)
@@ -339,6 +340,10 @@ def decide_command(
             from crypto_pipeline.llm.openai_compat import OpenAICompatible
 
             return OpenAICompatible(base_url, openai_model, api_key_env=api_key_env, schema_mode=schema_mode)
+        if kind == "llama-cpp":
+            from crypto_pipeline.llm.llama_cpp import LlamaCpp
+
+            return LlamaCpp(model or None, constrained=constrained)
         from crypto_pipeline.llm.local import LocalLLM
 
         return LocalLLM(model or None, adapter=adapter or None, constrained=constrained, batch_size=1)
