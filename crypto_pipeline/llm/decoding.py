@@ -10,6 +10,10 @@ asking the model for its end token, and finished rows leave the batch (their KV 
 
 Rows of one batch feed different numbers of tokens per step: each row's chunk is left-padded, the
 padding is masked out and position ids follow the mask, as for the prompt.
+
+Opt-in (`LocalLLM(jump_forward=True)`): it saves forward passes, not FLOPs (the forced tokens still enter
+the KV cache), and a batch pays for its widest chunk in every row, so on a compute-bound CPU batch it can
+cost more than it saves; one measurement on the loaded 2-core machine found it slower at batch 16.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class LocalLLM:
         batch_size: int = 8,
         max_new_tokens: int | None = None,
         reuse_prefix_cache: bool = True,
-        jump_forward: bool = True,
+        jump_forward: bool = False,
         quantize: str | None = None,
         seed: int = 0,
         system_prompt: str = SYSTEM_PROMPT,

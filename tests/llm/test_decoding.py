@@ -50,9 +50,9 @@ def test_jump_forward_is_batch_invariant_and_reproducible(
     states: Callable[[int], list[MarketState]], tiny_model: Any, smollm2_tokenizer: Any
 ) -> None:
     states = states(5)
-    batched = _llm(tiny_model, smollm2_tokenizer, batch_size=5).decide(states)
-    alone = _llm(tiny_model, smollm2_tokenizer, batch_size=1).decide(states)
-    again = _llm(tiny_model, smollm2_tokenizer, batch_size=3).decide(states)
+    batched = _llm(tiny_model, smollm2_tokenizer, jump_forward=True, batch_size=5).decide(states)
+    alone = _llm(tiny_model, smollm2_tokenizer, jump_forward=True, batch_size=1).decide(states)
+    again = _llm(tiny_model, smollm2_tokenizer, jump_forward=True, batch_size=3).decide(states)
     assert [d.raw_text for d in batched] == [d.raw_text for d in alone] == [d.raw_text for d in again]
     assert len({d.raw_text for d in batched}) > 1  # the rows really differ: padding and row dropping matter
 
@@ -60,7 +60,7 @@ def test_jump_forward_is_batch_invariant_and_reproducible(
 def test_int8_quantizes_the_decoder_linears_and_still_parses(
     states: Callable[[int], list[MarketState]], tiny_folder: Path
 ) -> None:
-    llm = LocalLLM(tiny_folder, quantize="int8", batch_size=3).load()
+    llm = LocalLLM(tiny_folder, jump_forward=True, quantize="int8", batch_size=3).load()
     dynamic_int8 = torch.ao.nn.quantized.dynamic.Linear
     modules = list(llm.model.model.modules())
     assert not any(isinstance(m, torch.nn.Linear) for m in modules)
@@ -78,7 +78,7 @@ def test_an_unknown_quantization_is_refused() -> None:
 @pytest.mark.slow
 @pytest.mark.requires_data("binance-spot-2024")
 def test_real_smollm2_fast_path_keeps_the_float32_greedy_decisions(smollm2_dir: Path) -> None:
-    """The default fast path (jump-forward + int8) against plain float32 greedy decoding under the grammar,
+    """The fast path (jump-forward + int8) against plain float32 greedy decoding under the grammar,
     on real states: every answer valid, and at most 2 of 8 decisions (action and numbers) differ."""
     from datetime import UTC, datetime, timedelta
 
@@ -90,7 +90,7 @@ def test_real_smollm2_fast_path_keeps_the_float32_greedy_decisions(smollm2_dir: 
         build_market_state_from_recorded(symbols[i % 4], start + timedelta(hours=31 * i)) for i in range(8)
     ]
     greedy = LocalLLM(smollm2_dir, jump_forward=False, batch_size=8).decide(states)
-    fast = LocalLLM(smollm2_dir, quantize="int8", batch_size=8).decide(states)
+    fast = LocalLLM(smollm2_dir, jump_forward=True, quantize="int8", batch_size=8).decide(states)
     assert all(d.valid for d in greedy + fast), [d.error for d in greedy + fast]
 
     def content(d: Any) -> tuple:
