@@ -2,7 +2,9 @@
 (training tokens/s, samples/s, peak memory), and decisions/min of the fine-tuned model with the adapter
 merged against unmerged. Each training mode runs in its own process so its peak memory is its own.
 
-    .venv/bin/python bench/bench_finetune.py [--quick] [--base FOLDER_OR_HUB_ID] [--steps N]
+    .venv/bin/python bench/bench_finetune.py [--quick] [--base FOLDER_OR_HUB_ID] [--steps N] [--data DIR]
+
+On a CUDA machine it trains and decides on the GPU (peak memory is then the GPU's).
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ def _arg(name: str, default: str | None) -> str | None:
 
 
 def _dataset(out: Path, examples: int) -> Path:
-    """A real sft_dataset from the recorded 2024 BTC bars (Feb-Mar), saved as Parquet for the workers."""
+    """A real sft_dataset from the recorded 2024 BTC bars (Feb-Mar), saved as Parquet for the workers; or,
+    with `--data DIR`, the one `bench/finetune_cuda.py --export DIR` wrote (a machine without the recordings)."""
+    exported = _arg("--data", None)
+    if exported is not None:
+        import polars as pl
+
+        pl.read_parquet(Path(exported) / "market_states.parquet").write_parquet(out / "states.parquet")
+        return Path(exported) / "sft_dataset.parquet"
     from tests.training.conftest import SMALL_CONFIG, btc_states_frame
 
     states, bars = btc_states_frame()
@@ -73,13 +82,15 @@ def _train(data: Path, out: Path, base: str | None, four_bit: bool, steps: int) 
 
 
 def _decisions_per_min(base: str, adapter: str, states: list, merged: bool) -> float:
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from crypto_pipeline.llm.local import LocalLLM
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base).to(device), adapter)
     if merged:
         model = model.merge_and_unload()
     llm = LocalLLM.from_objects(model.eval(), tokenizer, model_id=base, constrained=True, batch_size=8)

@@ -611,5 +611,63 @@ def kill_command(
     typer.echo(f"kill switch set ({flag}): live sessions flatten and stop; clear it with --clear")
 
 
+# --- mcp: the venue's risk-gated tools for any MCP client ----------------------------------------
+@app.command("mcp")
+def mcp_command(
+    transport: str = typer.Option("stdio", help="stdio (a client starts this command) or http (streamable)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="http: interface to listen on (no authentication: keep loopback)."
+    ),
+    port: int = typer.Option(8766, help="http: port."),
+    path: str = typer.Option("/mcp", help="http: the endpoint's path."),
+    venue: str = typer.Option(
+        "local", help="local (the exchange), alpaca_paper, or alpaca_live (refused unless enabled)."
+    ),
+    exchange_url: str = typer.Option(
+        "", help="local: a running exchange (default: Settings' host and port)."
+    ),
+    run_id: str = typer.Option(
+        "mcp", help="The journal's run_id and the client_order_id prefix of its orders."
+    ),
+    timeframe: str = typer.Option("5m", help="Base bars the market states are built from."),
+    lookback_days: int = typer.Option(30, help="History the market states are built from."),
+) -> None:
+    """Serve get_account, get_positions, get_orders, get_bars, get_market_state, place_order (through the
+    risk engine, journaled), cancel_order and kill_switch over MCP; the latest walk-forward report is a
+    resource. Keys come from ALPACA_API_KEY / ALPACA_SECRET_KEY."""
+    import logging
+
+    from pydantic import ValidationError
+    from rich.console import Console
+    from rich.markup import escape
+
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.errors import UserInputError
+    from crypto_pipeline.live.agent import AgentConfig, AgentDesk
+    from crypto_pipeline.mcp_server import serve
+
+    errors = Console(stderr=True)  # stdout is the protocol's on stdio: nothing else may be printed there
+    if transport not in ("stdio", "http"):
+        errors.print(
+            f"[red]mcp:[/red] unknown transport {transport!r}; expected stdio or http", highlight=False
+        )
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    try:
+        config = AgentConfig(
+            run_id=run_id,
+            venue=venue,
+            exchange_url=exchange_url or None,
+            timeframe=timeframe,
+            lookback_days=lookback_days,
+        )
+        desk = AgentDesk(config, settings)
+    except (UserInputError, ValidationError, ValueError) as error:
+        errors.print(f"[red]mcp:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    serve(desk, settings.warehouse_dir / "reports", transport, host=host, port=port, path=path)  # type: ignore[arg-type]
+
+
 if __name__ == "__main__":
     app()

@@ -129,6 +129,42 @@ class ExchangeSettings(BaseModel):
         return self
 
 
+class MonitoringSettings(BaseModel):
+    """Metrics and alerts of the live loop (docs/monitoring.md). Nested in `Settings`:
+    CRYPTO_PIPELINE_MONITORING__METRICS_PORT=9464 serves /metrics on that port."""
+
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint; empty: off, 0: any.",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address /metrics listens on.")
+    # A Slack or Discord webhook URL carries its own token: a secret, never logged.
+    alert_webhook_url: SecretStr | None = Field(default=None, description="Alerts are POSTed here when set.")
+    alert_style: Literal["slack", "discord"] = Field(
+        default="slack", description='Webhook body: Slack {"text": ...} or Discord {"content": ...}.'
+    )
+    alert_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one webhook POST.")
+    invalid_streak: int = Field(
+        default=3, ge=1, description="Alert when this many decisions in a row are invalid model outputs."
+    )
+
+    drift_reference_run: str | None = Field(
+        default=None,
+        description="drift_sensor's reference run in the journal; empty: the newest backtest run.",
+    )
+    drift_threshold: float = Field(default=0.25, gt=0, description="PSI beyond which drift_sensor retrains.")
+    drift_min_decisions: int = Field(
+        default=50, ge=1, description="Fewer live decisions: drift is not judged."
+    )
+
+    @field_validator("metrics_port", "alert_webhook_url", "drift_reference_run", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
 class Settings(BaseSettings):
     """Project configuration: environment variables prefixed `CRYPTO_PIPELINE_`, or a `.env` file."""
 
@@ -185,6 +221,9 @@ class Settings(BaseSettings):
 
     # --- local exchange -------------------------------------------------------------------
     exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
+
+    # --- monitoring of the live loop --------------------------------------------------------
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @property
     def duckdb_path(self) -> Path:

@@ -84,3 +84,23 @@ def _bar_width(rows: pl.DataFrame) -> float:
     if steps.is_empty():
         return 0.02
     return steps.median().total_seconds() / 86_400 * 0.8
+
+
+def plot_equity_vs_buy_hold(
+    times: list[datetime], equity: list[float], buy_hold: list[float], out: Path, title: str
+) -> Path:
+    """A strategy's equity against buy-and-hold of the same symbols from the same start; returns the PNG."""
+    fig, ax = plt.subplots(figsize=(10, 4.5), constrained_layout=True)
+    ax.plot(times, equity, color="tab:blue", linewidth=1.2, marker=".", label="live equity")
+    ax.plot(
+        times, buy_hold, color="grey", linewidth=1.0, linestyle="--", label="buy and hold (equal weights)"
+    )
+    ax.set_title(title)
+    ax.set_ylabel("USD")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

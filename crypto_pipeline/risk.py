@@ -146,7 +146,8 @@ class RiskEngine:
         equity = account.equity
         if equity <= 0:
             return RiskResult(reason="no equity")
-        marks = {**(prices or {}), symbol: price}
+        # Venues name positions BTCUSDT where decisions and prices say BTC/USDT: compare compact names.
+        marks = {_compact(s): p for s, p in {**(prices or {}), symbol: price}.items()}
         held = account.position(symbol)
         held_qty = held.qty if held is not None else 0.0
 
@@ -167,17 +168,21 @@ class RiskEngine:
             return RiskResult(
                 reason=f"daily loss circuit breaker ({cfg.daily_loss_limit_pct}%) until next UTC day"
             )
-        open_symbols = {p.symbol for p in account.positions if p.qty > 0}
+        open_symbols = {_compact(p.symbol) for p in account.positions if p.qty > 0}
         if held_qty <= 0 and len(open_symbols) >= cfg.max_open_positions:
             return RiskResult(reason=f"{len(open_symbols)} open positions (max {cfg.max_open_positions})")
-        exposure = {p.symbol: p.qty * marks.get(p.symbol, p.avg_entry_price) for p in account.positions}
-        symbol_room = equity * cfg.max_symbol_exposure_pct / 100 - exposure.get(symbol, 0.0)
+        exposure: dict[str, float] = {}
+        for p in account.positions:
+            key = _compact(p.symbol)
+            exposure[key] = exposure.get(key, 0.0) + p.qty * marks.get(key, p.avg_entry_price)
+        symbol_room = equity * cfg.max_symbol_exposure_pct / 100 - exposure.get(_compact(symbol), 0.0)
         total_room = equity * cfg.max_total_exposure_pct / 100 - sum(exposure.values())
         corr_room = math.inf
         if returns:
             group = correlated_with(symbol, returns, cfg.correlation_threshold, cfg.correlation_window)
+            group = {_compact(s) for s in group} | {_compact(symbol)}
             corr_room = equity * cfg.max_correlated_exposure_pct / 100 - sum(
-                v for s, v in exposure.items() if s in group or s == symbol
+                v for s, v in exposure.items() if s in group
             )
         fees = rules.FeeSchedule()
         reserve_factor = rules.buy_reserve(1.0, cfg.order_type, fees, rules.SlippageModel())
@@ -210,6 +215,10 @@ class RiskEngine:
         else:
             intent = OrderIntent(symbol=symbol, side=side, qty=qty)
         return RiskResult(intent=intent)
+
+
+def _compact(symbol: str) -> str:
+    return symbol.replace("/", "")
 
 
 def correlated_with(

@@ -4,11 +4,13 @@ import dagster as dg
 
 from assets.backtest import baseline_backtests, llm_backtests, promotion, walk_forward_report
 from assets.features import features, market_states
+from assets.live import live_performance
 from assets.market_data import bars, raw_bars
 from assets.partitions import DAILY_PARTITIONS
 from assets.resources import MarketDataSourceResource, WarehouseResource
 from assets.training import MlflowResource, finetuned_model, retrain_job, sft_dataset, weekly_retrain_schedule
 from jobs.live import kill_switch, live_paper
+from sensors.drift import drift_sensor
 from sensors.live import champion_sensor, kill_switch_sensor
 
 MARKET_DATA_ASSETS = dg.AssetSelection.assets("raw_bars", "bars", "features", "market_states")
@@ -43,10 +45,11 @@ def make_definitions(
             promotion,
             sft_dataset,
             finetuned_model,
+            live_performance,
         ],
         jobs=[market_data_job, retrain_job, live_paper, kill_switch],
         schedules=[daily_market_data_schedule, weekly_retrain_schedule],
-        sensors=[champion_sensor, kill_switch_sensor],
+        sensors=[champion_sensor, kill_switch_sensor, drift_sensor],
         resources={
             "warehouse": warehouse or WarehouseResource(),
             # Keys default to Settings (ALPACA_API_KEY / ALPACA_SECRET_KEY), read when a run starts.

@@ -14,8 +14,15 @@ class LivePaperConfig(dg.Config):
     symbols: list[str] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
     timeframe: str = Field("5m", description="Bar timeframe the loop buffers.")
     decision_interval: str = Field("1h", description="Decide at every close of this interval.")
-    provider: str = Field("rules", description="'rules' or 'local' (the registered crypto-policy).")
+    provider: str = Field(
+        "rules",
+        description="'rules', 'local' (the registered crypto-policy), 'openai' (a chat-completions "
+        "server) or 'swarm' (crypto-policy and the rules, voting).",
+    )
     model_alias: str = Field("champion", description="crypto-policy alias; no champion: newest challenger.")
+    openai_base_url: str | None = Field(None, description="openai: the server's base URL (…/v1).")
+    openai_model: str = Field("gpt-4o-mini", description="openai: the model name the server expects.")
+    openai_api_key_env: str = Field("OPENAI_API_KEY", description="openai: the variable holding the key.")
     max_runtime_s: float = 120.0
     max_decisions: int | None = None
     venue: str = Field(
@@ -41,6 +48,9 @@ def live_paper_session(
         decision_interval=config.decision_interval,
         provider=config.provider,  # type: ignore[arg-type]
         model_alias=config.model_alias,
+        openai_base_url=config.openai_base_url,
+        openai_model=config.openai_model,
+        openai_api_key_env=config.openai_api_key_env,
         max_runtime_s=config.max_runtime_s,
         max_decisions=config.max_decisions,
         venue=config.venue,  # type: ignore[arg-type]

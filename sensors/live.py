@@ -4,8 +4,6 @@
 new version (a running session polls the alias and ends itself cleanly). The cursor is the version
 last seen, so each move starts one run."""
 
-import warnings
-
 import dagster as dg
 
 from assets.resources import WarehouseResource
@@ -27,13 +25,6 @@ def _champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource
         cursor=version,
     )
 
-
-# Dagster 1.13 hands `owners=None` to a beta parameter of `SensorDefinition` each time one is built, and
-# `Definitions` rebuilds every sensor when it attaches resources, so a filter scoped to our decorator
-# misses most of them. Nothing of ours uses owners: ignore that one message, nothing else.
-warnings.filterwarnings(
-    "ignore", category=dg.BetaWarning, message=r"Parameter `owners` of initializer `SensorDefinition"
-)
 
 champion_sensor = dg.sensor(
     job=live_paper,

@@ -175,3 +175,29 @@ def test_whatever_happens_limits_hold_nothing_goes_short_and_breakers_block_entr
             cash += notional * (1 - fee)
             qty[symbol] -= intent.qty
         assert all(q >= -1e-12 for q in qty.values()) and cash >= -1e-6
+
+
+def test_positions_named_as_the_venue_names_them_count_against_the_caps() -> None:
+    # Alpaca (and the local exchange) report positions as BTCUSDT; decisions and prices say BTC/USDT.
+    # The live loop's account carries the venue's names: the caps must see through the difference.
+    engine = RiskEngine(RiskConfig(max_symbol_exposure_pct=25, max_correlated_exposure_pct=30))
+    held = Account(
+        cash=7_600.0, equity=10_000.0, positions=(Position(symbol="BTCUSDT", qty=20, avg_entry_price=100),)
+    )
+    # 20 BTC marked at 120 = 2,400 of the 2,500 allowed: the engine buys at most $100 more.
+    more = engine.evaluate(decision(Action.BUY, size=50), held, 120.0, now=T0, prices={"BTC/USDT": 120.0})
+    assert more.intent is not None and more.intent.qty * 120 <= 100 + 1e-6
+    # ETH moving with BTC: one bet, capped at 30% together with the BTC already held.
+    returns = {
+        "BTC/USDT": [0.01, -0.02, 0.015, 0.03, -0.01],
+        "ETH/USDT": [0.011, -0.019, 0.016, 0.029, -0.011],
+    }
+    eth = engine.evaluate(
+        decision(Action.BUY, "ETH/USDT", size=50),
+        held,
+        50.0,
+        now=T0,
+        prices={"BTC/USDT": 120.0},
+        returns=returns,
+    )
+    assert eth.intent is not None and eth.intent.qty * 50 <= 3_000 - 2_400 + 1e-6

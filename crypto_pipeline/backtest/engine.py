@@ -166,6 +166,9 @@ class PolicyRun:
     final_equity: float
     wall_s: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)
+    # The state each decision was made on (with the portfolio it saw), in the order of `decisions`:
+    # what the journal records (`backtest/journaling.py`).
+    states: list[MarketState] = field(default_factory=list)
 
 
 @dataclass
@@ -238,6 +241,7 @@ def run_policy(
     decisions: list[TradeDecision] = []
     outcomes: list[RiskResult] = []
     fills: list[SimFill] = []
+    seen: list[MarketState] = []
     close_ff = closes.ffill()
     rets = close_ff.pct_change()
     window = risk.config.correlation_window
@@ -258,6 +262,7 @@ def run_policy(
             for r in group.iter_rows(named=True)
         ]
         made = decide(provider, batch)
+        seen.extend(batch)
         for state, decision in zip(batch, made, strict=True):
             last_close_time = known[state.symbol].last_valid_index()
             age = at_ts - last_close_time if last_close_time is not None else pd.Timedelta(days=365)
@@ -298,6 +303,7 @@ def run_policy(
         final_cash=book.cash,
         final_equity=book.account(last_marks).equity,
         wall_s=time.perf_counter() - started,
+        states=seen,
     )
 
 

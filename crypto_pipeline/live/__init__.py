@@ -6,7 +6,8 @@ Modules: `config` (LiveConfig), `venue` (endpoints, clients, key check, real-mon
 rolling buffer), `states` (buffer -> MarketState), `streams` (websocket threads, the bar check),
 `orders` (idempotent submission, fills, reconciliation, flatten), `journal`, `kill` (the kill flag),
 `providers` (rules, or champion with the challenger fallback), `session` (the loop), `run` (one session
-with everything set up).
+with everything set up); monitoring: `metrics` (Prometheus), `alerts` (log + webhook), `performance`
+(the journal against buy-and-hold), `drift` (a run against a reference run). See docs/monitoring.md.
 """
 
 from crypto_pipeline.live.config import LiveConfig

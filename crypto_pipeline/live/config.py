@@ -12,7 +12,7 @@ from crypto_pipeline.config import DEFAULT_SYMBOLS
 from crypto_pipeline.market.timeframes import Timeframe
 
 Venue = Literal["local", "alpaca_paper", "alpaca_live"]
-ProviderName = Literal["rules", "local"]
+ProviderName = Literal["rules", "local", "openai", "swarm"]
 
 
 class LiveConfig(BaseModel):
@@ -32,7 +32,16 @@ class LiveConfig(BaseModel):
     timeframe: str = "5m"
     decision_interval: str = "1h"
     provider: ProviderName = "rules"
-    model_alias: str = Field("champion", description="Alias of crypto-policy for provider 'local'.")
+    model_alias: str = Field(
+        "champion", description="Alias of crypto-policy for providers 'local' and 'swarm'."
+    )
+    openai_base_url: str | None = Field(
+        None, description="Provider 'openai': the chat-completions server's base URL (…/v1)."
+    )
+    openai_model: str = Field("gpt-4o-mini", description="Provider 'openai': the model name it serves.")
+    openai_api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Provider 'openai': the environment variable holding its key."
+    )
     max_runtime_s: float = Field(120.0, gt=0)
     max_decisions: int | None = Field(None, ge=1, description="Stop after this many decision batches.")
     venue: Venue = "local"

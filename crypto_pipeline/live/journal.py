@@ -5,8 +5,10 @@ journals what it finds again adds nothing twice. Holds no secret: only what the 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +20,7 @@ from crypto_pipeline.state import MarketState
 from crypto_pipeline.warehouse import Warehouse, table_spec
 
 JOURNAL_TABLES = ("decisions", "risk_verdicts", "orders", "fills", "equity")
+log = logging.getLogger(__name__)
 
 
 class Journal:
@@ -29,6 +32,9 @@ class Journal:
         self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._lock = threading.Lock()
         self.written: dict[str, int] = defaultdict(int)
+        # Called with (table, row) as each row is journaled: metrics and alerts follow the journal.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._keys: dict[str, set[tuple[Any, ...]]] = defaultdict(set)
 
     def decision(self, at: datetime, state: MarketState | None, prompt: str, decision: TradeDecision) -> None:
         self._add(
@@ -86,7 +92,15 @@ class Journal:
             filled_avg_price=_float(order.get("filled_avg_price")),
         )
 
-    def fill(self, at: datetime, order: dict[str, Any], fill_id: str, qty: float, price: float) -> None:
+    def fill(
+        self,
+        at: datetime,
+        order: dict[str, Any],
+        fill_id: str,
+        qty: float,
+        price: float,
+        fee: float | None = None,
+    ) -> None:
         self._add(
             "fills",
             time=at,
@@ -97,10 +111,21 @@ class Journal:
             side=_text(order.get("side")),
             qty=qty,
             price=price,
+            fee=fee,
+            # Spot fees are charged in the quote currency (BTC/USDT: USDT).
+            fee_currency=str(order.get("symbol") or "").partition("/")[2] or None
+            if fee is not None
+            else None,
         )
 
     def equity(
-        self, at: datetime, *, equity: float, cash: float, positions_value: float, unrealized: float
+        self,
+        at: datetime,
+        *,
+        equity: float,
+        cash: float,
+        positions_value: float,
+        unrealized: float | None,
     ) -> None:
         self._add(
             "equity",
@@ -123,8 +148,18 @@ class Journal:
             self.written[table] += frame.height
 
     def _add(self, table: str, **row: Any) -> None:
+        entry = {"run_id": self.session_id, **row}
+        key = tuple(entry.get(c) for c in table_spec(table).key)
         with self._lock:
-            self._rows[table].append({"run_id": self.session_id, **row})
+            self._rows[table].append(entry)
+            # The same event seen twice (a REST answer and a stream update) is stored once: tell once.
+            new = key not in self._keys[table]
+            self._keys[table].add(key)
+        for listener in self.listeners if new else ():
+            try:
+                listener(table, entry)
+            except Exception:  # noqa: BLE001 - monitoring never stops the journal or the loop
+                log.exception("journal listener failed on a %s row", table)
 
 
 def _float(value: Any) -> float | None:

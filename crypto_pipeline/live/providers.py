@@ -1,6 +1,7 @@
-"""The decision provider of a live session: the rules, or the registered model under an alias. When
-the alias (by default `champion`) names no version yet, the newest `challenger` stands in, and the
-session says so (log and `ProviderChoice.note`)."""
+"""The decision provider of a live session: the rules, the registered model under an alias, an
+OpenAI-compatible server, or a swarm of the registered model and the rules. When the alias (by default
+`champion`) names no version yet, the newest `challenger` stands in, and the session says so (log and
+`ProviderChoice.note`)."""
 
 from __future__ import annotations
 
@@ -33,13 +34,36 @@ def alias_version(tracking_uri: str, alias: str, model_name: str = REGISTERED_MO
         return None
 
 
-def choose_provider(name: str, alias: str, settings: Any) -> ProviderChoice:
+def choose_provider(name: str, alias: str, settings: Any, config: Any = None) -> ProviderChoice:
+    """The provider `name` ('rules', 'local', 'openai' or 'swarm'); `config` (a `LiveConfig`) carries the
+    OpenAI-compatible endpoint for 'openai'."""
     if name == "rules":
         from crypto_pipeline.llm.rule_based import RuleBased
 
         return ProviderChoice(RuleBased(), None, "rule-based provider")
+    if name == "openai":
+        from crypto_pipeline.llm.openai_compat import OpenAICompatible
+
+        base_url = getattr(config, "openai_base_url", None)
+        if not base_url:
+            raise UserInputError("provider 'openai' needs openai_base_url (the server's …/v1 address)")
+        model = config.openai_model
+        provider = OpenAICompatible(base_url, model, api_key_env=config.openai_api_key_env)
+        return ProviderChoice(provider, None, f"OpenAI-compatible {model} at {base_url}")
+    if name == "swarm":
+        from crypto_pipeline.llm.rule_based import RuleBased
+        from crypto_pipeline.llm.swarm import Swarm
+
+        member = registered_model(alias, settings)
+        swarm = Swarm([member.provider, RuleBased()], quorum=0.5)
+        return ProviderChoice(swarm, member.model_version, f"swarm of {member.note} and the rules")
     if name != "local":
-        raise UserInputError(f"unknown provider {name!r}; expected 'rules' or 'local'")
+        raise UserInputError(f"unknown provider {name!r}; expected 'rules', 'local', 'openai' or 'swarm'")
+    return registered_model(alias, settings)
+
+
+def registered_model(alias: str, settings: Any) -> ProviderChoice:
+    """`LocalLLM` with the adapter of crypto-policy@alias, or of the newest challenger when `alias` is unset."""
     from crypto_pipeline.llm.local import LocalLLM, resolve_adapter
 
     uri = settings.mlflow_tracking_uri

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.config import LiveConfig
 from crypto_pipeline.live.kill import kill_flag_path
+from crypto_pipeline.live.metrics import LiveMetrics
 from crypto_pipeline.live.providers import alias_version, choose_provider
 from crypto_pipeline.live.session import LiveSession, SessionReport
 from crypto_pipeline.live.venue import Clients, Credentials, resolve_endpoints
@@ -61,8 +63,13 @@ def run_live(
         endpoints = resolve_endpoints("local", settings, server.base_url)
     else:
         credentials = Credentials.from_settings(settings, config.venue)
+    metrics = LiveMetrics(config.session_id)
+    alerts = Alerter.from_settings(config.session_id, settings)
+    monitoring = getattr(settings, "monitoring", None)
     try:
-        choice = choose_provider(config.provider, config.model_alias, settings)
+        if monitoring is not None and monitoring.metrics_port is not None:
+            metrics.serve(monitoring.metrics_port, monitoring.metrics_host)
+        choice = choose_provider(config.provider, config.model_alias, settings, config)
         log.info("live session %s decides with %s", config.session_id, choice.note)
         session = LiveSession(
             config,
@@ -71,11 +78,15 @@ def run_live(
             Warehouse(warehouse_dir),
             kill_flag=kill_flag_path(warehouse_dir),
             provider_note=choice.note,
+            metrics=metrics,
+            alerts=alerts,
         )
-        if config.provider == "local" and choice.model_version is not None:
+        if config.provider in ("local", "swarm") and choice.model_version is not None:
             session.stop_when = _champion_moved(settings, config.model_alias, choice.model_version)
         return session.run()
     finally:
+        alerts.close()
+        metrics.close()
         if server is not None:
             server.stop()
 
@@ -122,5 +133,9 @@ def flatten_venue(settings: object, venue: str = "local", exchange_url: str | No
     desk.call("account", clients.check_keys)
     closed = desk.flatten(datetime.now(UTC))
     journal.flush()
-    log.warning("kill switch: open orders canceled and %d position(s) closed at %s", closed, venue)
+    alerts = Alerter.from_settings("kill-switch", settings)
+    alerts.kill_switch(
+        f"no session running, venue {venue}", closed, session=False
+    )  # logged, and posted when set
+    alerts.close()
     return closed

@@ -25,10 +25,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.bars import BarBuffer, Gap, max_bars_for
 from crypto_pipeline.live.config import LiveConfig
+from crypto_pipeline.live.gate import gate_decision, last_closes, recent_returns
 from crypto_pipeline.live.journal import Journal
 from crypto_pipeline.live.kill import kill_reason
+from crypto_pipeline.live.metrics import LiveMetrics
 from crypto_pipeline.live.orders import OrderDesk, client_order_id, describe
 from crypto_pipeline.live.states import states_at
 from crypto_pipeline.live.streams import StreamThread, parse_stream_bar
@@ -93,12 +96,19 @@ class LiveSession:
         kill_flag: Any = None,
         risk: RiskEngine | None = None,
         provider_note: str = "",
+        metrics: LiveMetrics | None = None,
+        alerts: Alerter | None = None,
     ) -> None:
         self.config = config
         self.clients = clients
         self.provider = provider
         self.risk = risk or RiskEngine()
         self.journal = Journal(warehouse, config.session_id)
+        # Monitoring follows the journal (see metrics.py, alerts.py); the caller may serve or post them.
+        self.metrics = metrics or LiveMetrics(config.session_id)
+        self.alerts = alerts or Alerter(config.session_id)
+        self.journal.listeners += [self.metrics.on_journal, self.alerts.on_journal]
+        self._streams: list[StreamThread] = []
         self.desk = OrderDesk(
             clients.trading, self.journal, config.session_id, attempts=config.submit_attempts
         )
@@ -130,7 +140,7 @@ class LiveSession:
         self.report.reconciled_open_orders, self.report.reconciled_positions = opened, held
         self._load_history(now)
         next_at = self._first_decision_time()
-        streams = self._start_streams()
+        streams = self._streams = self._start_streams()
         self.subscribed.set()
         waiting_since: float | None = None
         try:
@@ -286,9 +296,11 @@ class LiveSession:
 
     def _watch_staleness(self) -> None:
         idle = time.monotonic() - self._last_bar_wall
+        connections = {s.thread.name: s.connections for s in self._streams}
+        self.metrics.on_stream(data_age_s=idle, connections=connections, bars=self.report.stream_bars)
         if idle >= self.config.stale_after_s and not self._stale_logged:
             self._stale_logged = True
-            log.warning("stale data: no bar for %.0f s; no position is opened until bars arrive", idle)
+            self.alerts.stale_data(idle)
 
     def _check_kill(self) -> bool:
         if self.kill_flag is None:
@@ -298,11 +310,7 @@ class LiveSession:
             return False
         now = self._venue_time()
         self.report.flattened_positions = self.desk.flatten(now)
-        log.warning(
-            "kill switch (%s): orders canceled, %d position(s) closed",
-            reason,
-            self.report.flattened_positions,
-        )
+        self.alerts.kill_switch(reason, self.report.flattened_positions)
         self.stop(f"kill switch: {reason}")
         return True
 
@@ -315,10 +323,11 @@ class LiveSession:
         account = self.desk.account()
         now = self._venue_time()
         frame = self.buffer.frame(closed_by=at)
-        marks = _last_closes(frame)
+        marks = last_closes(frame)
         for intent in self.risk.update(account, marks, at):  # the drawdown switch closes everything
             cid = client_order_id(cfg.session_id, intent.symbol, at, "kill")
             self.desk.submit(intent, cid, at)
+        self.alerts.risk_state(self.risk.daily_breaker, self.risk.killed, self.risk.kill_reason)
         states, missing = states_at(frame, cfg.base, cfg.symbols, at)
         batch = [
             states[s].with_portfolio(Portfolio.from_account(account, s)) for s in cfg.symbols if s in states
@@ -327,37 +336,31 @@ class LiveSession:
         decisions = decide_safely(self.provider, batch)
         for symbol, why in missing.items():
             decisions.append(TradeDecision.invalid(f"no market state: {why}", symbol=symbol, at=at))
-        returns = _returns(frame, self.risk.config.correlation_window)
+        returns = recent_returns(frame, self.risk.config.correlation_window)
         last_close = {s: frame.filter(pl.col("symbol") == s)["timestamp"].max() for s in cfg.symbols}
         for decision in decisions:
             symbol = decision.symbol or ""
-            state = states.get(symbol)
             decided = time.perf_counter()
             newest = last_close.get(symbol)
             age = now - (newest + cfg.base.duration) if newest is not None else timedelta(days=365)
-            price = state.price if state is not None else float("nan")
-            result = self.risk.evaluate(
+            gated = gate_decision(
                 decision,
+                states.get(symbol),
+                prompts.get(symbol, ""),
                 account,
-                price,
-                now=at,
-                data_age=max(age, timedelta(0)),
+                risk=self.risk,
+                desk=self.desk,
+                at=at,
+                data_age=age,
                 prices=marks,
                 returns=returns,
             )
-            self.journal.decision(at, state, prompts.get(symbol, ""), decision)
             self.report.decisions += 1
             self.report.valid_decisions += decision.valid
-            cid = None
-            if result.intent is not None:
-                cid = client_order_id(cfg.session_id, symbol, at)
-                self.report.approved += 1
-            self.journal.verdict(at, symbol, decision.action.value, result, cid)
-            if result.intent is not None and cid is not None:
-                order = self.desk.submit(result.intent, cid, at)
-                if order is not None:
-                    self.report.decision_to_order_ms.append((time.perf_counter() - decided) * 1e3)
-                    account = self.desk.account()  # the next decision sees this order's effect
+            self.report.approved += gated.result.approved
+            if gated.order is not None:
+                self.report.decision_to_order_ms.append((time.perf_counter() - decided) * 1e3)
+                account = self.desk.account()  # the next decision sees this order's effect
         self.desk.poll_open()
         self._snapshot(at)
         self.journal.flush()
@@ -386,18 +389,3 @@ class LiveSession:
         self.report.orders_reused = self.desk.reused
         self.report.orders_refused = len(self.desk.refused)
         self.report.stop_reason = self._stop_reason or "stopped"
-
-
-def _last_closes(frame: pl.DataFrame) -> dict[str, float]:
-    if frame.is_empty():
-        return {}
-    last = frame.group_by("symbol").agg(pl.col("close").sort_by("timestamp").last())
-    return {row["symbol"]: float(row["close"]) for row in last.iter_rows(named=True)}
-
-
-def _returns(frame: pl.DataFrame, window: int) -> dict[str, list[float]]:
-    out = {}
-    for (symbol,), rows in frame.partition_by("symbol", as_dict=True).items():
-        closes = rows.sort("timestamp")["close"].tail(window + 1)
-        out[str(symbol)] = closes.pct_change().drop_nulls().to_list()
-    return out

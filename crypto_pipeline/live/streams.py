@@ -17,11 +17,23 @@ log = logging.getLogger(__name__)
 
 
 class StreamThread:
-    """Runs `stream.run()` in a daemon thread; `stop()` ends it promptly."""
+    """Runs `stream.run()` in a daemon thread; `stop()` ends it promptly. `connections` counts the
+    websocket connections the client opened (every one after the first is a reconnect)."""
 
     def __init__(self, stream: Any, name: str) -> None:
         self.stream = stream
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.connections = 0
+        # alpaca-py's clients open every connection, first or again, through `_start_ws`; counting
+        # there is the only way to see reconnects, which the clients otherwise handle silently.
+        start_ws = getattr(stream, "_start_ws", None)
+        if start_ws is not None:
+
+            async def counted() -> None:
+                await start_ws()
+                self.connections += 1
+
+            stream._start_ws = counted
 
     def _run(self) -> None:
         try:

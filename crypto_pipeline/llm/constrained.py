@@ -87,7 +87,9 @@ class DecisionLogitsProcessor(LogitsProcessor):
             self._batch.batch_fill_next_token_bitmask(
                 [self._matchers[i] for i in live], self._bitmask, indices=live
             )
-        self._xgr.apply_token_bitmask_inplace(scores, self._bitmask, vocab_size=scores.shape[-1])
+        # xgrammar fills the mask on the CPU; on a GPU it is applied where the logits are.
+        mask = self._bitmask if scores.device == self._bitmask.device else self._bitmask.to(scores.device)
+        self._xgr.apply_token_bitmask_inplace(scores, mask, vocab_size=scores.shape[-1])
         return scores
 
 

@@ -51,7 +51,7 @@ def decode_jump_forward(
     """Greedy completions of a left-padded batch; `attention_mask` covers the cached prefix too."""
     import xgrammar as xgr
 
-    batch = input_ids.shape[0]
+    batch, device = input_ids.shape[0], input_ids.device
     vocab = model.config.vocab_size
     matchers = [xgr.GrammarMatcher(compiled_grammar) for _ in range(batch)]
     bitmask = xgr.allocate_token_bitmask(batch, vocab)
@@ -64,8 +64,10 @@ def decode_jump_forward(
             if not state.accept_token(token):
                 raise RuntimeError("the grammar refused its own forced opening")  # a tokenizer mismatch
         row.tokens.extend(opening)
-    chunk = torch.cat([input_ids, torch.tensor([opening] * batch, dtype=torch.long)], dim=1)
-    mask = torch.cat([attention_mask, torch.ones(batch, len(opening), dtype=attention_mask.dtype)], dim=1)
+    chunk = torch.cat([input_ids, torch.tensor([opening] * batch, dtype=torch.long, device=device)], dim=1)
+    mask = torch.cat(
+        [attention_mask, torch.ones(batch, len(opening), dtype=attention_mask.dtype, device=device)], dim=1
+    )
     cache = past_key_values
     while live:
         out = model(
@@ -77,11 +79,11 @@ def decode_jump_forward(
             logits_to_keep=1,
         )
         cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()
+        logits = out.logits[:, -1, :].float().cpu()  # xgrammar masks on the CPU
         bm = bitmask[: len(live)]
         for i, row in enumerate(live):
             matchers[row].fill_next_token_bitmask(bm, i)
-        xgr.apply_token_bitmask_inplace(logits, bm.to(logits.device), vocab_size=logits.shape[-1])
+        xgr.apply_token_bitmask_inplace(logits, bm, vocab_size=logits.shape[-1])
         picked = logits.argmax(-1).tolist()
         feeds: list[list[int]] = []
         keep: list[int] = []
@@ -110,12 +112,16 @@ def decode_jump_forward(
         if not keep:
             break
         if len(keep) < len(live):
-            index = torch.tensor(keep, dtype=torch.long)
+            index = torch.tensor(keep, dtype=torch.long, device=device)
             cache.batch_select_indices(index)
             mask = mask[index]
             live = [live[i] for i in keep]
         width = max(len(f) for f in feeds)
-        chunk = torch.tensor([[pad_id] * (width - len(f)) + f for f in feeds], dtype=torch.long)
-        new_mask = torch.tensor([[0] * (width - len(f)) + [1] * len(f) for f in feeds], dtype=mask.dtype)
+        chunk = torch.tensor(
+            [[pad_id] * (width - len(f)) + f for f in feeds], dtype=torch.long, device=device
+        )
+        new_mask = torch.tensor(
+            [[0] * (width - len(f)) + [1] * len(f) for f in feeds], dtype=mask.dtype, device=device
+        )
         mask = torch.cat([mask, new_mask], dim=1)
     return rows

@@ -248,10 +248,15 @@ class LocalLLM:
             suffixes = [r[prefix_len:] for r in rows]
             width = max(len(s) for s in suffixes)
             pad = self.tokenizer.pad_token_id
-            padded = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes], dtype=torch.long)
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], dtype=torch.long)
+            device = self.model.device  # the GPU's when loaded there (4-bit on CUDA)
+            padded = torch.tensor(
+                [[pad] * (width - len(s)) + s for s in suffixes], dtype=torch.long, device=device
+            )
+            mask = torch.tensor(
+                [[0] * (width - len(s)) + [1] * len(s) for s in suffixes], dtype=torch.long, device=device
+            )
             if prefix_len:
-                prefix = torch.tensor([rows[0][:prefix_len]] * len(rows), dtype=torch.long)
+                prefix = torch.tensor([rows[0][:prefix_len]] * len(rows), dtype=torch.long, device=device)
                 padded = torch.cat([prefix, padded], dim=1)
                 mask = torch.cat([torch.ones_like(prefix), mask], dim=1)
             if self._grammar is not None and self.jump_forward:
@@ -314,7 +319,7 @@ class LocalLLM:
 
         if self._prefix_ids is None:
             self._prefix_ids = self._system_prefix_ids()
-            out = self.model(torch.tensor([self._prefix_ids]), use_cache=True)
+            out = self.model(torch.tensor([self._prefix_ids], device=self.model.device), use_cache=True)
             self._prefix_cache = out.past_key_values
         n = len(self._prefix_ids)
         # Every row must start with the exact prefix and have at least one token after it.
@@ -349,7 +354,7 @@ class LocalLLM:
         row = self.chat_token_ids(user_prompt)
         with self._lock, torch.inference_mode():
             torch.manual_seed(self.seed)
-            ids = torch.tensor([row])
+            ids = torch.tensor([row], device=self.model.device)
             output = self.model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),

@@ -34,24 +34,9 @@ def tiny_model(smollm2_tokenizer: Any) -> Any:
     A wide initialisation makes its greedy output vary with the prompt, so equality checks between
     generation paths are meaningful (a near-zero init would emit the same token everywhere).
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.tiny_llama import tiny_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=smollm2_tokenizer.bos_token_id,
-        eos_token_id=smollm2_tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(smollm2_tokenizer, initializer_range=0.2).eval()
 
 
 @pytest.fixture(scope="session")

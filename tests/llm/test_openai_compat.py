@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from chat_completions import ChatCompletionsServer, completion, output_mode, refusing
 
 from crypto_pipeline.llm.decision import Action, TradeDecision
 from crypto_pipeline.llm.openai_compat import OpenAICompatible
@@ -15,6 +14,7 @@ from crypto_pipeline.llm.prompts import PROMPT_VERSION, SYSTEM_PROMPT
 from crypto_pipeline.llm.provider import DecisionProvider
 from crypto_pipeline.llm.schema import GRAMMAR_REASONING_CHARS, decision_json_schema
 from crypto_pipeline.state import MarketState
+from tests.chat_completions import ChatCompletionsServer, completion, output_mode, refusing
 
 ANSWER = (
     '{"action": "BUY", "confidence": 70, "position_size_pct": 10, "stop_loss_pct": 2, "take_profit_pct": 5}'

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from chat_completions import ChatCompletionsServer, completion
 
 from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.state import STATE_TIMEFRAMES, market_state_table
 from crypto_pipeline.training.dataset import DatasetConfig, SftDataset, build_sft_dataset
+from tests.chat_completions import ChatCompletionsServer, completion
 
 DATA_2024 = SHARED_MARKET_DATA / "binance-spot-2024"  # for benchmarks; tests ask the `recorded` fixture
 START = datetime(2024, 2, 1, tzinfo=UTC)
@@ -79,28 +79,15 @@ def btc_dataset(btc_states: pl.DataFrame, btc_bars_1h: pl.DataFrame) -> SftDatas
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-64 Llama with the SmolLM2 tokenizer and chat template, saved as a folder: a real
     transformers model that fine-tunes in seconds (the embedded SmolLM2 takes about a minute a step here)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     from crypto_pipeline.config import get_settings
     from crypto_pipeline.llm.base_model import ensure_base_model
+    from tests.tiny_llama import tiny_llama
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_base_model(get_settings().models_dir))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
     folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
+    tiny_llama(tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
