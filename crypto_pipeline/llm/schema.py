@@ -51,13 +51,17 @@ def decision_grammar(dialect: Literal["xgrammar", "gbnf"] = "xgrammar") -> str:
             raise ValueError("grammar numbers start at 0")
     actions = " | ".join(f'"{a.value}"' for a in Action)
     nul = "\\0" if dialect == "xgrammar" else "\\x00"
+
+    def rule(name: str) -> str:  # GBNF rule names allow letters, digits and '-' only
+        return name if dialect == "xgrammar" else name.replace("_", "-")
+
     lines = [
         'root ::= "{\\"action\\": \\"" action "\\""'
-        + "".join(f' ", \\"{name}\\": " {name}' for name, _ in FIELDS)
+        + "".join(f' ", \\"{name}\\": " {rule(name)}' for name, _ in FIELDS)
         + ' ", \\"reasoning\\": \\"" reasoning "\\"}"',
         f"action ::= {actions}",
         'decimal ::= "." [0-9]',
-        *(f"{name} ::= {_bounded_number_rule(bounds[1])}" for name, bounds in FIELDS),
+        *(f"{rule(name)} ::= {_bounded_number_rule(bounds[1])}" for name, bounds in FIELDS),
         f'reasoning ::= [^"\\\\{nul}-\\x1f]{{0,{GRAMMAR_REASONING_CHARS}}}',
     ]
     return "\n".join(lines) + "\n"
