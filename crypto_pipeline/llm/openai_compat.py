@@ -182,7 +182,8 @@ class OpenAICompatible:
         elif mode == "ollama":
             payload["format"] = decision_json_schema()
         elif mode == "json_object":
-            payload["response_format"] = {"type": "json_object"}
+            # llama-cpp-python's server knows no json_schema type but reads a schema beside json_object.
+            payload["response_format"] = {"type": "json_object", "schema": decision_json_schema()}
         return payload
 
     def _complete(self, messages: list[dict[str, str]]) -> tuple[dict[str, Any], str]:
