@@ -288,9 +288,10 @@ def decide_command(
     at: str = typer.Option(
         ..., help="Decision time, UTC (e.g. 2024-06-01T12:00): the state sees bars closed by then."
     ),
-    provider: str = typer.Option("local", help="local | rule | openai | swarm (local + rule)."),
+    provider: str = typer.Option("local", help="local | rule | openai | llama-cpp | swarm (local + rule)."),
     model: str = typer.Option(
-        "", help="local: a Hugging Face folder, hub id or .gguf file (default: embedded SmolLM2)."
+        "",
+        help="local: a Hugging Face folder, hub id or .gguf file; llama-cpp: a .gguf file (default: embedded SmolLM2).",
     ),
     adapter: str = typer.Option(
         "", help="local: LoRA adapter folder or MLflow URI (models:/name/1, models:/name@champion)."
@@ -300,6 +301,10 @@ def decide_command(
     openai_model: str = typer.Option("gpt-4o-mini", help="openai: the model name the server expects."),
     api_key_env: str = typer.Option(
         "OPENAI_API_KEY", help="openai: the environment variable holding the key."
+    ),
+    schema_mode: str = typer.Option(
+        "auto",
+        help="openai: auto | json_schema | ollama | json_object | text (auto steps down where refused).",
     ),
 ) -> None:
     """Print the market state, the prompt and the decision of one provider at one time."""
@@ -320,7 +325,14 @@ def decide_command(
         console.print(f"[red]invalid --at {at!r}:[/red] expected an ISO time such as 2024-06-01T12:00")
         raise typer.Exit(2) from None
     when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    choices = ("local", "rule", "openai", "swarm")
+    from crypto_pipeline.llm.openai_compat import SCHEMA_MODES
+
+    if schema_mode not in SCHEMA_MODES:
+        console.print(
+            f"[red]unknown --schema-mode {schema_mode!r}:[/red] expected one of {', '.join(SCHEMA_MODES)}"
+        )
+        raise typer.Exit(2)
+    choices = ("local", "rule", "openai", "llama-cpp", "swarm")
     if provider not in choices:
         console.print(f"[red]unknown --provider {provider!r}:[/red] expected one of {', '.join(choices)}")
         raise typer.Exit(2)
@@ -338,7 +350,11 @@ def decide_command(
         if kind == "openai":
             from crypto_pipeline.llm.openai_compat import OpenAICompatible
 
-            return OpenAICompatible(base_url, openai_model, api_key_env=api_key_env)
+            return OpenAICompatible(base_url, openai_model, api_key_env=api_key_env, schema_mode=schema_mode)
+        if kind == "llama-cpp":
+            from crypto_pipeline.llm.llama_cpp import LlamaCpp
+
+            return LlamaCpp(model or None, constrained=constrained)
         from crypto_pipeline.llm.local import LocalLLM
 
         return LocalLLM(model or None, adapter=adapter or None, constrained=constrained, batch_size=1)

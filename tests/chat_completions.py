@@ -30,6 +30,28 @@ def completion(
     }
 
 
+def output_mode(body: dict[str, Any]) -> str:
+    """The output form a request asks for, as `OpenAICompatible` names it."""
+    if "format" in body:
+        return "ollama"
+    return (body.get("response_format") or {}).get("type", "text")
+
+
+def refusing(refused: set[str], content: str) -> Handler:
+    """A server that answers `content` but refuses the output modes in `refused` with a 400 naming the
+    field, as servers without structured outputs do (vLLM/llama.cpp builds without json_schema, proxies)."""
+
+    def handler(body: dict[str, Any], call_no: int) -> tuple[int, dict[str, Any], float]:
+        mode = output_mode(body)
+        if mode in refused:
+            field = "format" if mode == "ollama" else "response_format"
+            message = f"Unsupported {field}: type {mode!r} is not supported"
+            return 400, {"error": {"message": message, "type": "invalid_request_error"}}, 0.0
+        return 200, completion(content), 0.0
+
+    return handler
+
+
 class ChatCompletionsServer:
     """The endpoint, served from a daemon thread until `close()`; `url` ends in `/v1`."""
 

@@ -15,6 +15,7 @@ from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
 
 if TYPE_CHECKING:
     from crypto_pipeline.llm.fallback import Fallback
+    from crypto_pipeline.llm.llama_cpp import LlamaCpp
     from crypto_pipeline.llm.local import LocalLLM
     from crypto_pipeline.llm.openai_compat import OpenAICompatible
     from crypto_pipeline.llm.rule_based import RuleBased
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Fallback": "crypto_pipeline.llm.fallback",
+    "LlamaCpp": "crypto_pipeline.llm.llama_cpp",
     "LocalLLM": "crypto_pipeline.llm.local",
     "OpenAICompatible": "crypto_pipeline.llm.openai_compat",
     "RuleBased": "crypto_pipeline.llm.rule_based",
@@ -35,6 +37,7 @@ __all__ = [
     "Action",
     "DecisionProvider",
     "Fallback",
+    "LlamaCpp",
     "LocalLLM",
     "MemberVote",
     "OpenAICompatible",

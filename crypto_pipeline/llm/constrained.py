@@ -1,7 +1,7 @@
 """Constrained decoding: the model can only write a decision that `parse_decision` accepts.
 
-The grammar is a fixed JSON template with constrained slots (an enum for the action, bounded numbers
-with at most one decimal, a short reasoning string), generated from the same bounds as `TradeDecision`.
+The grammar (`schema.decision_grammar`) is a fixed JSON template with constrained slots, generated from
+the same bounds as `TradeDecision`.
 xgrammar (MLC, C++ core) compiles it against the tokenizer's vocabulary and masks the logits at every
 step. Every token adds at least one character and the grammar caps the length, so a completion always
 closes within `max_completion_chars()` tokens: no truncated JSON.
@@ -16,63 +16,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import LogitsProcessor
 
-from crypto_pipeline.llm.decision import (
-    CONFIDENCE_RANGE,
-    POSITION_SIZE_RANGE,
-    STOP_LOSS_RANGE,
-    TAKE_PROFIT_RANGE,
-    Action,
+from crypto_pipeline.llm.schema import (  # noqa: F401 - re-exported: the grammar's bounds live there
+    GRAMMAR_REASONING_CHARS,
+    decision_grammar,
+    max_completion_chars,
 )
 
 if TYPE_CHECKING:
     import xgrammar
 
-# What the grammar lets the model write as reasoning: short, one line, no quotes to escape.
-GRAMMAR_REASONING_CHARS = 100
-_FIELDS = (
-    ("confidence", CONFIDENCE_RANGE),
-    ("position_size_pct", POSITION_SIZE_RANGE),
-    ("stop_loss_pct", STOP_LOSS_RANGE),
-    ("take_profit_pct", TAKE_PROFIT_RANGE),
-)
-
-
-def _bounded_number_rule(upper: float) -> str:
-    """EBNF for a number in [0, upper] with at most one decimal; `upper` a multiple of 10 in [20, 100]."""
-    top = int(upper)
-    if top != upper or top % 10 or not 20 <= top <= 100:
-        raise ValueError(f"grammar supports upper bounds that are multiples of 10 in [20, 100], got {upper}")
-    tens = top // 10
-    two_digits = "[1-9] [0-9]" if tens == 10 else f"[1-{tens - 1}] [0-9]"
-    return f'"{top}" | {two_digits} decimal? | [0-9] decimal?'
-
 
 def decision_grammar_ebnf() -> str:
-    """The decision template as xgrammar EBNF (keys in the order the system prompt shows)."""
-    actions = " | ".join(f'"{a.value}"' for a in Action)
-    lines = [
-        'root ::= "{\\"action\\": \\"" action "\\""'
-        + "".join(f' ", \\"{name}\\": " {name}' for name, _ in _FIELDS)
-        + ' ", \\"reasoning\\": \\"" reasoning "\\"}"',
-        f"action ::= {actions}",
-        'decimal ::= "." [0-9]',
-        *(f"{name} ::= {_bounded_number_rule(bounds[1])}" for name, bounds in _FIELDS),
-        f'reasoning ::= [^"\\\\\\0-\\x1f]{{0,{GRAMMAR_REASONING_CHARS}}}',
-    ]
-    for _, (low, _high) in _FIELDS:
-        if low != 0:
-            raise ValueError("grammar numbers start at 0")
-    return "\n".join(lines) + "\n"
-
-
-def max_completion_chars() -> int:
-    """The longest text the grammar allows: a hard bound on the tokens a constrained completion needs."""
-    longest_action = max(len(a.value) for a in Action)
-    text = '{"action": "' + "X" * longest_action + '"'
-    for name, (_, high) in _FIELDS:
-        text += f', "{name}": ' + "X" * max(len(f"{int(high)}"), len(f"{int(high) - 1}.9"))
-    text += ', "reasoning": "' + "X" * GRAMMAR_REASONING_CHARS + '"}'
-    return len(text)
+    """The decision template as xgrammar EBNF (generated in `schema.py` with its GBNF and JSON-schema twins)."""
+    return decision_grammar("xgrammar")
 
 
 class DecisionGrammar:

@@ -133,6 +133,10 @@ class TradeDecision(BaseModel):
     completion_tokens: int | None = None
     cost_usd: float | None = None
     raw_text: str | None = Field(None, description="The model's text (first 2,000 chars), for audit.")
+    output_mode: str | None = Field(
+        None,
+        description="How the output was constrained: grammar, gbnf, json_schema, ollama, json_object or text.",
+    )
     votes: tuple[MemberVote, ...] = ()
 
     @model_validator(mode="after")

@@ -61,6 +61,8 @@ class LocalLLM:
         batch_size: int = 8,
         max_new_tokens: int | None = None,
         reuse_prefix_cache: bool = True,
+        jump_forward: bool = False,
+        quantize: str | None = None,
         seed: int = 0,
         system_prompt: str = SYSTEM_PROMPT,
         model_version: str | None = None,
@@ -74,6 +76,10 @@ class LocalLLM:
         self.constrained = constrained
         self.batch_size = max(1, batch_size)
         self.reuse_prefix_cache = reuse_prefix_cache
+        self.jump_forward = jump_forward
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+        self.quantize = quantize
         self.seed = seed
         self.system_prompt = system_prompt
         self.settings = settings
@@ -143,6 +149,8 @@ class LocalLLM:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.eval()
+        if self.quantize == "int8" and not self.load_in_4bit:
+            model = quantize_int8(model)
         self.model, self.tokenizer = model, tokenizer
         self._prefix_ids = self._prefix_cache = None
         if self.constrained:
@@ -206,6 +214,7 @@ class LocalLLM:
                 completion_tokens=c.completion_tokens,
                 cost_usd=0.0,
                 raw_text=c.text,
+                output_mode="grammar" if self._grammar is not None else "text",
             )
             for state, prompt, c in zip(states, prompts, completions, strict=True)
         ]
@@ -250,6 +259,8 @@ class LocalLLM:
                 prefix = torch.tensor([rows[0][:prefix_len]] * len(rows), dtype=torch.long, device=device)
                 padded = torch.cat([prefix, padded], dim=1)
                 mask = torch.cat([torch.ones_like(prefix), mask], dim=1)
+            if self._grammar is not None and self.jump_forward:
+                return self._complete_jump_forward(rows, padded, mask, prefix_len, cache)
             kwargs: dict[str, Any] = {}
             if cache is not None:
                 kwargs["past_key_values"] = cache
@@ -271,6 +282,33 @@ class LocalLLM:
                 completion_tokens=_count_generated(tokens, pad, self._eos_ids()),
             )
             for row, tokens in zip(rows, new_tokens, strict=True)
+        ]
+
+    def _complete_jump_forward(
+        self, rows: list[list[int]], padded: Any, mask: Any, prefix_len: int, cache: Any
+    ) -> list[Completion]:
+        """Constrained greedy decoding with the grammar's fixed text jumped over (see decoding.py)."""
+        from crypto_pipeline.llm.decoding import decode_jump_forward
+
+        eos = self.tokenizer.eos_token_id
+        decoded = decode_jump_forward(
+            self.model,
+            self.tokenizer,
+            self._grammar.compiled,
+            padded[:, prefix_len:],
+            mask,
+            cache,
+            max_new_tokens=self.max_new_tokens,
+            eos_id=eos if eos is not None else min(self._eos_ids()),
+            pad_id=self.tokenizer.pad_token_id,
+        )
+        return [
+            Completion(
+                text=self.tokenizer.decode(d.tokens, skip_special_tokens=True),
+                prompt_tokens=len(row),
+                completion_tokens=len(d.tokens),
+            )
+            for row, d in zip(rows, decoded, strict=True)
         ]
 
     def _shared_prefix(self, rows: list[list[int]]) -> tuple[int, Any]:
@@ -330,6 +368,17 @@ class LocalLLM:
             prompt_tokens=len(row),
             completion_tokens=_count_generated(tokens, self.tokenizer.pad_token_id, self._eos_ids()),
         )
+
+
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantization of the decoder's linear layers (weights int8, activations quantized per
+    batch; VNNI kernels on x86). The output head stays float32: its logits pick every token."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    quantize_dynamic(body, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return model
 
 
 def _count_generated(tokens: torch.Tensor, pad_id: int, eos_ids: set[int]) -> int:

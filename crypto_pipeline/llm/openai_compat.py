@@ -1,13 +1,19 @@
 """Any `/v1/chat/completions` endpoint (vLLM, Ollama, llama.cpp server, DeepSeek, Grok, OpenAI) as a
-decision provider, over httpx: timeouts, retries with exponential backoff, JSON mode where the server
-offers it, and tokens and cost counted per decision. The API key comes from the environment only."""
+decision provider, over httpx: timeouts, retries with exponential backoff, structured outputs where the
+server offers them, and tokens and cost counted per decision. The API key comes from the environment only.
+
+Structured outputs: the decision's JSON schema (`schema.decision_json_schema`, from the same bounds as the
+parser and the local grammar) goes as `response_format: json_schema` (OpenAI, vLLM, llama.cpp's server)
+or as Ollama's `format`. A server that refuses it (a 4xx naming the field) is asked again one step down,
+json_schema -> json_object -> text, and remembered; each decision records the mode in `output_mode`."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from tenacity import (
@@ -21,11 +27,18 @@ from tenacity import (
 from crypto_pipeline.llm.decision import TradeDecision, parse_decision
 from crypto_pipeline.llm.prompts import PROMPT_VERSION, build_messages, build_user_prompt, prompt_hash
 from crypto_pipeline.llm.provider import describe_error, state_meta
+from crypto_pipeline.llm.schema import SCHEMA_NAME, decision_json_schema
 
 if TYPE_CHECKING:
     from crypto_pipeline.state import MarketState
 
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+SchemaMode = Literal["auto", "json_schema", "ollama", "json_object", "text"]
+SCHEMA_MODES: tuple[str, ...] = ("auto", "json_schema", "ollama", "json_object", "text")
+# Where a server refuses a mode, the next one tried (text always works: the parser finds the JSON).
+_FALLBACK = {"json_schema": "json_object", "ollama": "json_object", "json_object": "text"}
+# Words of a refusal of the output format (vLLM, llama.cpp, Ollama, OpenAI and proxies phrase it so).
+_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "format", "schema", "json")
 
 
 class _RetryableStatus(Exception):
@@ -50,7 +63,8 @@ class OpenAICompatible:
         timeout_s: float = 30.0,
         max_attempts: int = 3,
         backoff_s: float = 0.5,
-        json_mode: bool = True,
+        schema_mode: SchemaMode = "auto",
+        strict_schema: bool = True,
         temperature: float = 0.0,
         max_tokens: int = 256,
         seed: int | None = 0,
@@ -68,7 +82,12 @@ class OpenAICompatible:
         self.timeout_s = timeout_s
         self.max_attempts = max(1, max_attempts)
         self.backoff_s = backoff_s
-        self.json_mode = json_mode
+        if schema_mode not in SCHEMA_MODES:
+            raise ValueError(f"schema_mode must be one of {', '.join(SCHEMA_MODES)}, got {schema_mode!r}")
+        # auto starts from the strongest form every OpenAI-compatible server may know.
+        self.output_mode: str = "json_schema" if schema_mode == "auto" else schema_mode
+        self.strict_schema = strict_schema
+        self._mode_lock = threading.Lock()
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.seed = seed
@@ -118,7 +137,7 @@ class OpenAICompatible:
             "prompt_hash": prompt_hash(user),
         }
         try:
-            body = self._complete(build_messages(user))
+            body, mode = self._complete(build_messages(user))
             text = body["choices"][0]["message"]["content"] or ""
             usage = body.get("usage") or {}
         except RetryError as exc:
@@ -139,9 +158,10 @@ class OpenAICompatible:
             completion_tokens=completion_tokens,
             cost_usd=self._cost(prompt_tokens, completion_tokens),
             raw_text=text,
+            output_mode=mode,
         )
 
-    def _complete(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+    def _payload(self, messages: list[dict[str, str]], mode: str) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -150,8 +170,24 @@ class OpenAICompatible:
         }
         if self.seed is not None:
             payload["seed"] = self.seed
-        if self.json_mode:
-            payload["response_format"] = {"type": "json_object"}
+        if mode == "json_schema":
+            payload["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": SCHEMA_NAME,
+                    "schema": decision_json_schema(),
+                    "strict": self.strict_schema,
+                },
+            }
+        elif mode == "ollama":
+            payload["format"] = decision_json_schema()
+        elif mode == "json_object":
+            # llama-cpp-python's server knows no json_schema type but reads a schema beside json_object.
+            payload["response_format"] = {"type": "json_object", "schema": decision_json_schema()}
+        return payload
+
+    def _complete(self, messages: list[dict[str, str]]) -> tuple[dict[str, Any], str]:
+        """The server's response body and the output mode it answered under."""
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=wait_exponential(multiplier=self.backoff_s, max=30),
@@ -159,20 +195,16 @@ class OpenAICompatible:
         )
         for attempt in retrying:
             with attempt:
-                response = self._client.post("/v1/chat/completions", json=payload)
-                if (
-                    response.status_code == 400
-                    and "response_format" in payload
-                    and _mentions_json_mode(response)
-                ):
-                    # The server has no JSON mode: remember, and ask again without it.
-                    self.json_mode = False
-                    payload.pop("response_format")
-                    response = self._client.post("/v1/chat/completions", json=payload)
+                mode = self.output_mode
+                response = self._client.post("/v1/chat/completions", json=self._payload(messages, mode))
+                while mode in _FALLBACK and _refuses_format(response):
+                    # The server does not know this mode: step down, remember, and ask again.
+                    mode = self._step_down(mode)
+                    response = self._client.post("/v1/chat/completions", json=self._payload(messages, mode))
                 if response.status_code in _RETRYABLE_STATUS:
                     raise _RetryableStatus(response.status_code)
                 response.raise_for_status()
-                return response.json()
+                return response.json(), mode
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     def _cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
@@ -183,10 +215,22 @@ class OpenAICompatible:
             + (completion_tokens or 0) * self.usd_per_1m_completion_tokens
         ) / 1e6
 
+    def _step_down(self, refused: str) -> str:
+        """The mode after `refused`; the provider keeps the lowest one any concurrent request reached."""
+        nxt = _FALLBACK[refused]
+        order = list(_FALLBACK) + ["text"]
+        with self._mode_lock:
+            if order.index(nxt) > order.index(self.output_mode):
+                self.output_mode = nxt
+        return nxt
 
-def _mentions_json_mode(response: httpx.Response) -> bool:
+
+def _refuses_format(response: httpx.Response) -> bool:
+    """A client error that names the output format: the request was fine but for that field."""
+    if not 400 <= response.status_code < 500 or response.status_code in _RETRYABLE_STATUS:
+        return False
     text = response.text.lower()
-    return "response_format" in text or "json" in text
+    return any(word in text for word in _FORMAT_WORDS)
 
 
 def _int_or_none(value: Any) -> int | None:

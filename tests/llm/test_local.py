@@ -98,12 +98,16 @@ def test_generation_failure_is_an_invalid_hold(
     smollm2_tokenizer: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    llm = _llm(tiny_model, smollm2_tokenizer)
+    # The transformers generate path (jump_forward=False) and the jump-forward loop, which calls forward.
+    llm = _llm(tiny_model, smollm2_tokenizer, jump_forward=False)
+    jump = _llm(tiny_model, smollm2_tokenizer, jump_forward=True, reuse_prefix_cache=False)
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(tiny_model, "generate", boom)
+    monkeypatch.setattr(tiny_model, "forward", boom)
+    assert all(not d.valid and "generation failed" in d.error for d in jump.decide(states(2)))
     decisions = llm.decide(states(3))
     assert all(d.action is Action.HOLD and not d.valid and "generation failed" in d.error for d in decisions)
     assert [d.symbol for d in decisions] == [s.symbol for s in states(3)]
@@ -115,7 +119,7 @@ def test_out_of_memory_splits_the_batch_before_giving_up(
     smollm2_tokenizer: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    llm = _llm(tiny_model, smollm2_tokenizer, batch_size=4)
+    llm = _llm(tiny_model, smollm2_tokenizer, batch_size=4, jump_forward=False)
     real_generate = tiny_model.generate
     batch_sizes: list[int] = []
 

@@ -1,4 +1,4 @@
-"""OpenAICompatible against a real HTTP endpoint served on loopback: success, 500s, timeouts, no JSON mode."""
+"""OpenAICompatible against a real HTTP endpoint served on loopback: success, 500s, timeouts, structured-output fallback."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from crypto_pipeline.llm.decision import Action
+from crypto_pipeline.llm.decision import Action, TradeDecision
 from crypto_pipeline.llm.openai_compat import OpenAICompatible
 from crypto_pipeline.llm.prompts import PROMPT_VERSION, SYSTEM_PROMPT
 from crypto_pipeline.llm.provider import DecisionProvider
+from crypto_pipeline.llm.schema import GRAMMAR_REASONING_CHARS, decision_json_schema
 from crypto_pipeline.state import MarketState
-from tests.chat_completions import ChatCompletionsServer, completion
+from tests.chat_completions import ChatCompletionsServer, completion, output_mode, refusing
 
 ANSWER = (
     '{"action": "BUY", "confidence": 70, "position_size_pct": 10, "stop_loss_pct": 2, "take_profit_pct": 5}'
@@ -51,7 +52,8 @@ def test_decides_and_counts_tokens_and_cost(
     assert headers["Authorization"] == "Bearer sk-secret-123"  # the key travels only in the header
     assert body["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
     assert body["messages"][1]["content"] == state.to_prompt()
-    assert body["response_format"] == {"type": "json_object"} and body["temperature"] == 0
+    assert body["response_format"]["type"] == "json_schema" and body["temperature"] == 0
+    assert d.output_mode == "json_schema"
     assert "sk-secret-123" not in d.model_dump_json()
 
 
@@ -96,18 +98,65 @@ def test_client_errors_are_not_retried(server: ChatCompletionsServer) -> None:
     assert len(server.requests) == 1
 
 
-def test_falls_back_when_the_server_has_no_json_mode(server: ChatCompletionsServer) -> None:
-    def handler(body: dict[str, Any], n: int) -> tuple[int, dict[str, Any], float]:
-        if "response_format" in body:
-            return 400, {"error": {"message": "response_format is not supported"}}, 0.0
-        return 200, completion("Sure: " + ANSWER), 0.0
-
-    server.handler = handler
+def test_the_schema_sent_is_the_decision_schema(server: ChatCompletionsServer) -> None:
     with _provider(server) as provider:
+        provider.decide([MarketState.example()])
+    fmt = server.requests[0][1]["response_format"]
+    assert fmt["json_schema"]["strict"] is True and fmt["json_schema"]["name"]
+    schema = fmt["json_schema"]["schema"]
+    assert schema == decision_json_schema()
+    # The same bounds as the validator: what the schema allows, TradeDecision accepts, and no more.
+    props = schema["properties"]
+    assert props["action"]["enum"] == [a.value for a in Action]
+    for name in ("confidence", "position_size_pct", "stop_loss_pct", "take_profit_pct"):
+        field = TradeDecision.model_fields[name]
+        bounds = {type(m).__name__: m for m in field.metadata}
+        assert (props[name]["minimum"], props[name]["maximum"]) == (bounds["Ge"].ge, bounds["Le"].le)
+    assert props["reasoning"]["maxLength"] == GRAMMAR_REASONING_CHARS
+    assert set(schema["required"]) == set(props) and schema["additionalProperties"] is False
+
+
+def test_ollama_mode_sends_the_schema_as_format(server: ChatCompletionsServer) -> None:
+    with _provider(server, schema_mode="ollama") as provider:
+        [d] = provider.decide([MarketState.example()])
+    body = server.requests[0][1]
+    assert body["format"] == decision_json_schema() and "response_format" not in body
+    assert d.valid and d.output_mode == "ollama"
+
+
+@pytest.mark.parametrize(
+    ("refused", "mode", "expected_modes"),
+    [
+        # auto: json_schema refused -> json_object; then every later request goes straight there
+        ({"json_schema"}, "auto", ["json_schema", "json_object", "json_object"]),
+        # neither structured form: down to plain text, the parser finds the JSON in the prose
+        ({"json_schema", "json_object"}, "auto", ["json_schema", "json_object", "text", "text"]),
+        ({"ollama", "json_object"}, "ollama", ["ollama", "json_object", "text", "text"]),
+        (set(), "text", ["text", "text"]),
+    ],
+)
+def test_refused_modes_fall_back_and_are_recorded(
+    server: ChatCompletionsServer, refused: set[str], mode: str, expected_modes: list[str]
+) -> None:
+    server.handler = refusing(refused, "Sure: " + ANSWER)
+    with _provider(server, schema_mode=mode) as provider:
         first, second = provider.decide([MarketState.example()]), provider.decide([MarketState.example()])
-    assert first[0].valid and second[0].valid
-    # Asked once with JSON mode, then remembered that the server has none.
-    assert [("response_format" in b) for _, b in server.requests] == [True, False, False]
+    assert [output_mode(b) for _, b in server.requests] == expected_modes
+    assert first[0].valid and second[0].valid and first[0].action is Action.BUY
+    assert first[0].output_mode == second[0].output_mode == expected_modes[-1]
+
+
+def test_a_client_error_about_something_else_is_no_fallback(server: ChatCompletionsServer) -> None:
+    server.handler = lambda body, n: (404, {"error": {"message": "model 'x' not found"}}, 0.0)
+    with _provider(server) as provider:
+        [d] = provider.decide([MarketState.example()])
+    assert not d.valid and "404" in d.error
+    assert len(server.requests) == 1 and provider.output_mode == "json_schema"
+
+
+def test_an_unknown_schema_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="schema_mode"):
+        OpenAICompatible("http://127.0.0.1:9", "m", schema_mode="yaml")  # type: ignore[arg-type]
 
 
 def test_malformed_bodies_and_bad_text_are_invalid_holds(server: ChatCompletionsServer) -> None:
