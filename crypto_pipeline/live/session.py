@@ -28,11 +28,11 @@ import polars as pl
 from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.bars import BarBuffer, Gap, max_bars_for
 from crypto_pipeline.live.config import LiveConfig
-from crypto_pipeline.live.gate import gate_decision, last_closes, recent_returns
+from crypto_pipeline.live.gate import close_on_drawdown, gate_decision, last_closes, recent_returns
 from crypto_pipeline.live.journal import Journal
 from crypto_pipeline.live.kill import kill_reason
 from crypto_pipeline.live.metrics import LiveMetrics
-from crypto_pipeline.live.orders import OrderDesk, client_order_id, describe
+from crypto_pipeline.live.orders import OrderDesk, describe
 from crypto_pipeline.live.states import states_at
 from crypto_pipeline.live.streams import StreamThread, parse_stream_bar
 from crypto_pipeline.live.venue import Clients
@@ -351,9 +351,7 @@ class LiveSession:
         now = self._venue_time()
         frame = self.buffer.frame(closed_by=at)
         marks = last_closes(frame)
-        for intent in self.risk.update(account, marks, at):  # the drawdown switch closes everything
-            cid = client_order_id(cfg.session_id, intent.symbol, at, "kill")
-            self.desk.submit(intent, cid, at)
+        close_on_drawdown(self.risk, self.desk, account, marks, at)  # the drawdown switch closes everything
         self.alerts.risk_state(self.risk.daily_breaker, self.risk.killed, self.risk.kill_reason)
         states, missing = states_at(frame, cfg.base, cfg.symbols, at)
         batch = [
