@@ -676,12 +676,11 @@ def replay_decisions_command(
         report = replay_decisions(rows, chosen, run)
     changed = report.rows.filter("changed")
     table = Table(title=f"{report.changed} of {report.replayed} decisions differ ({chosen.name} vs {run})")
-    for column in ("time", "symbol", "before", "after", "valid_after", "prompt_changed"):
+    columns = ("time", "symbol", "before", "after", "valid_after", "prompt_changed")
+    for column in columns:
         table.add_column(column)
-    for row in changed.head(show).iter_rows(named=True):
-        table.add_row(
-            *(str(row[c]) for c in ("time", "symbol", "before", "after", "valid_after", "prompt_changed"))
-        )
+    for row in changed.select(columns).head(show).iter_rows():
+        table.add_row(*map(str, row))
     console.print(table)
     if out:
         report.rows.write_csv(out)
