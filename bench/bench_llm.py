@@ -1,6 +1,6 @@
 """LocalLLM with SmolLM2-135M on this CPU: batched + prefix-cached + constrained decisions against the
 naive agent loop (one unconstrained `model.generate` per state, same prompts, same run); each speed-up
-step (float32 greedy under the grammar -> jump-forward -> int8) with how many of the decisions differ
+step (float32 greedy under the grammar -> jump-forward -> bfloat16, or int8) with how many of the decisions differ
 from the float32 greedy path; parse-failure rates with and without constraints; prompt tokens per
 decision; the share of the machine's measured matmul throughput that inference reaches; and, when the
 extra `crypto-pipeline[llama]` is installed, llama.cpp on the same GGUF and prompts with the grammar.
@@ -78,11 +78,13 @@ def run(quick: bool = False) -> list[BenchResult]:
     load_before = os.getloadavg()[0]
     # The float32 greedy path (transformers generate under the grammar): the decisions of reference.
     greedy = LocalLLM(folder, constrained=True, batch_size=n, jump_forward=False).load()
-    # The steps, each on top of the one before: jump-forward over the grammar's fixed text, then int8.
+    # The steps, each on top of the one before: jump-forward over the grammar's fixed text (verified by the
+    # model's own logits, so the same tokens), then bfloat16 weights. int8 is the alternative to bfloat16.
     jump = LocalLLM.from_objects(
         greedy.model, greedy.tokenizer, model_id=str(folder), batch_size=n, jump_forward=True
     )
-    ours = LocalLLM(folder, constrained=True, batch_size=n, jump_forward=True, quantize="int8").load()
+    ours = LocalLLM(folder, constrained=True, batch_size=n, jump_forward=True, dtype="bfloat16").load()
+    int8 = LocalLLM(folder, constrained=True, batch_size=n, jump_forward=True, quantize="int8").load()
     # The naive baseline shares the float32 weights: same model, same prompts, only the strategy differs.
     naive = LocalLLM.from_objects(greedy.model, greedy.tokenizer, model_id=str(folder), constrained=False)
     params = sum(p.numel() for p in greedy.model.parameters())
@@ -91,6 +93,7 @@ def run(quick: bool = False) -> list[BenchResult]:
     ref_decisions, greedy_s = _timed(greedy, states)
     jump_decisions, jump_s = _timed(jump, states)
     decisions, ours_s = _timed(ours, states)
+    int8_decisions, int8_s = _timed(int8, states)
     llama = None
     if llama_cpp_available():
         llama = LlamaCpp(n_threads=torch.get_num_threads())
@@ -131,7 +134,7 @@ def run(quick: bool = False) -> list[BenchResult]:
 
     results = [
         BenchResult(
-            "LocalLLM decisions/min, SmolLM2-135M (batched, prefix KV cache, grammar, jump-forward, int8)",
+            "LocalLLM decisions/min, SmolLM2-135M (batched, prefix KV cache, grammar, jump-forward, bfloat16)",
             ours_rate,
             "decisions/min",
             "naive loop: one unconstrained generate per state",
@@ -161,7 +164,7 @@ def run(quick: bool = False) -> list[BenchResult]:
             ),
         ),
         BenchResult(
-            "step 3: + dynamic int8 linears (the first row)",
+            "step 3: + bfloat16 weights (the first row)",
             ours_rate,
             "decisions/min",
             "step 2, jump-forward float32",
@@ -169,6 +172,19 @@ def run(quick: bool = False) -> list[BenchResult]:
             "> 1x",
             note=(
                 f"{sum(d.valid for d in decisions)}/{n} valid; {differ(decisions)}/{n} decisions differ "
+                f"from float32 greedy ({sum(a.action != b.action for a, b in zip(ref_decisions, decisions, strict=True))} "
+                "in their action)"
+            ),
+        ),
+        BenchResult(
+            "alternative step 3: + dynamic int8 linears instead of bfloat16",
+            rate(int8_s),
+            "decisions/min",
+            "step 2, jump-forward float32",
+            jump_rate,
+            "report",
+            note=(
+                f"{sum(d.valid for d in int8_decisions)}/{n} valid; {differ(int8_decisions)}/{n} decisions differ "
                 "from float32 greedy"
             ),
         ),
@@ -213,7 +229,7 @@ def run(quick: bool = False) -> list[BenchResult]:
                 "llama.cpp decisions/min (llama-cpp-python, Q4_1 GGUF, GBNF grammar, one state at a time)",
                 llama_rate,
                 "decisions/min",
-                "LocalLLM jump-forward + int8",
+                "LocalLLM jump-forward + bfloat16",
                 ours_rate,
                 "report",
                 note=(
@@ -233,7 +249,8 @@ def run(quick: bool = False) -> list[BenchResult]:
                     "report",
                 )
                 for label, value in (
-                    ("LocalLLM jump-forward + int8", ours_rate),
+                    ("LocalLLM jump-forward + bfloat16", ours_rate),
+                    ("LocalLLM jump-forward float32 (same decisions)", jump_rate),
                     ("LocalLLM float32 greedy", greedy_rate),
                     ("naive loop", naive_rate),
                 )

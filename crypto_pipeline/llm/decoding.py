@@ -1,24 +1,30 @@
 """Greedy batched decoding under the decision grammar with jump-forward: the grammar's fixed text (the
-keys, quotes and separators) is appended without a forward pass per token.
+keys, quotes and separators) costs no forward pass of its own, and the model still picks every token.
 
-After each sampled token, xgrammar names the string the grammar forces next (`find_jump_forward_string`);
-its tokens go into the next forward together with the sampled one, so one forward pass covers a key
-that would cost five or six decode steps. The last token of a forced string is left to the model: the
-forced text often ends mid-token (`": "` before a number), and letting the model pick that boundary keeps
-its tokenization close to what plain greedy decoding writes. A row whose grammar is complete ends without
-asking the model for its end token, and finished rows leave the batch (their KV cache rows are dropped).
+The grammar forces long stretches of text (`", "confidence": `). After each token, xgrammar names that
+string (`find_jump_forward_string`); its tokens become a *draft* that rides along in the next forward
+pass, and the logits at every draft position *verify* it, as in speculative decoding with the grammar
+as the drafter:
+- at each position the grammar's mask is applied and the model's greedy pick is compared with the draft;
+- the draft is accepted up to the first token the model would not have written;
+- there the model's own pick is taken instead (it is also the next token to feed), and the rejected
+  draft tokens are masked out of the attention from then on, so later positions never see them.
 
-Rows of one batch feed different numbers of tokens per step: each row's chunk is left-padded, the
-padding is masked out and position ids follow the mask, as for the prompt.
+Every token written is therefore the masked argmax given exactly the tokens before it: the completion is
+plain greedy decoding's, with one forward per free choice instead of one per token. Only floating-point
+summation order differs (a chunk of tokens in one matmul instead of one at a time), which can flip a
+near-tie of the logits; `bench_llm.py` counts such flips and `tests/llm/test_decoding.py` bounds them.
+(Retokenizing the forced text and feeding it unverified, the first version of this, changed 2 of 8 real
+decisions: its tokens are not always the ones the model picks, and what the model reads next differs.)
 
-Opt-in (`LocalLLM(jump_forward=True)`): it saves forward passes, not FLOPs (the forced tokens still enter
-the KV cache), and a batch pays for its widest chunk in every row, so on a compute-bound CPU batch it can
-cost more than it saves; one measurement on the loaded 2-core machine found it slower at batch 16.
+A row whose grammar is complete ends without asking the model for its end token; finished rows leave the
+batch (their KV-cache rows are dropped). Rows of one batch feed different numbers of tokens per step:
+each row's chunk is left-padded, the padding is masked out and position ids follow the mask.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,12 +34,21 @@ import torch
 class DecodedRow:
     tokens: list[int]
     forward_steps: int = 0
+    drafted: int = 0  # draft tokens fed
+    accepted: int = 0  # of which the model agreed with
+    feed: list[int] = field(default_factory=list)  # tokens already accepted, to feed in the next forward
+    draft: list[int] = field(default_factory=list)  # forced text to verify in the next forward
 
 
 def _positions(mask: torch.Tensor, width: int) -> torch.Tensor:
     """Position ids of the last `width` columns: the count of real tokens before each one."""
     pos = mask.long().cumsum(-1) - 1
     return pos[:, -width:].clamp(min=0)
+
+
+def _draft(tokenizer: Any, matcher: Any) -> list[int]:
+    forced = matcher.find_jump_forward_string()
+    return tokenizer.encode(forced, add_special_tokens=False) if forced else []
 
 
 @torch.inference_mode()
@@ -54,60 +69,66 @@ def decode_jump_forward(
     batch, device = input_ids.shape[0], input_ids.device
     vocab = model.config.vocab_size
     matchers = [xgr.GrammarMatcher(compiled_grammar) for _ in range(batch)]
-    bitmask = xgr.allocate_token_bitmask(batch, vocab)
+    bitmask = xgr.allocate_token_bitmask(1, vocab)
     rows = [DecodedRow([]) for _ in range(batch)]
+    for matcher, row in zip(matchers, rows, strict=True):
+        row.draft = _draft(tokenizer, matcher)  # the opening '{"action": "' rides with the prompt
     live = list(range(batch))  # original row index of each row still in the batch
-    # The grammar's opening ('{"action": "') is forced for every row: it joins the prompt's forward.
-    opening = tokenizer.encode(matchers[0].find_jump_forward_string(), add_special_tokens=False)[:-1]
-    for state, row in zip(matchers, rows, strict=True):
-        for token in opening:
-            if not state.accept_token(token):
-                raise RuntimeError("the grammar refused its own forced opening")  # a tokenizer mismatch
-        row.tokens.extend(opening)
-    chunk = torch.cat([input_ids, torch.tensor([opening] * batch, dtype=torch.long, device=device)], dim=1)
-    mask = torch.cat(
-        [attention_mask, torch.ones(batch, len(opening), dtype=attention_mask.dtype, device=device)], dim=1
+    chunk = torch.cat(
+        [input_ids, _left_padded([rows[r].draft for r in live], pad_id, device, width=None)], dim=1
     )
+    mask = torch.cat([attention_mask, _feed_mask([rows[r].draft for r in live], attention_mask)], dim=1)
     cache = past_key_values
     while live:
+        keep_logits = max(len(rows[r].draft) for r in live) + 1
         out = model(
             input_ids=chunk,
             attention_mask=mask,
             position_ids=_positions(mask, chunk.shape[1]),
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep_logits,
         )
         cache = out.past_key_values
-        logits = out.logits[:, -1, :].float().cpu()  # xgrammar masks on the CPU
-        bm = bitmask[: len(live)]
-        for i, row in enumerate(live):
-            matchers[row].fill_next_token_bitmask(bm, i)
-        xgr.apply_token_bitmask_inplace(logits, bm, vocab_size=logits.shape[-1])
-        picked = logits.argmax(-1).tolist()
-        feeds: list[list[int]] = []
+        logits = out.logits.float().cpu()  # xgrammar masks on the CPU
         keep: list[int] = []
-        for i, row in enumerate(live):
-            state, tokens = matchers[row], rows[row].tokens
-            rows[row].forward_steps += 1
-            token = picked[i]
-            tokens.append(token)
-            if not state.accept_token(token) or state.is_terminated() or len(tokens) >= max_new_tokens:
+        for i, r in enumerate(live):
+            row, matcher = rows[r], matchers[r]
+            row.forward_steps += 1
+            draft, row.draft = row.draft, []
+            row.drafted += len(draft)
+            # Column j of the kept logits predicts the token after draft[:j]; the last draft token sits
+            # in the last column, so draft[j] is at offset len(draft) - j from the end.
+            row.feed = []
+            picked = None
+            for j in range(len(draft) + 1):
+                scores = logits[i, keep_logits - 1 - len(draft) + j].unsqueeze(0)
+                matcher.fill_next_token_bitmask(bitmask, 0)
+                xgr.apply_token_bitmask_inplace(scores, bitmask, vocab_size=scores.shape[-1])
+                token = int(scores.argmax(-1))
+                if j < len(draft) and token == draft[j]:
+                    matcher.accept_token(token)
+                    row.tokens.append(token)
+                    row.accepted += 1
+                    continue
+                picked = token
+                rejected = len(draft) - j
+                if rejected:  # what the model would not have written is hidden from every later step
+                    mask[i, mask.shape[1] - rejected :] = 0
+                break
+            assert picked is not None
+            row.tokens.append(picked)
+            if (
+                not matcher.accept_token(picked)
+                or matcher.is_terminated()
+                or len(row.tokens) >= max_new_tokens
+            ):
                 continue  # an end token (or the budget): the row is done
-            feed = [token]
-            forced = state.find_jump_forward_string()
-            if forced:
-                forced_ids = tokenizer.encode(forced, add_special_tokens=False)[:-1]
-                for fid in forced_ids:
-                    if len(tokens) >= max_new_tokens - 1 or not state.accept_token(fid):
-                        break
-                    tokens.append(fid)
-                    feed.append(fid)
-            if state.is_completed():
-                # Only the end token is left: write it without a forward pass.
-                tokens.append(eos_id)
+            if matcher.is_completed():
+                row.tokens.append(eos_id)  # only the end token is left: no forward pass for it
                 continue
-            feeds.append(feed)
+            row.feed = [picked]
+            row.draft = _draft(tokenizer, matcher)[: max(0, max_new_tokens - len(row.tokens) - 1)]
             keep.append(i)
         if not keep:
             break
@@ -116,12 +137,19 @@ def decode_jump_forward(
             cache.batch_select_indices(index)
             mask = mask[index]
             live = [live[i] for i in keep]
-        width = max(len(f) for f in feeds)
-        chunk = torch.tensor(
-            [[pad_id] * (width - len(f)) + f for f in feeds], dtype=torch.long, device=device
-        )
-        new_mask = torch.tensor(
-            [[0] * (width - len(f)) + [1] * len(f) for f in feeds], dtype=mask.dtype, device=device
-        )
-        mask = torch.cat([mask, new_mask], dim=1)
+        feeds = [rows[r].feed + rows[r].draft for r in live]
+        chunk = _left_padded(feeds, pad_id, device, width=None)
+        mask = torch.cat([mask, _feed_mask(feeds, mask)], dim=1)
     return rows
+
+
+def _left_padded(feeds: list[list[int]], pad_id: int, device: Any, width: int | None) -> torch.Tensor:
+    width = width or max(len(f) for f in feeds)
+    return torch.tensor([[pad_id] * (width - len(f)) + f for f in feeds], dtype=torch.long, device=device)
+
+
+def _feed_mask(feeds: list[list[int]], like: torch.Tensor) -> torch.Tensor:
+    width = max(len(f) for f in feeds)
+    return torch.tensor(
+        [[0] * (width - len(f)) + [1] * len(f) for f in feeds], dtype=like.dtype, device=like.device
+    )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from crypto_pipeline.llm.base_model import BASE_MODEL_NAME, ensure_base_model, offline_hub
 from crypto_pipeline.llm.decision import TradeDecision, parse_decision
+from crypto_pipeline.llm.kv_cache import preallocate
 from crypto_pipeline.llm.prompts import (
     PROMPT_VERSION,
     SYSTEM_PROMPT,
@@ -63,6 +64,7 @@ class LocalLLM:
         reuse_prefix_cache: bool = True,
         jump_forward: bool = False,
         quantize: str | None = None,
+        dtype: str = "float32",
         seed: int = 0,
         system_prompt: str = SYSTEM_PROMPT,
         model_version: str | None = None,
@@ -80,6 +82,11 @@ class LocalLLM:
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
         self.quantize = quantize
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        # bfloat16 halves the bytes per weight and uses AVX512-BF16/AMX where the CPU has them (this one
+        # does: 2x float32's matmul rate); it rounds, so a few decisions can differ: bench_llm counts them.
+        self.dtype = dtype
         self.seed = seed
         self.system_prompt = system_prompt
         self.settings = settings
@@ -112,7 +119,7 @@ class LocalLLM:
 
         path, gguf = self._resolve_model_path()
         hub_kwargs: dict[str, Any] = {"local_files_only": True} if offline else {}
-        load_kwargs: dict[str, Any] = {"dtype": torch.float32, **hub_kwargs}
+        load_kwargs: dict[str, Any] = {"dtype": getattr(torch, self.dtype), **hub_kwargs}
         if offline:  # the Auto class does not pass local_files_only on to its adapter lookup
             load_kwargs["adapter_kwargs"] = {"local_files_only": True}
         if gguf:
@@ -255,6 +262,8 @@ class LocalLLM:
             mask = torch.tensor(
                 [[0] * (width - len(s)) + [1] * len(s) for s in suffixes], dtype=torch.long, device=device
             )
+            if cache is not None:  # room for the prompts and the answers: no copy of the cache per step
+                preallocate(cache, width + 2 * self.max_new_tokens)
             if prefix_len:
                 prefix = torch.tensor([rows[0][:prefix_len]] * len(rows), dtype=torch.long, device=device)
                 padded = torch.cat([prefix, padded], dim=1)
