@@ -3,11 +3,13 @@ provider -> the same `RiskEngine` -> idempotent orders -> the journal.
 
 One session, step by step:
 1. check the keys (a refused key stops here, before any order), reconcile open orders and positions;
-2. load `lookback_days` of base bars through REST, then follow `CryptoDataStream` bars and
-   `TradingStream` order updates (each client in its own thread, reconnecting by itself);
+2. load `lookback_days` of base bars through REST, then follow `CryptoDataStream` bars, quotes and order
+   books (`book.LiveBooks`) and `TradingStream` order updates (each client in its own thread,
+   reconnecting by itself);
 3. a bar that leaves a gap after the last one (a dropped connection) has the gap backfilled through
    REST at once; at a decision time, symbols that lag are backfilled before deciding;
-4. at every close of the decision interval: account, states, decisions, risk verdicts, orders, equity;
+4. at every close of the decision interval: account, states (with the live book only when
+   `order_book_in_prompt`: see `_shown`), decisions, risk verdicts, orders, equity;
 5. stop on max runtime, max decisions, the kill switch (which first cancels and flattens) or `stop()`.
 """
 
