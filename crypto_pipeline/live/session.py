@@ -316,7 +316,7 @@ class LiveSession:
         (as on a reconnect). Called here, not in the stream's thread: alpaca-py's (un)subscribe waits on
         that thread's event loop."""
         stream = self._data_stream
-        if stream is None:
+        if stream is None or self._stop.is_set():  # a stopping stream's loop may never run the call
             return
         try:
             stream.unsubscribe_orderbooks(symbol)
