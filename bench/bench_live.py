@@ -8,8 +8,9 @@
    Then the same with SmolLM2-135M (`LocalLLM`: the registered champion, else the newest challenger, else
    the base model) on fewer decision times, with its decision latency (the model's own time per state).
 2. Throughput and memory: one session on 100+ pairs (1h bars, 136 pairs in the shared 2024 set) while
-   the exchange replays at a fixed speed; messages/s the loop handles against messages/s the exchange sent
-   it (dropped = sent - handled, must be 0), and the process RSS sampled every second (bounded: the last
+   the exchange replays at a fixed speed; messages/s the loop handles (bars, quotes and order books: each
+   1h bar of a bar-only pair comes with a quote and a full book) against messages/s the exchange sent it
+   (dropped = sent - handled, must be 0), and the process RSS sampled every second (bounded: the last
    third's peak within 10% of the first third's, the rolling buffers being full from the start).
 
 The machine these run on is shared: figures move with its load, which each row's note records.
@@ -358,7 +359,16 @@ def throughput_results(quick: bool, workdir: Path, speed: float, seconds: float)
         )
         session = LiveSession(live, clients, RuleBased(), Warehouse(workdir / "warehouse"))
         running = _Background(session).start()
-        handled = lambda: session.report.stream_bars + session.report.malformed_messages  # noqa: E731
+        books = session.books.counts
+
+        def handled() -> int:
+            """Bars, quotes and book messages the loop took in (or skipped as malformed), less the full
+            book per pair the exchange sends on subscribe, which it does not count as sent."""
+            report = session.report
+            book_messages = books.book_resets + books.book_updates + books.updates_ignored
+            messages = report.stream_bars + books.quotes + book_messages + report.malformed_messages
+            return messages - len(symbols)
+
         t0, rss = time.monotonic(), []
         sent, exhausted = stats()
         while not exhausted:
@@ -383,17 +393,19 @@ def throughput_results(quick: bool, workdir: Path, speed: float, seconds: float)
     early, late = max(rss[:third]), max(rss[-third:])
     note = (
         f"{len(symbols)} pairs of 1h bars, exchange at {speed:g}x in another process, {replayed:.0f} s of "
-        f"replay; sent {sent:,}, handled {got:,} ({sent - got:,} dropped) {caught_up - replayed:.1f} s after "
+        f"replay; sent {sent:,}, handled {got:,} ({sent - got:,} dropped; {report.stream_bars:,} bars, "
+        f"{books.quotes:,} quotes, {books.book_resets + books.book_updates - len(symbols):,} books) "
+        f"{caught_up - replayed:.1f} s after "
         f"the replay ended; {report.decision_batches} decision times ({report.decision_times_skipped} "
         f"skipped: the loop fell behind), {report.decisions:,} decisions; RSS {min(rss):.0f}-{max(rss):.0f} "
         f"MiB; {_load()}"
     )
     return [
         BenchResult(
-            f"live loop bars/s handled, {len(symbols)} pairs at {speed:g}x",
+            f"live loop messages/s handled (bars, quotes, books), {len(symbols)} pairs at {speed:g}x",
             got / caught_up,
             "msg/s",
-            "bars/s the exchange sent it",
+            "messages/s the exchange sent it",
             sent / caught_up,
             "1.00x (none dropped)",
             note=note,

@@ -42,6 +42,9 @@ class RiskConfig(BaseModel):
     correlation_window: int = Field(48, ge=3, description="Returns used for the rolling correlation.")
     max_correlated_exposure_pct: float = Field(40.0, gt=0, le=100)
     max_data_age: timedelta = timedelta(minutes=90)
+    # Opening (BUY) is refused when the live order book's spread is wider than this; None: no such rule.
+    # Only the live loop knows a book: backtests pass no spread, so the rule cannot apply there.
+    max_spread_bps: float | None = Field(None, gt=0)
     daily_loss_limit_pct: float = Field(5.0, gt=0, le=100)
     max_drawdown_pct: float = Field(20.0, gt=0, le=100)
     order_type: OrderType = OrderType.MARKET
@@ -113,12 +116,15 @@ class RiskEngine:
         data_age: timedelta = timedelta(0),
         prices: Mapping[str, float] | None = None,
         returns: Mapping[str, Sequence[float]] | None = None,
+        spread_bps: float | None = None,
     ) -> RiskResult:
         """One decision -> an order intent (recorded as sent) or a rejection with its reason.
 
         `price` is the latest price of the decision's symbol, `prices` those of every held symbol (for
         exposures; held symbols missing from it are valued at their entry price), `returns` recent
-        per-symbol returns for the correlation rule.
+        per-symbol returns for the correlation rule. `spread_bps` is the live book's spread: None where
+        no book exists (backtests), NaN where the live book is unknown or stale (then `max_spread_bps`,
+        when set, refuses the opening: an unknown spread is not a narrow one).
         """
         cfg, now = self.config, as_utc(now)
         symbol = decision.symbol
@@ -168,6 +174,10 @@ class RiskEngine:
             return RiskResult(
                 reason=f"daily loss circuit breaker ({cfg.daily_loss_limit_pct}%) until next UTC day"
             )
+        if cfg.max_spread_bps is not None and spread_bps is not None and not spread_bps <= cfg.max_spread_bps:
+            if math.isnan(spread_bps):
+                return RiskResult(reason="spread unknown: no fresh order book")
+            return RiskResult(reason=f"spread {spread_bps:.1f} bps > max {cfg.max_spread_bps:g} bps")
         open_symbols = {_compact(p.symbol) for p in account.positions if p.qty > 0}
         if held_qty <= 0 and len(open_symbols) >= cfg.max_open_positions:
             return RiskResult(reason=f"{len(open_symbols)} open positions (max {cfg.max_open_positions})")

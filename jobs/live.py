@@ -33,6 +33,14 @@ class LivePaperConfig(dg.Config):
     )
     session_id: str | None = Field(None, description="Journal and order-id name (default: the run id).")
     lookback_days: int = 30
+    order_book_in_prompt: bool = Field(
+        False,
+        description="Show the live order book (spread, imbalance) in the prompt. Off by default: models are "
+        "trained and judged on historical bars, which have no book (docs/live.md).",
+    )
+    max_spread_bps: float | None = Field(
+        None, description="Risk rule: refuse opening when the live book's spread is wider (bps)."
+    )
     exchange_url: str | None = Field(None, description="local venue: a running exchange (default: Settings).")
     start_exchange: bool = Field(True, description="local venue: start an exchange inside the run.")
     exchange_start: str | None = Field("2024-08-01", description="Embedded exchange: replay start.")
@@ -60,6 +68,8 @@ def live_paper_session(
         max_decisions=config.max_decisions,
         venue=config.venue,  # type: ignore[arg-type]
         lookback_days=config.lookback_days,
+        order_book_in_prompt=config.order_book_in_prompt,
+        max_spread_bps=config.max_spread_bps,
     )
     embedded = (
         EmbeddedExchange(

@@ -201,3 +201,27 @@ def test_positions_named_as_the_venue_names_them_count_against_the_caps() -> Non
         returns=returns,
     )
     assert eth.intent is not None and eth.intent.qty * 50 <= 3_000 - 2_400 + 1e-6
+
+
+def test_a_wide_or_unknown_live_spread_refuses_opening_but_never_closing() -> None:
+    engine = RiskEngine(RiskConfig(max_spread_bps=10))
+    wide = engine.evaluate(decision(Action.BUY), cash_account(), 100.0, now=T0, spread_bps=25.0)
+    assert wide.intent is None and wide.reason == "spread 25.0 bps > max 10 bps"
+    unknown = engine.evaluate(decision(Action.BUY), cash_account(), 100.0, now=T0, spread_bps=float("nan"))
+    assert unknown.intent is None and unknown.reason == "spread unknown: no fresh order book"
+    # No book at all (a backtest) leaves the rule out; a narrow spread passes it.
+    assert engine.evaluate(decision(Action.BUY), cash_account(), 100.0, now=T0).approved
+    assert engine.evaluate(
+        decision(Action.BUY, "ETH/USDT"), cash_account(), 100.0, now=T0, spread_bps=9.9
+    ).approved
+    held = Account(
+        cash=5_000.0,
+        equity=10_000.0,
+        positions=[Position(symbol="SOL/USDT", qty=50.0, avg_entry_price=100.0)],
+    )
+    sell = engine.evaluate(decision(Action.SELL, "SOL/USDT"), held, 100.0, now=T0, spread_bps=500.0)
+    assert sell.intent is not None and sell.intent.side is OrderSide.SELL
+    # Off by default: the same wide spread opens.
+    assert (
+        RiskEngine().evaluate(decision(Action.BUY), cash_account(), 100.0, now=T0, spread_bps=500.0).approved
+    )

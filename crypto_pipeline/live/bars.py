@@ -44,6 +44,13 @@ class BarBuffer:
     # bar of every symbol on each turn, and trimming must not sort the buffer at each bar (100+ symbols).
     _last: dict[str, datetime] = field(default_factory=dict)
     _opens: dict[str, list[datetime]] = field(default_factory=dict)
+    # How far each symbol's bars are complete: a base bar's close, or a stream bar's own close. A stream
+    # finer than the base (Alpaca streams 1m bars) must not make a base period count as closed when its
+    # first minute arrives: the loop would decide minutes early, on a period's first minute. The finer
+    # bars' length is learned from the stream (the smallest step between a symbol's consecutive bars).
+    _complete: dict[str, datetime] = field(default_factory=dict)
+    _stream_open: dict[str, datetime] = field(default_factory=dict)
+    _stream_step: timedelta | None = None
 
     def __post_init__(self) -> None:
         for symbol in self.symbols:
@@ -60,8 +67,8 @@ class BarBuffer:
         return self._last.get(symbol)
 
     def last_close(self, symbol: str) -> datetime | None:
-        last = self.last_open(symbol)
-        return last + self.base.duration if last is not None else None
+        """The time up to which `symbol`'s bars are complete (see `_complete`)."""
+        return self._complete.get(symbol)
 
     def count(self, symbol: str) -> int:
         return len(self._bars.get(symbol, {}))
@@ -74,6 +81,7 @@ class BarBuffer:
         opened = as_utc(bar["timestamp"])  # type: ignore[arg-type]
         slot = self.floor(opened)
         previous = self.last_open(symbol)
+        self._stream_bar_closed(symbol, opened, slot)
         if opened != slot:
             # A bar finer than the base (a minute bar inside a 5m period): the period is taken from REST.
             self._suspect[symbol].add(slot)
@@ -115,6 +123,7 @@ class BarBuffer:
                 continue
             added += opened not in self._bars[symbol]
             self._store(symbol, opened, _row(opened, row))
+            self._completed(symbol, opened + self.base.duration)
             self._suspect[symbol].discard(opened)
         for symbol in self.symbols:
             self._trim(symbol)
@@ -150,6 +159,24 @@ class BarBuffer:
             schema=BAR_SCHEMA,
         )
         return frame.sort("symbol", "timestamp")
+
+    def _stream_bar_closed(self, symbol: str, opened: datetime, slot: datetime) -> None:
+        before = self._stream_open.get(symbol)
+        if before is not None and timedelta(0) < opened - before < self.base.duration:
+            if self._stream_step is None or opened - before < self._stream_step:
+                self._stream_step = opened - before
+        if before is None or opened > before:
+            self._stream_open[symbol] = opened
+        if self._stream_step is not None:
+            self._completed(symbol, opened + self._stream_step)
+        elif opened == slot:
+            self._completed(symbol, opened + self.base.duration)  # a base bar, as far as is known yet
+        else:
+            self._completed(symbol, opened)  # finer, of a length not known yet: it at least opened
+
+    def _completed(self, symbol: str, until: datetime) -> None:
+        if symbol not in self._complete or until > self._complete[symbol]:
+            self._complete[symbol] = until
 
     def _store(self, symbol: str, opened: datetime, values: tuple[float, ...]) -> None:
         bars = self._bars[symbol]

@@ -53,6 +53,16 @@ class LiveConfig(BaseModel):
         30.0, gt=0, description="Wall seconds without any bar after which the feed counts as stale."
     )
     submit_attempts: int = Field(5, ge=1)
+    # Quotes and order books are always streamed, kept, journaled (`decisions.order_book`) and watched;
+    # the prompt shows the book only when asked, because the states a model is trained and judged on
+    # (warehouse, dataset, backtests) come from historical bars, which have no book: a book line would be
+    # a prompt the model never saw. See docs/live.md, "Quotes and order books".
+    order_book_in_prompt: bool = Field(
+        False, description="Show the live order book (spread, imbalance) in the model's prompt."
+    )
+    max_spread_bps: float | None = Field(
+        None, gt=0, description="Risk rule: refuse opening when the live book's spread is wider (bps)."
+    )
 
     @field_validator("symbols", mode="before")
     @classmethod

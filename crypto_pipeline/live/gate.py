@@ -40,9 +40,13 @@ def gate_decision(
     data_age: timedelta,
     prices: dict[str, float],
     returns: dict[str, list[float]],
+    spread_bps: float | None = None,
+    order_book: dict[str, Any] | None = None,
 ) -> Gated:
     """Evaluate `decision` at `at` (the state's price; no state, no valid price), journal the decision
-    and the verdict, and submit the approved order; the journal is flushed by the caller."""
+    and the verdict, and submit the approved order; the journal is flushed by the caller. `spread_bps`
+    is for the risk engine's spread rule (see `RiskEngine.evaluate`), `order_book` the live book as the
+    journal keeps it, whether or not the prompt showed it."""
     symbol = decision.symbol or ""
     price = state.price if state is not None else float("nan")
     result = risk.evaluate(
@@ -53,8 +57,9 @@ def gate_decision(
         data_age=max(data_age, timedelta(0)),
         prices=prices,
         returns=returns,
+        spread_bps=spread_bps,
     )
-    desk.journal.decision(at, state, prompt, decision)
+    desk.journal.decision(at, state, prompt, decision, order_book=order_book)
     if result.intent is None:
         desk.journal.verdict(at, symbol, decision.action.value, result, None)
         return Gated(result)

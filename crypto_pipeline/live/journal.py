@@ -5,6 +5,7 @@ journals what it finds again adds nothing twice. Holds no secret: only what the 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import defaultdict
@@ -36,7 +37,17 @@ class Journal:
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._keys: dict[str, set[tuple[Any, ...]]] = defaultdict(set)
 
-    def decision(self, at: datetime, state: MarketState | None, prompt: str, decision: TradeDecision) -> None:
+    def decision(
+        self,
+        at: datetime,
+        state: MarketState | None,
+        prompt: str,
+        decision: TradeDecision,
+        order_book: dict[str, Any] | None = None,
+    ) -> None:
+        """`state` is the state exactly as the prompt rendered it (a replay renders it again);
+        `order_book` the live book at the decision, kept apart so that a book the prompt did not show
+        cannot creep into a replayed prompt."""
         self._add(
             "decisions",
             time=at,
@@ -47,6 +58,7 @@ class Journal:
             prompt_hash=decision.prompt_hash,
             prompt=prompt,
             state=state.model_dump_json() if state is not None else None,
+            order_book=json.dumps(order_book) if order_book is not None else None,
             raw_output=decision.raw_text,
             decision=decision.model_dump_json(exclude={"raw_text"}),
             action=decision.action.value,

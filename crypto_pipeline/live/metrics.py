@@ -10,6 +10,7 @@ one process (tests, a restart) never collide, and `/metrics` shows one session's
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -34,6 +35,7 @@ _REASONS = (
     (r"daily loss circuit breaker", "daily_loss_breaker"),
     (r"open positions \(max", "max_positions"),
     (r"below minimum", "below_minimum"),
+    (r"^spread", "wide_spread"),
 )
 REJECTION_REASONS = tuple(label for _, label in _REASONS) + ("other",)
 
@@ -98,6 +100,10 @@ class LiveMetrics:
             "live_data_age_seconds", "Wall seconds since the last market data bar arrived.", registry=r
         )
         self.stream_bars = Counter("live_stream_bars", "Bars received from the data stream.", registry=r)
+        self.spread = Gauge(
+            "live_spread_bps", "Spread of the live order book at the last decision time, in bps.",
+            ["symbol"], registry=r,
+        )  # fmt: skip
         self.info = Gauge(
             "live_session_info", "The session this endpoint describes (value 1).", ["session"], registry=r
         )
@@ -150,6 +156,12 @@ class LiveMetrics:
         if bars is not None and bars > self._bars:
             self.stream_bars.inc(bars - self._bars)
             self._bars = bars
+
+    def on_books(self, spreads: dict[str, float]) -> None:
+        """Each symbol's book spread at a decision time (symbols with no fresh book keep their last)."""
+        for symbol, spread in spreads.items():
+            if math.isfinite(spread):
+                self.spread.labels(symbol=symbol).set(spread)
 
     # --- the HTTP endpoint ----------------------------------------------------------------------
     def serve(self, port: int, host: str = "127.0.0.1") -> int:

@@ -3,17 +3,20 @@ provider -> the same `RiskEngine` -> idempotent orders -> the journal.
 
 One session, step by step:
 1. check the keys (a refused key stops here, before any order), reconcile open orders and positions;
-2. load `lookback_days` of base bars through REST, then follow `CryptoDataStream` bars and
-   `TradingStream` order updates (each client in its own thread, reconnecting by itself);
+2. load `lookback_days` of base bars through REST, then follow `CryptoDataStream` bars, quotes and order
+   books (`book.LiveBooks`) and `TradingStream` order updates (each client in its own thread,
+   reconnecting by itself);
 3. a bar that leaves a gap after the last one (a dropped connection) has the gap backfilled through
    REST at once; at a decision time, symbols that lag are backfilled before deciding;
-4. at every close of the decision interval: account, states, decisions, risk verdicts, orders, equity;
+4. at every close of the decision interval: account, states (with the live book only when
+   `order_book_in_prompt`: see `_shown`), decisions, risk verdicts, orders, equity;
 5. stop on max runtime, max decisions, the kill switch (which first cancels and flattens) or `stop()`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -27,6 +30,7 @@ import polars as pl
 
 from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.bars import BarBuffer, Gap, max_bars_for
+from crypto_pipeline.live.book import BookView, LiveBooks
 from crypto_pipeline.live.config import LiveConfig
 from crypto_pipeline.live.gate import close_on_drawdown, gate_decision, last_closes, recent_returns
 from crypto_pipeline.live.journal import Journal
@@ -39,8 +43,8 @@ from crypto_pipeline.live.venue import Clients
 from crypto_pipeline.llm.decision import TradeDecision
 from crypto_pipeline.llm.prompts import build_user_prompt
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
-from crypto_pipeline.risk import RiskEngine
-from crypto_pipeline.state import Portfolio
+from crypto_pipeline.risk import RiskConfig, RiskEngine
+from crypto_pipeline.state import MarketState, Portfolio
 from crypto_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,9 @@ class SessionReport:
     orders_reused: int = 0
     orders_refused: int = 0
     stream_bars: int = 0
+    stream_quotes: int = 0
+    book_messages: int = 0
+    books_resubscribed: int = 0
     malformed_messages: int = 0
     gaps_backfilled: int = 0
     bars_backfilled: int = 0
@@ -79,7 +86,8 @@ class SessionReport:
             f"live session {self.session_id} ({self.provider_note}): {self.decision_batches} decision time(s), "
             f"{self.decisions} decisions ({self.valid_decisions} valid), {self.orders_submitted} orders "
             f"(+{self.orders_reused} already at the venue, {self.orders_refused} refused), "
-            f"{self.stream_bars} stream bars, {self.gaps_backfilled} gaps backfilled, "
+            f"{self.stream_bars} stream bars, {self.stream_quotes} quotes, {self.book_messages} book "
+            f"messages, {self.gaps_backfilled} gaps backfilled, "
             f"{self.malformed_messages} malformed messages skipped{latency}; stopped: {self.stop_reason}"
         )
 
@@ -103,7 +111,7 @@ class LiveSession:
         self.config = config
         self.clients = clients
         self.provider = provider
-        self.risk = risk or RiskEngine()
+        self.risk = risk or RiskEngine(RiskConfig(max_spread_bps=config.max_spread_bps))
         self.journal = Journal(warehouse, config.session_id)
         # Monitoring follows the journal (see metrics.py, alerts.py); the caller may serve or post them.
         self.metrics = metrics or LiveMetrics(config.session_id)
@@ -114,6 +122,9 @@ class LiveSession:
             clients.trading, self.journal, config.session_id, attempts=config.submit_attempts
         )
         self.buffer = BarBuffer(config.symbols, config.base, max_bars_for(config.base, config.lookback_days))
+        # Kept by the data stream's thread (see book.py); read here at each decision time.
+        self.books = LiveBooks(config.symbols)
+        self._data_stream: Any = None
         self.kill_flag = kill_flag
         self.report = SessionReport(config.session_id, getattr(provider, "name", "provider"), provider_note)
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -228,8 +239,10 @@ class LiveSession:
         return latest
 
     def _start_streams(self) -> list[StreamThread]:
-        data = self.clients.data_stream()
+        data = self._data_stream = self.clients.data_stream()
         data.subscribe_bars(self._on_bar, *self.config.symbols)
+        data.subscribe_quotes(self._on_quote, *self.config.symbols)
+        data.subscribe_orderbooks(self._on_book, *self.config.symbols)
         trades = self.clients.trading_stream()
         trades.subscribe_trade_updates(self._on_trade_update)
         return [
@@ -245,6 +258,23 @@ class LiveSession:
             self.events.put(("malformed", f"{type(exc).__name__}: {exc}"[:200]))
             return
         self.events.put(("bar", (symbol, bar)))
+
+    # Quotes and books go straight into `self.books` (under its lock), not through the queue: they come
+    # far more often than bars, and the main thread reads only their latest state.
+    async def _on_quote(self, message: dict[str, Any]) -> None:
+        try:
+            self.books.on_quote(message)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with one message, skip it and say so
+            self.events.put(("malformed", f"{type(exc).__name__}: {exc}"[:200]))
+
+    async def _on_book(self, message: dict[str, Any]) -> None:
+        try:
+            self.books.on_book(message)
+        except Exception as exc:  # noqa: BLE001 - as for quotes
+            self.events.put(("malformed", f"{type(exc).__name__}: {exc}"[:200]))
+            lost = getattr(exc, "lost", None)
+            if lost:
+                self.events.put(("book_lost", lost))
 
     async def _on_trade_update(self, message: dict[str, Any]) -> None:
         order = (message.get("data") or {}).get("order") if isinstance(message, dict) else None
@@ -278,6 +308,24 @@ class LiveSession:
         elif kind == "malformed":
             self.report.malformed_messages += 1
             log.warning("malformed market data message skipped: %s", payload)
+        elif kind == "book_lost":
+            self._resubscribe_book(payload)
+
+    def _resubscribe_book(self, symbol: str) -> None:
+        """A skipped book update left `symbol`'s book unknown: subscribing it again brings a full book
+        (as on a reconnect). Called here, not in the stream's thread: alpaca-py's (un)subscribe waits on
+        that thread's event loop."""
+        stream = self._data_stream
+        if stream is None or self._stop.is_set():  # a stopping stream's loop may never run the call
+            return
+        try:
+            stream.unsubscribe_orderbooks(symbol)
+            stream.subscribe_orderbooks(self._on_book, symbol)
+        except Exception as exc:  # noqa: BLE001 - a reconnect subscribes again anyway
+            log.warning("resubscribing the %s order book failed: %s", symbol, describe(exc))
+            return
+        self.report.books_resubscribed += 1
+        log.info("order book of %s unknown after a skipped update: subscribed again for a full book", symbol)
 
     def _backfill(self, gaps: list[Gap]) -> None:
         """Fetch the bars of `gaps` through REST: one request per span, for every symbol missing it (a
@@ -354,8 +402,11 @@ class LiveSession:
         close_on_drawdown(self.risk, self.desk, account, marks, at)  # the drawdown switch closes everything
         self.alerts.risk_state(self.risk.daily_breaker, self.risk.killed, self.risk.kill_reason)
         states, missing = states_at(frame, cfg.base, cfg.symbols, at)
+        books, fresh = self._books_at(now)
         batch = [
-            states[s].with_portfolio(Portfolio.from_account(account, s)) for s in cfg.symbols if s in states
+            self._shown(states[s].with_portfolio(Portfolio.from_account(account, s)), fresh.get(s))
+            for s in cfg.symbols
+            if s in states
         ]
         shown = {s.symbol: s for s in batch}  # the states as the model saw them, portfolio included
         prompts = {symbol: build_user_prompt(s) for symbol, s in shown.items()}
@@ -369,6 +420,13 @@ class LiveSession:
             decided = time.perf_counter()
             newest = last_close.get(symbol)
             age = now - (newest + cfg.base.duration) if newest is not None else timedelta(days=365)
+            book = fresh.get(symbol)
+            state = shown.get(symbol)
+            if book is not None and state is not None and state.order_book is not None:
+                age = max(age, book.age(now))  # the prompt read the book: its age counts too
+            # The spread rule sees the live book whether or not the prompt does; NaN: unknown or stale.
+            spread = book.snapshot.spread_bps if book is not None else math.nan
+            seen = books.get(symbol)
             gated = gate_decision(
                 decision,
                 shown.get(symbol),
@@ -380,6 +438,8 @@ class LiveSession:
                 data_age=age,
                 prices=marks,
                 returns=returns,
+                spread_bps=spread,
+                order_book=seen.journal_json() if seen is not None else None,
             )
             self.report.decisions += 1
             self.report.valid_decisions += decision.valid
@@ -395,6 +455,28 @@ class LiveSession:
         self.report.orders_submitted = self.desk.submitted
         self.report.orders_reused = self.desk.reused
         self.report.orders_refused = len(self.desk.refused)
+
+    def _books_at(self, now: datetime) -> tuple[dict[str, BookView], dict[str, BookView]]:
+        """Every symbol's live book (journaled as seen) and those fresh enough to use: no older than the
+        risk engine's `max_data_age` at the venue clock, the limit the bars are held to."""
+        books = {s: v for s in self.config.symbols if (v := self.books.view(s)) is not None}
+        fresh = {s: v for s, v in books.items() if v.age(now) <= self.risk.config.max_data_age}
+        self.metrics.on_books({s: v.snapshot.spread_bps for s, v in fresh.items()})
+        self._count_books()
+        return books, fresh
+
+    def _shown(self, state: MarketState, book: BookView | None) -> MarketState:
+        """The state the prompt renders. The book joins it only with `order_book_in_prompt`: the models
+        were trained and are judged on states of historical bars, which have no book, so by default the
+        live prompt stays byte for byte the backtest's (see LiveConfig.order_book_in_prompt)."""
+        if self.config.order_book_in_prompt and book is not None:
+            return state.with_order_book(book.snapshot)
+        return state
+
+    def _count_books(self) -> None:
+        counts = self.books.counts
+        self.report.stream_quotes = counts.quotes
+        self.report.book_messages = counts.book_resets + counts.book_updates + counts.updates_ignored
 
     def _snapshot(self, at: datetime) -> None:
         raw = self.desk.call("account", self.clients.trading.get_account)
@@ -415,4 +497,5 @@ class LiveSession:
         self.report.orders_submitted = self.desk.submitted
         self.report.orders_reused = self.desk.reused
         self.report.orders_refused = len(self.desk.refused)
+        self._count_books()
         self.report.stop_reason = self._stop_reason or "stopped"

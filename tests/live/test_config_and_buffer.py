@@ -65,6 +65,21 @@ def test_a_finer_stream_bar_marks_its_period_for_rest() -> None:
     assert buffer.suspect_until(T0 + timedelta(minutes=9)) == []
 
 
+def test_minute_bars_complete_a_base_period_only_with_its_last_minute() -> None:
+    """Alpaca streams 1m bars: the first minute of 00:05-00:10 must not make that period count as
+    closed (the loop would decide at 00:10 four minutes early, on one minute of the bar)."""
+    buffer = BarBuffer(("BTC/USDT",), Timeframe.M5, max_bars=10)
+    buffer.add_stream_bar("BTC/USDT", bar(4))  # finer, its length not known yet
+    assert buffer.last_close("BTC/USDT") == T0 + timedelta(minutes=4)
+    buffer.add_stream_bar("BTC/USDT", bar(5))  # one minute later: the stream's bars are 1m
+    assert buffer.last_close("BTC/USDT") == T0 + timedelta(minutes=6)
+    for minute in (6, 7, 8):
+        buffer.add_stream_bar("BTC/USDT", bar(minute))
+    assert buffer.last_close("BTC/USDT") == T0 + timedelta(minutes=9)
+    buffer.add_stream_bar("BTC/USDT", bar(9))
+    assert buffer.last_close("BTC/USDT") == T0 + timedelta(minutes=10)
+
+
 def test_client_order_ids_name_session_symbol_and_bar() -> None:
     at = T0 + timedelta(hours=1)
     assert client_order_id("s1", "BTC/USDT", at) == "s1-BTCUSDT-20240805T0100-d"

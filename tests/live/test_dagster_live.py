@@ -27,6 +27,7 @@ def test_live_paper_runs_a_bounded_session_and_journals_it(tmp_path: Path) -> No
             max_runtime_s=60,
             lookback_days=3,
             exchange_start="2024-08-05T12:00:00",
+            order_book_in_prompt=True,
         ),
         resources={"warehouse": WarehouseResource(root=str(tmp_path / "wh"))},
     )
@@ -36,7 +37,10 @@ def test_live_paper_runs_a_bounded_session_and_journals_it(tmp_path: Path) -> No
     assert summary["stop_reason"] == "max decisions 2"
     from crypto_pipeline.warehouse import Warehouse
 
-    assert Warehouse(tmp_path / "wh").read("decisions").height == 4
+    decisions = Warehouse(tmp_path / "wh").read("decisions")
+    assert decisions.height == 4
+    # The run config's order_book_in_prompt reached the session: the live book is in every prompt.
+    assert decisions["prompt"].str.contains(r"\nbook spread \d+\.\dbp imbalance").all()
 
 
 def test_live_paper_refuses_real_money_without_the_explicit_setting(tmp_path: Path, monkeypatch) -> None:

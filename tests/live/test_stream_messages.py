@@ -7,12 +7,15 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
 import msgpack
 import polars as pl
 import pytest
+from alpaca.data.historical.crypto import CryptoHistoricalDataClient
+from alpaca.data.requests import CryptoLatestOrderbookRequest
 from pydantic import SecretStr
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
@@ -31,10 +34,14 @@ MALFORMED = [
 
 
 class InjectingProxy:
-    """Forwards the market data websocket both ways; adds MALFORMED to the first frame holding bars."""
+    """Forwards the market data websocket both ways; adds `messages` (MALFORMED) to the first frame
+    holding every message type of `trigger` (bars)."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(
+        self, upstream: str, messages: list[dict] = MALFORMED, trigger: tuple[str, ...] = ("b",)
+    ) -> None:
         self.upstream = upstream
+        self.messages, self.trigger = messages, trigger
         self.injected = 0
         self.port = 0
         self._ready = threading.Event()
@@ -52,9 +59,10 @@ class InjectingProxy:
             async def down() -> None:
                 async for frame in upstream:
                     messages = msgpack.unpackb(frame, timestamp=3)
-                    if not self.injected and any(m.get("T") == "b" for m in messages):
-                        self.injected = len(MALFORMED)
-                        frame = msgpack.packb(MALFORMED + messages, datetime=True)
+                    kinds = {m.get("T") for m in messages}
+                    if not self.injected and kinds.issuperset(self.trigger):
+                        self.injected = len(self.messages)
+                        frame = msgpack.packb(self.messages + messages, datetime=True)
                     await client.send(frame)
 
             tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
@@ -111,3 +119,54 @@ def test_a_malformed_message_is_logged_and_skipped_and_costs_no_other(
 def test_the_bar_check_says_what_is_wrong(message) -> None:
     with pytest.raises(ValueError, match="bad time"):
         parse_stream_bar(dict(message))
+
+
+BAD_BOOK_AND_QUOTE = [
+    # an update (no "r") whose level has no price: BTC's book is unknown until a full one comes
+    {"T": "o", "S": "BTC/USDT", "t": START, "b": [{"p": None, "s": 1.0}], "a": []},
+    {"T": "q", "S": "ETH/USDT", "t": START, "bp": "1", "bs": 1.0, "ap": 2.0, "as": 1.0},
+]
+
+
+def test_a_malformed_book_or_quote_is_skipped_and_a_book_it_left_unknown_is_fetched_again(
+    start_exchange, tmp_path, caplog
+) -> None:
+    server = start_exchange()
+    # Injected into a replay step's frame (bars and books), after the full books sent on subscribe.
+    proxy = InjectingProxy(server.data_stream_url, BAD_BOOK_AND_QUOTE, trigger=("b", "o"))
+    with proxy.running() as proxied:
+        endpoints = Endpoints("local", server.base_url, server.base_url, proxied, server.trading_stream_url)
+        clients = Clients.connect(endpoints, Credentials(SecretStr(KEY), SecretStr(SECRET)))
+        session = LiveSession(live_config(), clients, AlwaysBuy(), Warehouse(tmp_path / "wh"))
+        with (
+            caplog.at_level(logging.INFO, logger="crypto_pipeline.live"),
+            Running(session, server) as running,
+        ):
+            running.step(1)
+            rest = CryptoHistoricalDataClient(KEY, SECRET, url_override=server.base_url)
+            book = rest.get_crypto_latest_orderbook(
+                CryptoLatestOrderbookRequest(symbol_or_symbols="BTC/USDT")
+            )
+            expected = (
+                [(lv.price, lv.size) for lv in book["BTC/USDT"].bids],
+                [(lv.price, lv.size) for lv in book["BTC/USDT"].asks],
+            )
+            assert session.books.top("BTC/USDT", 50) == expected
+            # Full books: one per symbol on subscribe, one per 5m bar of the hour (the exchange's book of
+            # a bar-only symbol), and one more for BTC, which the session subscribed again after the skip.
+            deadline = time.monotonic() + 30
+            while session.books.counts.book_resets < 2 + 24 + 1:
+                assert time.monotonic() < deadline, f"{session.books.counts.book_resets} full books"
+                time.sleep(0.02)
+    assert proxy.injected == 2
+    assert session.report.malformed_messages == 2 and session.report.books_resubscribed == 1
+    messages = [r.getMessage() for r in caplog.records]
+    skipped = [m for m in messages if "malformed market data message skipped" in m]
+    assert len(skipped) == 2 and "bad b price" in skipped[0] and "bad bp" in skipped[1]
+    assert any("order book of BTC/USDT unknown" in m for m in messages)
+    assert (
+        session.books.counts.book_resets == 2 + 24 + 1
+        and session.books.counts.books_lost == 1
+        and session.books.quote("ETH/USDT") is not None
+    )
+    assert session.report.stream_bars == 24 and session.report.gaps_backfilled == 0
