@@ -3,7 +3,8 @@ SmolLM2-135M Q4_1 GGUF) asked by `OpenAICompatible` on the real states of `bench
 under each output form: with the decision's schema (`auto`, which the server answers as json_object +
 schema), with the decision grammar (`gbnf`), and without any (`json`: JSON mode only; `text`). Prints the
 valid rate and decisions/min of each, against JSON mode and against the in-process `LlamaCpp` provider
-with the same grammar on the same GGUF and threads. Needs the extra `crypto-pipeline[llama]`.
+with the same grammar on the same GGUF and threads (and how many decisions the two paths share, with the
+server's default repeat penalty and with the in-process one). Needs the extra `crypto-pipeline[llama]`.
 
 Run: .venv/bin/python bench/bench_llm_server.py [--quick] [--threads 1]
 """
@@ -58,6 +59,17 @@ def run(quick: bool = False, threads: int = 1) -> list[BenchResult]:
                 url, "smollm2", api_key_env=None, schema_mode=mode, timeout_s=600, concurrency=1
             ) as provider:
                 by_mode[mode] = _timed(provider, states)
+        # The server's repeat penalty defaults to 1.1, the in-process path's to 1.0: set it to compare.
+        with OpenAICompatible(
+            url,
+            "smollm2",
+            api_key_env=None,
+            schema_mode="gbnf",
+            timeout_s=600,
+            concurrency=1,
+            extra_body={"repeat_penalty": 1.0},
+        ) as provider:
+            served_same, _ = _timed(provider, states)
     in_process, in_process_s = _timed(LlamaCpp(n_threads=threads), states)
 
     def rate(seconds: float) -> float:
@@ -78,8 +90,14 @@ def run(quick: bool = False, threads: int = 1) -> list[BenchResult]:
         )
         for d in [d for d in decisions if not d.valid][:2]:
             print(f"      invalid: {d.error} | {(d.raw_text or '')[:100]!r}")
-    same = sum(_content(a) == _content(b) for a, b in zip(by_mode["gbnf"][0], in_process, strict=True))
-    print(f"  server gbnf vs in-process LlamaCpp (same grammar, greedy): {same}/{n} decisions identical")
+    tokens = sum(d.completion_tokens or 0 for d in in_process) / n
+    print(
+        f"  in-process LlamaCpp (gbnf): valid {sum(d.valid for d in in_process):2d}/{n}  "
+        f"{rate(in_process_s):5.1f} decisions/min  {tokens:5.1f} completion tokens/decision"
+    )
+    for label, served in (("server default repeat_penalty 1.1", by_mode["gbnf"][0]), ("1.0", served_same)):
+        same = sum(_content(a) == _content(b) for a, b in zip(served, in_process, strict=True))
+        print(f"  server gbnf ({label}) vs in-process LlamaCpp: {same}/{n} decisions identical")
     note = f"{n} real states, 1-thread server, machine shared with other agents (load {load_before:.1f})"
     json_rate = valid("json")
     return [

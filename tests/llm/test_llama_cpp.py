@@ -63,6 +63,15 @@ def _real_states(n: int) -> list:
     ]
 
 
+def test_a_server_that_cannot_start_says_so_with_its_log(tmp_path: Path) -> None:
+    from crypto_pipeline.llm.llama_server import llama_server
+
+    log = tmp_path / "stderr.log"
+    with pytest.raises(RuntimeError, match="exited"), llama_server(tmp_path / "none.gguf", log_path=log):
+        pass
+    assert "none.gguf" in log.read_text()
+
+
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The server on the embedded GGUF, one thread (the machine is shared); its stderr is kept so that a
