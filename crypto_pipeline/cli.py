@@ -304,7 +304,7 @@ def decide_command(
     ),
     schema_mode: str = typer.Option(
         "auto",
-        help="openai: auto | json_schema | ollama | json_object | text (auto steps down where refused).",
+        help="openai: auto | json_schema | ollama | gbnf | json_object | json | text (steps down where refused).",
     ),
 ) -> None:
     """Print the market state, the prompt and the decision of one provider at one time."""

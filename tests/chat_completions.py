@@ -34,7 +34,12 @@ def output_mode(body: dict[str, Any]) -> str:
     """The output form a request asks for, as `OpenAICompatible` names it."""
     if "format" in body:
         return "ollama"
-    return (body.get("response_format") or {}).get("type", "text")
+    if "grammar" in body:
+        return "gbnf"
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_object" and "schema" not in fmt:
+        return "json"
+    return fmt.get("type", "text")
 
 
 def refusing(refused: set[str], content: str) -> Handler:
@@ -44,7 +49,7 @@ def refusing(refused: set[str], content: str) -> Handler:
     def handler(body: dict[str, Any], call_no: int) -> tuple[int, dict[str, Any], float]:
         mode = output_mode(body)
         if mode in refused:
-            field = "format" if mode == "ollama" else "response_format"
+            field = {"ollama": "format", "gbnf": "grammar"}.get(mode, "response_format")
             message = f"Unsupported {field}: type {mode!r} is not supported"
             return 400, {"error": {"message": message, "type": "invalid_request_error"}}, 0.0
         return 200, completion(content), 0.0

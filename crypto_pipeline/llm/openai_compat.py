@@ -3,15 +3,19 @@ decision provider, over httpx: timeouts, retries with exponential backoff, struc
 server offers them, and tokens and cost counted per decision. The API key comes from the environment only.
 
 Structured outputs: the decision's JSON schema (`schema.decision_json_schema`, from the same bounds as the
-parser and the local grammar) goes as `response_format: json_schema` (OpenAI, vLLM, llama.cpp's server)
-or as Ollama's `format`. A server that refuses it (a 4xx naming the field) is asked again one step down,
-json_schema -> json_object -> text, and remembered; each decision records the mode in `output_mode`."""
+parser and the local grammar) goes as `response_format: json_schema` (OpenAI, vLLM, llama.cpp's C++
+`llama-server`), as `response_format: json_object` with the schema beside it (llama-cpp-python's
+`llama_cpp.server`, which knows no json_schema type), or as Ollama's `format`; `gbnf` sends the decision
+grammar itself as llama.cpp's `grammar` field. A server that refuses a form is asked again one step down,
+json_schema -> json_object -> text, and remembered; each decision records the mode in `output_mode`.
+`json` (JSON mode without the schema) is there to measure what the schema adds."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,18 +31,26 @@ from tenacity import (
 from crypto_pipeline.llm.decision import TradeDecision, parse_decision
 from crypto_pipeline.llm.prompts import PROMPT_VERSION, build_messages, build_user_prompt, prompt_hash
 from crypto_pipeline.llm.provider import describe_error, state_meta
-from crypto_pipeline.llm.schema import SCHEMA_NAME, decision_json_schema
+from crypto_pipeline.llm.schema import SCHEMA_NAME, decision_grammar, decision_json_schema
 
 if TYPE_CHECKING:
     from crypto_pipeline.state import MarketState
 
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-SchemaMode = Literal["auto", "json_schema", "ollama", "json_object", "text"]
-SCHEMA_MODES: tuple[str, ...] = ("auto", "json_schema", "ollama", "json_object", "text")
+SchemaMode = Literal["auto", "json_schema", "ollama", "gbnf", "json_object", "json", "text"]
+SCHEMA_MODES: tuple[str, ...] = ("auto", "json_schema", "ollama", "gbnf", "json_object", "json", "text")
 # Where a server refuses a mode, the next one tried (text always works: the parser finds the JSON).
-_FALLBACK = {"json_schema": "json_object", "ollama": "json_object", "json_object": "text"}
+_FALLBACK = {
+    "json_schema": "json_object",
+    "ollama": "json_object",
+    "gbnf": "json_object",
+    "json_object": "text",
+    "json": "text",
+}
 # Words of a refusal of the output format (vLLM, llama.cpp, Ollama, OpenAI and proxies phrase it so).
-_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "format", "schema", "json")
+_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "format", "schema", "json", "grammar")
+# Words of a 5xx that is really a refusal of `response_format` (see `_refuses_format`).
+_REJECTION_WORDS = ("should be", "must be", "not supported", "unsupported", "validation error")
 
 
 class _RetryableStatus(Exception):
@@ -71,6 +83,7 @@ class OpenAICompatible:
         usd_per_1m_prompt_tokens: float = 0.0,
         usd_per_1m_completion_tokens: float = 0.0,
         concurrency: int = 4,
+        extra_body: Mapping[str, Any] | None = None,
         name: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -94,6 +107,9 @@ class OpenAICompatible:
         self.usd_per_1m_prompt_tokens = usd_per_1m_prompt_tokens
         self.usd_per_1m_completion_tokens = usd_per_1m_completion_tokens
         self.concurrency = max(1, concurrency)
+        # Server-specific sampling fields, e.g. llama.cpp's `repeat_penalty` (its server defaults to 1.1
+        # where the in-process path uses 1.0); sent as given, so only to servers that accept them.
+        self.extra_body = dict(extra_body or {})
         # The key is read once from the environment and lives only in the client's headers.
         api_key = os.environ.get(api_key_env) if api_key_env else None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -170,6 +186,7 @@ class OpenAICompatible:
         }
         if self.seed is not None:
             payload["seed"] = self.seed
+        payload.update(self.extra_body)
         if mode == "json_schema":
             payload["response_format"] = {
                 "type": "json_schema",
@@ -181,9 +198,15 @@ class OpenAICompatible:
             }
         elif mode == "ollama":
             payload["format"] = decision_json_schema()
+        elif mode == "gbnf":
+            # llama.cpp's servers (C++ and Python) take a GBNF grammar; others ignore an unknown field,
+            # so this mode is chosen, never reached by `auto`.
+            payload["grammar"] = decision_grammar("gbnf")
         elif mode == "json_object":
             # llama-cpp-python's server knows no json_schema type but reads a schema beside json_object.
             payload["response_format"] = {"type": "json_object", "schema": decision_json_schema()}
+        elif mode == "json":
+            payload["response_format"] = {"type": "json_object"}
         return payload
 
     def _complete(self, messages: list[dict[str, str]]) -> tuple[dict[str, Any], str]:
@@ -197,7 +220,7 @@ class OpenAICompatible:
             with attempt:
                 mode = self.output_mode
                 response = self._client.post("/v1/chat/completions", json=self._payload(messages, mode))
-                while mode in _FALLBACK and _refuses_format(response):
+                while mode in _FALLBACK and _refuses_format(response, mode):
                     # The server does not know this mode: step down, remember, and ask again.
                     mode = self._step_down(mode)
                     response = self._client.post("/v1/chat/completions", json=self._payload(messages, mode))
@@ -218,18 +241,35 @@ class OpenAICompatible:
     def _step_down(self, refused: str) -> str:
         """The mode after `refused`; the provider keeps the lowest one any concurrent request reached."""
         nxt = _FALLBACK[refused]
-        order = list(_FALLBACK) + ["text"]
         with self._mode_lock:
-            if order.index(nxt) > order.index(self.output_mode):
+            if _STRENGTH.index(nxt) > _STRENGTH.index(self.output_mode):
                 self.output_mode = nxt
         return nxt
 
 
-def _refuses_format(response: httpx.Response) -> bool:
-    """A client error that names the output format: the request was fine but for that field."""
+# Modes from the most to the least constrained: concurrent step-downs keep the lowest one reached.
+_STRENGTH = ("json_schema", "ollama", "gbnf", "json_object", "json", "text")
+
+
+def _refuses_format(response: httpx.Response, mode: str) -> bool:
+    """Whether the server refused the output format `mode` rather than failed: step down, don't retry.
+
+    A client error (4xx) that names the format: the request was fine but for that field. A 500 only when
+    its body says the `response_format` field itself is invalid: llama-cpp-python's `llama_cpp.server`
+    (0.3.x) wraps FastAPI's request validation error, a 422 elsewhere, into a 500 ("Input should be
+    'text' or 'json_object'", ggml-org/llama.cpp#23463), and older C++ `llama-server` builds answered
+    500 "response_format type must be one of ..." (#9522). Both are deterministic: retrying cannot help.
+    Any other 5xx (a crash, an overloaded server) says nothing of the format and stays retryable.
+    """
+    text = response.text.lower()
+    if response.status_code >= 500:
+        return (
+            mode in ("json_schema", "json_object", "json")
+            and "response_format" in text
+            and any(word in text for word in _REJECTION_WORDS)
+        )
     if not 400 <= response.status_code < 500 or response.status_code in _RETRYABLE_STATUS:
         return False
-    text = response.text.lower()
     return any(word in text for word in _FORMAT_WORDS)
 
 

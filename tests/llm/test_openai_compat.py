@@ -12,7 +12,7 @@ from crypto_pipeline.llm.decision import Action, TradeDecision
 from crypto_pipeline.llm.openai_compat import OpenAICompatible
 from crypto_pipeline.llm.prompts import PROMPT_VERSION, SYSTEM_PROMPT
 from crypto_pipeline.llm.provider import DecisionProvider
-from crypto_pipeline.llm.schema import GRAMMAR_REASONING_CHARS, decision_json_schema
+from crypto_pipeline.llm.schema import GRAMMAR_REASONING_CHARS, decision_grammar, decision_json_schema
 from crypto_pipeline.state import MarketState
 from tests.chat_completions import ChatCompletionsServer, completion, output_mode, refusing
 
@@ -132,6 +132,8 @@ def test_ollama_mode_sends_the_schema_as_format(server: ChatCompletionsServer) -
         # neither structured form: down to plain text, the parser finds the JSON in the prose
         ({"json_schema", "json_object"}, "auto", ["json_schema", "json_object", "text", "text"]),
         ({"ollama", "json_object"}, "ollama", ["ollama", "json_object", "text", "text"]),
+        ({"gbnf"}, "gbnf", ["gbnf", "json_object", "json_object"]),
+        ({"json"}, "json", ["json", "text", "text"]),
         (set(), "text", ["text", "text"]),
     ],
 )
@@ -144,6 +146,57 @@ def test_refused_modes_fall_back_and_are_recorded(
     assert [output_mode(b) for _, b in server.requests] == expected_modes
     assert first[0].valid and second[0].valid and first[0].action is Action.BUY
     assert first[0].output_mode == second[0].output_mode == expected_modes[-1]
+
+
+def test_a_500_that_rejects_the_response_format_steps_down_without_retrying(
+    server: ChatCompletionsServer,
+) -> None:
+    """llama-cpp-python's server answers its request validation error as a 500 (the body below is its
+    own, captured from 0.3.36): a refusal of the format, stepped down at once, not a fault to retry."""
+    message = (
+        "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+        "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}"
+    )
+
+    def handler(body: dict[str, Any], n: int) -> tuple[int, dict[str, Any], float]:
+        if output_mode(body) == "json_schema":
+            return 500, {"error": {"message": message, "type": "internal_server_error"}}, 0.0
+        return 200, completion(ANSWER), 0.0
+
+    server.handler = handler
+    with _provider(server) as provider:
+        [d] = provider.decide([MarketState.example()])
+    assert [output_mode(b) for _, b in server.requests] == ["json_schema", "json_object"]
+    assert d.valid and d.output_mode == "json_object"
+
+
+def test_a_500_that_names_the_format_but_rejects_nothing_is_retried(server: ChatCompletionsServer) -> None:
+    server.handler = lambda body, n: (
+        (500, {"error": {"message": "CUDA out of memory while decoding json_schema"}}, 0.0)
+        if n < 3
+        else (200, completion(ANSWER), 0.0)
+    )
+    with _provider(server) as provider:
+        [d] = provider.decide([MarketState.example()])
+    assert [output_mode(b) for _, b in server.requests] == ["json_schema"] * 3
+    assert d.valid and d.output_mode == "json_schema"
+
+
+def test_gbnf_mode_sends_the_decision_grammar_and_json_mode_no_schema(server: ChatCompletionsServer) -> None:
+    for mode in ("gbnf", "json"):
+        with _provider(server, schema_mode=mode) as provider:
+            [d] = provider.decide([MarketState.example()])
+        assert d.valid and d.output_mode == mode
+    gbnf_body, json_body = server.requests[0][1], server.requests[1][1]
+    assert gbnf_body["grammar"] == decision_grammar("gbnf") and "response_format" not in gbnf_body
+    assert json_body["response_format"] == {"type": "json_object"} and "grammar" not in json_body
+
+
+def test_extra_body_fields_are_sent_beside_the_output_form(server: ChatCompletionsServer) -> None:
+    with _provider(server, schema_mode="gbnf", extra_body={"repeat_penalty": 1.0}) as provider:
+        [d] = provider.decide([MarketState.example()])
+    body = server.requests[0][1]
+    assert body["repeat_penalty"] == 1.0 and body["grammar"] == decision_grammar("gbnf") and d.valid
 
 
 def test_a_client_error_about_something_else_is_no_fallback(server: ChatCompletionsServer) -> None:
