@@ -5,7 +5,9 @@ Loads a Hugging Face folder, a hub id (offline cache only) or a GGUF file; optio
 with left padding, greedy and seeded; the system prompt is the same for every state, so its KV cache is
 computed once and shared by every batch (layout per row: [system prefix][padding][user prompt]; the
 attention mask hides the padding and position ids are derived from the mask, so the result is what
-each row would give alone).
+each row would give alone). Under the grammar, decoding jumps over its fixed text by default
+(`decoding.py`): the model's own greedy tokens, verified, with one forward pass per free choice. The KV
+cache is preallocated (`kv_cache.py`), so no step copies it.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class LocalLLM:
         batch_size: int = 8,
         max_new_tokens: int | None = None,
         reuse_prefix_cache: bool = True,
-        jump_forward: bool = False,
+        jump_forward: bool = True,
         quantize: str | None = None,
         dtype: str = "float32",
         seed: int = 0,
