@@ -74,10 +74,9 @@ def decode_jump_forward(
     for matcher, row in zip(matchers, rows, strict=True):
         row.draft = _draft(tokenizer, matcher)  # the opening '{"action": "' rides with the prompt
     live = list(range(batch))  # original row index of each row still in the batch
-    chunk = torch.cat(
-        [input_ids, _left_padded([rows[r].draft for r in live], pad_id, device, width=None)], dim=1
-    )
-    mask = torch.cat([attention_mask, _feed_mask([rows[r].draft for r in live], attention_mask)], dim=1)
+    opening, opening_mask = left_padded([rows[r].draft for r in live], pad_id, device)
+    chunk = torch.cat([input_ids, opening], dim=1)
+    mask = torch.cat([attention_mask, opening_mask], dim=1)
     cache = past_key_values
     while live:
         keep_logits = max(len(rows[r].draft) for r in live) + 1
@@ -137,19 +136,16 @@ def decode_jump_forward(
             cache.batch_select_indices(index)
             mask = mask[index]
             live = [live[i] for i in keep]
-        feeds = [rows[r].feed + rows[r].draft for r in live]
-        chunk = _left_padded(feeds, pad_id, device, width=None)
-        mask = torch.cat([mask, _feed_mask(feeds, mask)], dim=1)
+        chunk, chunk_mask = left_padded([rows[r].feed + rows[r].draft for r in live], pad_id, device)
+        mask = torch.cat([mask, chunk_mask], dim=1)
     return rows
 
 
-def _left_padded(feeds: list[list[int]], pad_id: int, device: Any, width: int | None) -> torch.Tensor:
-    width = width or max(len(f) for f in feeds)
-    return torch.tensor([[pad_id] * (width - len(f)) + f for f in feeds], dtype=torch.long, device=device)
-
-
-def _feed_mask(feeds: list[list[int]], like: torch.Tensor) -> torch.Tensor:
+def left_padded(feeds: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, attention mask) of rows of different lengths, right-aligned: padding on the left."""
     width = max(len(f) for f in feeds)
-    return torch.tensor(
-        [[0] * (width - len(f)) + [1] * len(f) for f in feeds], dtype=like.dtype, device=like.device
+    ids = torch.tensor([[pad_id] * (width - len(f)) + f for f in feeds], dtype=torch.long, device=device)
+    mask = torch.tensor(
+        [[0] * (width - len(f)) + [1] * len(f) for f in feeds], dtype=torch.long, device=device
     )
+    return ids, mask

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from crypto_pipeline.llm.base_model import BASE_MODEL_NAME, ensure_base_model, offline_hub
 from crypto_pipeline.llm.decision import TradeDecision, parse_decision
-from crypto_pipeline.llm.kv_cache import preallocate
 from crypto_pipeline.llm.prompts import (
     PROMPT_VERSION,
     SYSTEM_PROMPT,
@@ -249,21 +248,19 @@ class LocalLLM:
         """Greedy completions of one batch of user prompts (the system prompt is prepended)."""
         import torch
 
+        from crypto_pipeline.llm.decoding import left_padded  # torch-heavy: imported on first use
+        from crypto_pipeline.llm.kv_cache import preallocate
+
         self.load()
         rows = [self.chat_token_ids(p) for p in user_prompts]
         with self._lock, torch.inference_mode():
             torch.manual_seed(self.seed)
             prefix_len, cache = self._shared_prefix(rows)
             suffixes = [r[prefix_len:] for r in rows]
-            width = max(len(s) for s in suffixes)
             pad = self.tokenizer.pad_token_id
             device = self.model.device  # the GPU's when loaded there (4-bit on CUDA)
-            padded = torch.tensor(
-                [[pad] * (width - len(s)) + s for s in suffixes], dtype=torch.long, device=device
-            )
-            mask = torch.tensor(
-                [[0] * (width - len(s)) + [1] * len(s) for s in suffixes], dtype=torch.long, device=device
-            )
+            padded, mask = left_padded(suffixes, pad, device)
+            width = padded.shape[1]
             if cache is not None:  # room for the prompts and the answers: no copy of the cache per step
                 preallocate(cache, width + 2 * self.max_new_tokens)
             if prefix_len:
