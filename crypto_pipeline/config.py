@@ -74,7 +74,9 @@ class ExchangeSettings(BaseModel):
         default=False,
         description="The clock moves only when ExchangeServer.advance_to steps it (tests); needs speed 0.",
     )
-    key: SecretStr | None = Field(default=None, description="Key clients must present; empty: ALPACA_API_KEY.")
+    key: SecretStr | None = Field(
+        default=None, description="Key clients must present; empty: ALPACA_API_KEY."
+    )
     secret: SecretStr | None = Field(
         default=None, description="Secret clients must present; empty: ALPACA_SECRET_KEY."
     )
@@ -182,7 +184,9 @@ class Settings(BaseSettings):
         default=SHARED_MARKET_DATA / "binance-spot-2024",
         description="Directory of recorded Parquet bars (bars_<tf>.parquet) used by the offline default.",
     )
-    warehouse_dir: Path = Field(default=REPO_ROOT / "warehouse", description="DuckDB + Parquet warehouse root.")
+    warehouse_dir: Path = Field(
+        default=REPO_ROOT / "warehouse", description="DuckDB + Parquet warehouse root."
+    )
     mlruns_dir: Path = Field(default=REPO_ROOT / "mlruns", description="MLflow tracking/registry root.")
     symbols: list[str] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
     base_timeframe: str = Field(default="5m", description="Timeframe ingested; coarser ones are resampled.")
@@ -190,16 +194,21 @@ class Settings(BaseSettings):
     # Day ranges include both ends everywhere (start/end, partitions_start/partitions_end, a partition range).
     start: str = Field(default="2024-01-01", description="First day (UTC) ingested by default.")
     end: str = Field(default="2024-09-06", description="Last day (UTC, inclusive) ingested by default.")
-    partitions_start: str = Field(default="2024-01-01", description="First daily partition of the Dagster assets.")
+    partitions_start: str = Field(
+        default="2024-01-01", description="First daily partition of the Dagster assets."
+    )
     partitions_end: str | None = Field(
         default="2024-09-06",
         description="Last daily partition (inclusive, like `end`); empty for open-ended live data.",
     )
-    max_gap_ratio: float = Field(default=0.02, description="Asset check: largest tolerated share of missing bars.")
+    max_gap_ratio: float = Field(
+        default=0.02, description="Asset check: largest tolerated share of missing bars."
+    )
 
     # --- sources --------------------------------------------------------------------------
     source: Literal["recorded", "alpaca"] = Field(
-        default="recorded", description="'recorded' imports Parquet files; 'alpaca' uses alpaca-py's REST client."
+        default="recorded",
+        description="'recorded' imports Parquet files; 'alpaca' uses alpaca-py's REST client.",
     )
     alpaca_data_url: str | None = Field(
         default=None, description="url_override for CryptoHistoricalDataClient (None: Alpaca's own host)."

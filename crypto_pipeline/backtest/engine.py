@@ -15,7 +15,7 @@ Two entry points:
 from __future__ import annotations
 
 import logging
-import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,13 +27,15 @@ import polars as pl
 import vectorbt as vbt
 
 from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.execution import DecisionStep, MarketView, SimulatedVenue, data_age
+from crypto_pipeline.live.journal import Journal
 from crypto_pipeline.llm.decision import TradeDecision
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.risk import RiskEngine, RiskResult
-from crypto_pipeline.state import MarketState, Portfolio, state_from_row
+from crypto_pipeline.state import MarketState, state_from_row
 from crypto_pipeline.timeutil import as_utc
-from crypto_pipeline.trading import Account, OrderIntent, OrderSide, Position, rules
+from crypto_pipeline.trading import Fill, OrderSide, rules
 
 log = logging.getLogger(__name__)
 
@@ -139,64 +141,26 @@ def ema_cross_long(close: pd.DataFrame, fast: int = 9, slow: int = 21) -> pd.Dat
     return ema(close, fast) > ema(close, slow)
 
 
-# --- policy runs through the risk engine ---------------------------------------------------------
-@dataclass(frozen=True)
-class SimFill:
-    """A fill of the backtest: at the open of `at` (the bar after the decision)."""
-
-    at: datetime
-    symbol: str
-    side: OrderSide
-    qty: float
-    price: float
-    fee: float
-    decided_at: datetime
-
-
+# --- policy runs through the decision step -----------------------------------------------------
 @dataclass
 class PolicyRun:
-    """Everything a policy run produced: the vectorbt portfolio, decisions, risk outcomes and fills."""
+    """Everything a policy run produced: the vectorbt portfolio, decisions, risk outcomes, fills and
+    the journal (the rows a live session would have written, not yet in any warehouse)."""
 
     portfolio: vbt.Portfolio
     decisions: list[TradeDecision]
     outcomes: list[RiskResult]
-    fills: list[SimFill]
+    fills: list[Fill]
     equity: pd.Series
     final_cash: float
     final_equity: float
     wall_s: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)
-    # The state each decision was made on (with the portfolio it saw), in the order of `decisions`:
-    # what the journal records (`backtest/journaling.py`).
+    # The state each decision was made on (with the portfolio it saw), in the order of `decisions`.
     states: list[MarketState] = field(default_factory=list)
-
-
-@dataclass
-class _Book:
-    """The backtest's account: cash and long positions, marked to the latest close."""
-
-    cash: float
-    qty: dict[str, float] = field(default_factory=dict)
-    entry: dict[str, float] = field(default_factory=dict)
-
-    def account(self, marks: dict[str, float]) -> Account:
-        positions = tuple(
-            Position(symbol=s, qty=q, avg_entry_price=self.entry[s]) for s, q in self.qty.items() if q > 0
-        )
-        equity = self.cash + sum(q * marks.get(s, self.entry[s]) for s, q in self.qty.items())
-        return Account(cash=self.cash, equity=equity, positions=positions)
-
-    def fill(self, side: OrderSide, symbol: str, qty: float, price: float, fee: float) -> None:
-        held = self.qty.get(symbol, 0.0)
-        if side == OrderSide.BUY:
-            self.entry[symbol] = (held * self.entry.get(symbol, 0.0) + qty * price) / (held + qty)
-            self.qty[symbol] = rules.add_qty(held, qty)
-            self.cash -= qty * price + fee
-        else:
-            self.qty[symbol] = rules.add_qty(held, -qty)
-            self.cash += qty * price - fee
-            if self.qty[symbol] <= 0:
-                del self.qty[symbol], self.entry[symbol]
+    journal: Journal | None = None
+    # Client order id -> the decision time its order answers (a fill's `order_id` is its client id).
+    decided_at: dict[str, datetime] = field(default_factory=dict)
 
 
 def decision_times(
@@ -221,26 +185,29 @@ def run_policy(
     init_cash: float = INIT_CASH,
     decide: Callable[[DecisionProvider, list[MarketState]], list[TradeDecision]] = decide_safely,
     lag_bars: int = 0,
+    run_id: str = "backtest",
 ) -> PolicyRun:
     """Backtest `provider` on `states` (rows of `state.market_state_table`, one per symbol and decision
     time `at`) against `bars` (the execution timeframe, keyed by open time).
 
-    At each decision time: the account is marked at the last close, the risk engine's breakers are
-    updated, every symbol's state gets the account's portfolio, the provider decides (through `decide`,
-    e.g. a decision cache), and the risk engine turns each decision into an order intent or a rejection.
+    At each decision time the simulated venue is marked at the last close and the decision step runs,
+    the live loop's own: the drawdown switch, every symbol's state with the account's portfolio, the
+    provider (through `decide`, e.g. a decision cache), the risk engine, the journal, the venue.
     Approved intents fill at the open of the bar starting at `at`, paying `fee_bps` and the slippage.
-    `lag_bars` delays every fill by that many bars (the one-bar-lag audit).
+    `lag_bars` delays every fill by that many bars (the one-bar-lag audit). The journal is kept in
+    memory under `run_id` (write it with `backtest.journaling.journal_policy_run`).
     """
-    import time
-
     started = time.perf_counter()
     risk = risk or RiskEngine()
     opens, closes, volumes = wide(bars, "open"), wide(bars, "close"), wide(bars, "volume")
-    slip_model = rules.SlippageModel()
-    book = _Book(cash=init_cash)
+    base = Timeframe.parse(_tf_of(closes))
+    journal = Journal(None, run_id)
+    venue = SimulatedVenue(
+        opens, volumes, init_cash=init_cash, fee_bps=fee_bps, slippage_bps=slippage_bps, journal=journal
+    )
+    step = DecisionStep(provider, risk, venue, journal, session_id=run_id, decide=decide, write_ahead=False)
     decisions: list[TradeDecision] = []
     outcomes: list[RiskResult] = []
-    fills: list[SimFill] = []
     seen: list[MarketState] = []
     close_ff = closes.ffill()
     rets = close_ff.pct_change()
@@ -253,58 +220,57 @@ def run_policy(
         if known.empty or at_ts not in opens.index:
             continue
         marks = {s: float(v) for s, v in known.iloc[-1].items() if np.isfinite(v)}
-        account = book.account(marks)
-        intents: list[tuple[OrderIntent, datetime]] = [(i, at) for i in risk.update(account, marks, at)]
         recent = rets.loc[rets.index < at_ts].iloc[-window:]
-        returns = {s: recent[s].dropna().to_numpy() for s in recent.columns}
-        batch = [
-            state_from_row(r).with_portfolio(Portfolio.from_account(account, r["symbol"]))
-            for r in group.iter_rows(named=True)
-        ]
-        made = decide(provider, batch)
-        seen.extend(batch)
-        for state, decision in zip(batch, made, strict=True):
-            last_close_time = known[state.symbol].last_valid_index()
-            age = at_ts - last_close_time if last_close_time is not None else pd.Timedelta(days=365)
-            outcome = risk.evaluate(
-                decision,
-                account,
-                state.price,
-                now=at,
-                data_age=age.to_pytimedelta() - Timeframe.parse(_tf_of(closes)).duration,
-                prices=marks,
-                returns=returns,
-            )
-            decisions.append(decision)
-            outcomes.append(outcome)
-            if outcome.intent is not None:
-                intents.append((outcome.intent, at))
-                # Later decisions of this batch see the order as if filled at the last close: exposure
-                # caps then hold across symbols decided at the same time.
-                account = _projected(book, account, outcome.intent, state.price, marks)
+        newest = closes.loc[closes.index < at_ts]
+        market = MarketView(
+            marks=marks,
+            returns={s: recent[s].dropna().to_numpy() for s in recent.columns},
+            data_age={s: data_age(at, _py(newest[s].last_valid_index()), base) for s in closes.columns},
+        )
+        venue.mark(marks)
+        batch = [state_from_row(r) for r in group.iter_rows(named=True)]
+        for gated in step(at, batch, market):
+            decisions.append(gated.decision)
+            outcomes.append(gated.result)
+            seen.append(gated.state)  # type: ignore[arg-type] - every symbol of a batch has a state
         position = int(opens.index.get_loc(at_ts)) + lag_bars
-        if position >= len(opens.index):
-            continue
-        fill_ts = opens.index[position]
-        # Sells first, so that a rotation frees cash before buying.
-        for intent, decided_at in sorted(intents, key=lambda x: x[0].side != OrderSide.SELL):
-            _execute(
-                book, intent, opens, volumes, fill_ts, fee_bps, slippage_bps, slip_model, fills, decided_at
-            )
-    portfolio = _replay(fills, opens, closes, fee_bps, init_cash)
+        venue.fill_pending(opens.index[position] if position < len(opens.index) else None)
+    portfolio = _replay(venue.fills, opens, closes, fee_bps, init_cash)
     equity = portfolio.value()
     last_marks = {s: float(v) for s, v in close_ff.iloc[-1].items() if np.isfinite(v)}
-    return PolicyRun(
+    run = PolicyRun(
         portfolio=portfolio,
         decisions=decisions,
         outcomes=outcomes,
-        fills=fills,
+        fills=venue.fills,
         equity=equity,
-        final_cash=book.cash,
-        final_equity=book.account(last_marks).equity,
+        final_cash=venue.ledger.cash,
+        final_equity=venue.ledger.account(last_marks).equity,
         wall_s=time.perf_counter() - started,
         states=seen,
+        journal=journal,
+        decided_at=venue.decided_at,
     )
+    _journal_equity(journal, run)
+    return run
+
+
+def _py(stamp: object) -> datetime | None:
+    return stamp.to_pydatetime() if isinstance(stamp, pd.Timestamp) else None
+
+
+def _journal_equity(journal: Journal, run: PolicyRun) -> None:
+    """Equity at each decision time (the live journal snapshots there too), from the run's curve."""
+    cash = run.portfolio.cash()
+    for at in sorted({s.at for s in run.states}):
+        stamp = pd.Timestamp(at)
+        equity = run.equity.asof(stamp)
+        if pd.isna(equity):
+            continue
+        free = float(cash.asof(stamp))
+        journal.equity(
+            at, equity=float(equity), cash=free, positions_value=float(equity) - free, unrealized=None
+        )
 
 
 def _tf_of(frame: pd.DataFrame) -> str:
@@ -315,60 +281,8 @@ def _tf_of(frame: pd.DataFrame) -> str:
     return "1h"
 
 
-def _projected(
-    book: _Book, account: Account, intent: OrderIntent, price: float, marks: dict[str, float]
-) -> Account:
-    shadow = _Book(
-        cash=account.cash,
-        qty={p.symbol: p.qty for p in account.positions},
-        entry={p.symbol: p.avg_entry_price for p in account.positions},
-    )
-    qty = intent.qty or 0.0
-    shadow.fill(intent.side, intent.symbol, qty, price, qty * price * DEFAULT_FEE_BPS / 10_000)
-    return shadow.account(marks)
-
-
-def _execute(
-    book: _Book,
-    intent: OrderIntent,
-    opens: pd.DataFrame,
-    volumes: pd.DataFrame,
-    at: pd.Timestamp,
-    fee_bps: float,
-    slippage_bps: float | None,
-    slip_model: rules.SlippageModel,
-    fills: list[SimFill],
-    decided_at: datetime,
-) -> None:
-    """Fill a market intent at the open of the bar starting at `at`, or drop it (no bar, no cash)."""
-    symbol = intent.symbol
-    open_price = float(opens.at[at, symbol]) if symbol in opens.columns else math.nan
-    if not np.isfinite(open_price) or open_price <= 0:
-        log.info("no open for %s at %s: order dropped", symbol, at)
-        return
-    qty = intent.qty or 0.0
-    if intent.side == OrderSide.SELL:
-        qty = min(qty, book.qty.get(symbol, 0.0))
-    volume = float(volumes.at[at, symbol]) if np.isfinite(volumes.at[at, symbol]) else 0.0
-    if slippage_bps is None:
-        move = slip_model.impact(qty, volume)
-    else:
-        move = slippage_bps / 10_000
-    price = float(open_price * (1 + move) if intent.side == OrderSide.BUY else open_price * (1 - move))
-    if intent.side == OrderSide.BUY:
-        # The open may gap above the decision's price: shrink the order to the cash there is.
-        affordable = rules.floor_qty(book.cash / (price * (1 + fee_bps / 10_000)))
-        qty = min(qty, affordable)
-    qty = rules.floor_qty(qty)
-    if qty <= 0:
-        return
-    fee = qty * price * fee_bps / 10_000
-    book.fill(intent.side, symbol, qty, price, fee)
-    fills.append(SimFill(at.to_pydatetime(), symbol, intent.side, qty, float(price), fee, decided_at))
-
-
 def _replay(
-    fills: Sequence[SimFill], opens: pd.DataFrame, closes: pd.DataFrame, fee_bps: float, init_cash: float
+    fills: Sequence[Fill], opens: pd.DataFrame, closes: pd.DataFrame, fee_bps: float, init_cash: float
 ) -> vbt.Portfolio:
     """The fills as one cash-sharing vectorbt portfolio (sells before buys within a bar)."""
     size = pd.DataFrame(np.nan, index=closes.index, columns=closes.columns)

@@ -214,6 +214,7 @@ def run_provider_fold(
         init_cash=config.init_cash,
         decide=cache.decide,
         lag_bars=lag_bars,
+        run_id=f"backtest-{name}-{fold.key}",
     )
     equity = run.equity.loc[run.equity.index >= fold.test_start]
     decisions = run.decisions

@@ -21,10 +21,11 @@ from alpaca.trading.requests import GetOrdersRequest
 from pydantic import BaseModel, ConfigDict, Field
 
 from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.execution import DecisionStep, MarketView
 from crypto_pipeline.live.config import Venue
-from crypto_pipeline.live.gate import close_on_drawdown, gate_decision, last_closes, recent_returns
 from crypto_pipeline.live.journal import Journal
 from crypto_pipeline.live.kill import kill_flag_path, kill_reason, request_kill
+from crypto_pipeline.live.marks import last_closes, recent_returns
 from crypto_pipeline.live.orders import OrderDesk, describe
 from crypto_pipeline.live.states import states_at
 from crypto_pipeline.live.venue import Clients, Credentials, resolve_endpoints
@@ -259,25 +260,24 @@ class AgentDesk:
                 return self._answer(asked, now, result, None, None, None, None)
             account = self.desk.account()
             state, missing, frame, age = self._state(symbol, account, now)
-            marks = last_closes(frame) if not frame.is_empty() else {}
-            close_on_drawdown(self.risk, self.desk, account, marks, now)
-            if state is None:
-                decision = TradeDecision.invalid(f"no market state: {missing}", **meta)
-            returns = (
-                recent_returns(frame, self.risk.config.correlation_window) if not frame.is_empty() else {}
+            market = MarketView(
+                marks=last_closes(frame) if not frame.is_empty() else {},
+                returns=(
+                    recent_returns(frame, self.risk.config.correlation_window) if not frame.is_empty() else {}
+                ),
+                data_age={symbol: age},
             )
-            gated = gate_decision(
-                decision,
-                state,
-                "",  # no prompt: the agent's own reasoning is in raw_output
-                account,
-                risk=self.risk,
-                desk=self.desk,
-                at=now,
-                data_age=age,
-                prices=marks,
-                returns=returns,
+            # The live loop's decision step, with the agent's request standing where a model would.
+            step = DecisionStep(
+                Requested(decision),
+                self.risk,
+                self.desk,
+                self.journal,
+                session_id=self.config.run_id,
+                show_prompt=False,
             )
+            states = [state] if state is not None else []
+            (gated,) = step(now, states, market, missing={symbol: missing} if state is None else None)
             refused = None
             if gated.result.approved and gated.order is None and self.desk.refused:
                 refused = self.desk.refused[-1].split(": ", 1)[-1]
@@ -353,6 +353,19 @@ class AgentDesk:
                 "open_orders_left": len(self.orders("open")),
                 "note": "orders are refused until a person runs `crypto-pipeline kill --clear`",
             }
+
+
+class Requested:
+    """A decision provider that answers with an agent's own request: the agent decided, the step does
+    the rest (the risk engine, the journal, the venue)."""
+
+    name = "mcp"
+
+    def __init__(self, decision: TradeDecision) -> None:
+        self.decision = decision
+
+    def decide(self, states: list[MarketState]) -> list[TradeDecision]:
+        return [self.decision for _ in states]
 
 
 def order_view(order: dict[str, Any]) -> dict[str, Any]:

@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 
 
 class Journal:
-    """Rows gathered in memory and written by `flush` (once per decision batch and at the end)."""
+    """Rows gathered in memory and written by `flush`: before every order leaves the process (the
+    decision step writes ahead), once per decision batch and at the end. Without a warehouse (a
+    backtest's journal) rows stay in memory until `write_to` stores them under a run id."""
 
-    def __init__(self, warehouse: Warehouse, session_id: str) -> None:
+    def __init__(self, warehouse: Warehouse | None, session_id: str) -> None:
         self.warehouse = warehouse
         self.session_id = session_id
         self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -150,13 +152,35 @@ class Journal:
         )
 
     def flush(self) -> None:
+        if self.warehouse is None:
+            return
         with self._lock:
             pending, self._rows = self._rows, defaultdict(list)
+        self._store(self.warehouse, pending)
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        """The rows not yet written (all of them, for a journal without a warehouse)."""
+        with self._lock:
+            return list(self._rows.get(table, ()))
+
+    def write_to(self, warehouse: Warehouse, run_id: str | None = None) -> dict[str, int]:
+        """Store the rows not yet written in `warehouse`, renamed to `run_id` when given (the run id and
+        the client ids it prefixes); returns the rows written per table. The rows stay: writing them
+        again adds nothing (the journal tables keep the first row of an event)."""
+        with self._lock:
+            pending = {t: list(rows) for t, rows in self._rows.items()}
+        if run_id is not None and run_id != self.session_id:
+            pending = {t: [_renamed(r, self.session_id, run_id) for r in rows] for t, rows in pending.items()}
+        before = dict(self.written)
+        self._store(warehouse, pending)
+        return {t: n - before.get(t, 0) for t, n in self.written.items() if n - before.get(t, 0)}
+
+    def _store(self, warehouse: Warehouse, pending: dict[str, list[dict[str, Any]]]) -> None:
         for table, rows in pending.items():
             spec = table_spec(table)
             schema = {name: dtype for name, dtype in spec.schema.items() if name != spec.stamp_column}
             frame = pl.DataFrame([{c: row.get(c) for c in schema} for row in rows], schema=schema)
-            self.warehouse.upsert(table, frame)
+            warehouse.upsert(table, frame)
             self.written[table] += frame.height
 
     def _add(self, table: str, **row: Any) -> None:
@@ -172,6 +196,15 @@ class Journal:
                 listener(table, entry)
             except Exception:  # noqa: BLE001 - monitoring never stops the journal or the loop
                 log.exception("journal listener failed on a %s row", table)
+
+
+def _renamed(row: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    out = {**row, "run_id": new}
+    for column in ("client_order_id", "order_id", "fill_id"):
+        value = out.get(column)
+        if isinstance(value, str) and value.startswith(f"{old}-"):
+            out[column] = new + value[len(old) :]
+    return out
 
 
 def _float(value: Any) -> float | None:

@@ -28,23 +28,22 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from crypto_pipeline.execution import DecisionStep, MarketView, data_age
 from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.bars import BarBuffer, Gap, max_bars_for
 from crypto_pipeline.live.book import BookView, LiveBooks
 from crypto_pipeline.live.config import LiveConfig
-from crypto_pipeline.live.gate import close_on_drawdown, gate_decision, last_closes, recent_returns
 from crypto_pipeline.live.journal import Journal
 from crypto_pipeline.live.kill import kill_reason
+from crypto_pipeline.live.marks import last_closes, recent_returns
 from crypto_pipeline.live.metrics import LiveMetrics
 from crypto_pipeline.live.orders import OrderDesk, describe
 from crypto_pipeline.live.states import states_at
 from crypto_pipeline.live.streams import StreamThread, parse_stream_bar
 from crypto_pipeline.live.venue import Clients
-from crypto_pipeline.llm.decision import TradeDecision
-from crypto_pipeline.llm.prompts import build_user_prompt
-from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
+from crypto_pipeline.llm.provider import DecisionProvider
 from crypto_pipeline.risk import RiskConfig, RiskEngine
-from crypto_pipeline.state import MarketState, Portfolio
+from crypto_pipeline.state import MarketState
 from crypto_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -121,6 +120,8 @@ class LiveSession:
         self.desk = OrderDesk(
             clients.trading, self.journal, config.session_id, attempts=config.submit_attempts
         )
+        # The backtest's decision step, with the live order desk as its venue.
+        self.step = DecisionStep(provider, self.risk, self.desk, self.journal, session_id=config.session_id)
         self.buffer = BarBuffer(config.symbols, config.base, max_bars_for(config.base, config.lookback_days))
         # Kept by the data stream's thread (see book.py); read here at each decision time.
         self.books = LiveBooks(config.symbols)
@@ -395,58 +396,32 @@ class LiveSession:
         # Catch up first: lagging symbols and periods built from finer stream bars come from REST.
         lagging = [g for s in cfg.symbols if (g := self.buffer.missing_until(s, at)) is not None]
         self._backfill(lagging + self.buffer.suspect_until(at))
-        account = self.desk.account()
         now = self._venue_time()
         frame = self.buffer.frame(closed_by=at)
         marks = last_closes(frame)
-        close_on_drawdown(self.risk, self.desk, account, marks, at)  # the drawdown switch closes everything
-        self.alerts.risk_state(self.risk.daily_breaker, self.risk.killed, self.risk.kill_reason)
         states, missing = states_at(frame, cfg.base, cfg.symbols, at)
         books, fresh = self._books_at(now)
-        batch = [
-            self._shown(states[s].with_portfolio(Portfolio.from_account(account, s)), fresh.get(s))
-            for s in cfg.symbols
-            if s in states
-        ]
-        shown = {s.symbol: s for s in batch}  # the states as the model saw them, portfolio included
-        prompts = {symbol: build_user_prompt(s) for symbol, s in shown.items()}
-        decisions = decide_safely(self.provider, batch)
-        for symbol, why in missing.items():
-            decisions.append(TradeDecision.invalid(f"no market state: {why}", symbol=symbol, at=at))
-        returns = recent_returns(frame, self.risk.config.correlation_window)
-        last_close = dict(frame.group_by("symbol").agg(pl.col("timestamp").max()).iter_rows())
-        for decision in decisions:
-            symbol = decision.symbol or ""
-            decided = time.perf_counter()
-            newest = last_close.get(symbol)
-            age = now - (newest + cfg.base.duration) if newest is not None else timedelta(days=365)
-            book = fresh.get(symbol)
-            state = shown.get(symbol)
-            if book is not None and state is not None and state.order_book is not None:
-                age = max(age, book.age(now))  # the prompt read the book: its age counts too
+        shown = [self._shown(states[s], fresh.get(s)) for s in cfg.symbols if s in states]
+        newest = dict(frame.group_by("symbol").agg(pl.col("timestamp").max()).iter_rows())
+        ages = {s: data_age(now, newest.get(s), cfg.base) for s in cfg.symbols}
+        for state in shown:
+            book = fresh.get(state.symbol)
+            if book is not None and state.order_book is not None:
+                ages[state.symbol] = max(ages[state.symbol], book.age(now))  # the prompt read the book
+        market = MarketView(
+            marks=marks,
+            returns=recent_returns(frame, self.risk.config.correlation_window),
+            data_age=ages,
             # The spread rule sees the live book whether or not the prompt does; NaN: unknown or stale.
-            spread = book.snapshot.spread_bps if book is not None else math.nan
-            seen = books.get(symbol)
-            gated = gate_decision(
-                decision,
-                shown.get(symbol),
-                prompts.get(symbol, ""),
-                account,
-                risk=self.risk,
-                desk=self.desk,
-                at=at,
-                data_age=age,
-                prices=marks,
-                returns=returns,
-                spread_bps=spread,
-                order_book=seen.journal_json() if seen is not None else None,
-            )
-            self.report.decisions += 1
-            self.report.valid_decisions += decision.valid
-            self.report.approved += gated.result.approved
-            if gated.order is not None:
-                self.report.decision_to_order_ms.append((time.perf_counter() - decided) * 1e3)
-                account = self.desk.account()  # the next decision sees this order's effect
+            spread_bps={s: fresh[s].snapshot.spread_bps if s in fresh else math.nan for s in cfg.symbols},
+            order_books={s: view.journal_json() for s, view in books.items()},
+        )
+        gated = self.step(at, shown, market, missing=missing)
+        self.report.decision_to_order_ms += [g.order_ms for g in gated if g.order is not None and g.order_ms]
+        self.alerts.risk_state(self.risk.daily_breaker, self.risk.killed, self.risk.kill_reason)
+        self.report.decisions += len(gated)
+        self.report.valid_decisions += sum(g.decision.valid for g in gated)
+        self.report.approved += sum(g.result.approved for g in gated)
         self.desk.poll_open()
         self._snapshot(at)
         self.journal.flush()

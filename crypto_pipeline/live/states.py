@@ -5,7 +5,7 @@ base bars -> `resample_bars` (as the warehouse's `bars`) -> `compute_features` -
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import polars as pl
 
@@ -33,15 +33,39 @@ def features_from_bars(bars: pl.DataFrame, base: Timeframe) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
+def state_table_at(bars: pl.DataFrame, base: Timeframe, symbols: Sequence[str], at: datetime) -> pl.DataFrame:
+    """The rows of `market_state_table` for `symbols` at `at`, from the bars closed by then."""
+    closed = bars.filter(pl.col("timestamp") + base.duration <= at)
+    features = features_from_bars(closed, base)
+    if features.is_empty():
+        return pl.DataFrame()
+    return market_state_table(features, pl.DataFrame({"symbol": list(symbols), "at": [at] * len(symbols)}))
+
+
+def rolling_state_table(
+    bars: pl.DataFrame, base: Timeframe, symbols: Sequence[str], times: Sequence[datetime], lookback_days: int
+) -> pl.DataFrame:
+    """The states a live session with `lookback_days` of history would build at each of `times`: at
+    each, the newest `lookback_days` of base bars closed by then (the live buffer's window), through
+    `state_table_at`. A backtest run on this table shows the model the live loop's prompts."""
+    window = base.bars_per(timedelta(days=lookback_days))
+    tables = []
+    for at in times:
+        closed = bars.filter(pl.col("timestamp") + base.duration <= at)
+        recent = closed.sort("timestamp").group_by("symbol", maintain_order=True).tail(window)
+        table = state_table_at(recent, base, symbols, at)
+        if not table.is_empty():
+            tables.append(table)
+    return pl.concat(tables, how="diagonal_relaxed") if tables else pl.DataFrame()
+
+
 def states_at(
     bars: pl.DataFrame, base: Timeframe, symbols: Sequence[str], at: datetime
 ) -> tuple[dict[str, MarketState], dict[str, str]]:
     """The state of each symbol at `at` from bars closed by then; and, for symbols with none, why."""
-    closed = bars.filter(pl.col("timestamp") + base.duration <= at)
-    features = features_from_bars(closed, base)
-    if features.is_empty():
+    table = state_table_at(bars, base, symbols, at)
+    if table.is_empty():
         return {}, {s: f"no closed bars by {at:%Y-%m-%d %H:%M}" for s in symbols}
-    table = market_state_table(features, pl.DataFrame({"symbol": list(symbols), "at": [at] * len(symbols)}))
     states: dict[str, MarketState] = {}
     missing: dict[str, str] = {}
     for row in table.iter_rows(named=True):

@@ -136,7 +136,9 @@ def render_state(state: MarketState, anonymize: bool = False) -> str:
         pf = state.portfolio
         if pf.position_qty > 0:
             exposure = _fmt(pf.exposure_pct(state.price), 0)
-            lines.append(f"position long {exposure}% of equity, pnl {_pct(pf.unrealized_pnl_pct(state.price))}")
+            lines.append(
+                f"position long {exposure}% of equity, pnl {_pct(pf.unrealized_pnl_pct(state.price))}"
+            )
         else:
             lines.append("position flat")
         if not anonymize:

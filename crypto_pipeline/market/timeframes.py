@@ -30,7 +30,9 @@ class Timeframe(StrEnum):
     @property
     def alpaca(self) -> str:
         """The wire value alpaca-py sends (`TimeFrame.__str__`)."""
-        return {"1m": "1Min", "5m": "5Min", "15m": "15Min", "1h": "1Hour", "4h": "4Hour", "1d": "1Day"}[self.value]
+        return {"1m": "1Min", "5m": "5Min", "15m": "15Min", "1h": "1Hour", "4h": "4Hour", "1d": "1Day"}[
+            self.value
+        ]
 
     def bars_per(self, span: timedelta) -> int:
         """How many bars of this timeframe cover `span` (e.g. 24h of 1h bars = 24)."""
@@ -42,8 +44,16 @@ class Timeframe(StrEnum):
             return value
         text = str(value).strip()
         aliases = {
-            "1min": "1m", "5min": "5m", "15min": "15m", "60m": "1h", "1hour": "1h",
-            "4hour": "4h", "1day": "1d", "24h": "1d", "d": "1d", "h": "1h",
+            "1min": "1m",
+            "5min": "5m",
+            "15min": "15m",
+            "60m": "1h",
+            "1hour": "1h",
+            "4hour": "4h",
+            "1day": "1d",
+            "24h": "1d",
+            "d": "1d",
+            "h": "1h",
         }
         key = aliases.get(text.lower(), text.lower())
         try:

@@ -50,13 +50,15 @@ def test_rule_based_trades_through_the_risk_engine_and_vectorbt_reproduces_the_a
     run = result.run
     assert run is not None and run.fills, "RuleBased should trade in 10 days of three pairs"
     # Every order came from an approved decision; every rejection says why.
-    assert sum(o.approved for o in run.outcomes) >= len({(f.decided_at, f.symbol) for f in run.fills})
+    assert sum(o.approved for o in run.outcomes) >= len(
+        {(run.decided_at[f.order_id], f.symbol) for f in run.fills}
+    )
     assert all(o.reason for o in run.outcomes if not o.approved)
     opens = data.bars.to_pandas().set_index(["symbol", "timestamp"])["open"]
     for fill in run.fills:
         # Decided on the close of the bar before `at`, filled at the open of the bar starting at `at`,
         # at a worse price than the open by the slippage.
-        assert fill.at == fill.decided_at
+        assert fill.at == run.decided_at[fill.order_id]
         open_price = opens[(fill.symbol, pd.Timestamp(fill.at))]
         assert (fill.price >= open_price) if fill.side == OrderSide.BUY else (fill.price <= open_price)
     # The event loop's own account and vectorbt's replay of its fills agree.
@@ -79,7 +81,7 @@ def test_lagged_fills_come_one_bar_later(data: MarketData) -> None:
     states = market_state_table(data.features, points, ("1h", "4h", "1d"))
     lagged = run_policy(RuleBased(), bars, states, lag_bars=1, risk=None)
     assert lagged.fills
-    assert all(f.at == f.decided_at + timedelta(hours=1) for f in lagged.fills)
+    assert all(f.at == lagged.decided_at[f.order_id] + timedelta(hours=1) for f in lagged.fills)
 
 
 def test_a_repeated_backtest_is_served_from_the_decision_cache(data: MarketData, tmp_path: Path) -> None:
