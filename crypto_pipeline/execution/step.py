@@ -71,8 +71,8 @@ Decide = Callable[[DecisionProvider, list[MarketState]], list[TradeDecision]]
 
 class DecisionStep:
     """One decision time, end to end. `decide` may put a cache in front of the provider (backtests);
-    `write_ahead` makes the decision and the verdict durable before an order leaves the process (live,
-    MCP; a backtest, which loses nothing to a crash, writes its journal at the end)."""
+    `write_ahead` makes the decision and the verdict durable (`Journal.write_ahead`) before an order
+    leaves the process (live, MCP; a backtest, which loses nothing to a crash, writes at the end)."""
 
     def __init__(
         self,
@@ -161,6 +161,6 @@ class DecisionStep:
         if self.write_ahead:
             # Durable before the order leaves: a crash after sending leaves the decision, the verdict
             # and the client id to find the venue's order by (see OrderDesk.reconcile).
-            self.journal.flush()
+            self.journal.write_ahead()
         order = self.venue.submit(result.intent, cid, at)
         return Gated(decision, state, result, cid, order, (time.perf_counter() - started) * 1e3)
