@@ -322,6 +322,7 @@ def decide_command(
     from rich.panel import Panel
     from rich.table import Table
 
+    from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
     from crypto_pipeline.llm.prompts import SYSTEM_PROMPT, build_user_prompt
     from crypto_pipeline.llm.provider import decide_safely
@@ -365,7 +366,7 @@ def decide_command(
         schema_mode=schema_mode,
     )
     try:
-        chosen = make_provider(provider, options=options).provider
+        chosen = make_provider(provider, Settings(), options=options).provider
     except UserInputError as error:  # a registered version that is not there
         console.print(f"[red]--provider {provider}:[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
