@@ -16,13 +16,7 @@ from crypto_pipeline.backtest.cache import DecisionCache
 from crypto_pipeline.backtest.folds import fold_by_key
 from crypto_pipeline.backtest.gate import decide_promotion, record_in_mlflow
 from crypto_pipeline.backtest.journaling import journal_policy_run
-from crypto_pipeline.backtest.run import (
-    REGISTERED_MODEL,
-    RegisteredModel,
-    llm_policy_name,
-    make_provider,
-    registered_model,
-)
+from crypto_pipeline.backtest.run import llm_policy_name
 from crypto_pipeline.backtest.walkforward import (
     LLM_WALK_FORWARD,
     LLMWalkForward,
@@ -34,6 +28,7 @@ from crypto_pipeline.backtest.walkforward import (
 )
 from crypto_pipeline.config import Settings, get_settings
 from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.registry import CHALLENGER, CHAMPION, MODEL_NAME, RegisteredModel, make_provider, resolve
 from crypto_pipeline.warehouse import Warehouse
 
 _SETTINGS = get_settings()
@@ -113,7 +108,7 @@ def _settings(mlflow: MlflowResource) -> Settings:
 
 def _champion(settings: Settings, challenger: RegisteredModel) -> RegisteredModel | None:
     try:
-        found = registered_model("champion", settings)
+        found = resolve(CHAMPION, settings)
     except UserInputError:  # no champion yet
         return None
     return None if found.version == challenger.version else found
@@ -141,16 +136,18 @@ def llm_backtests(
     fold = fold_by_key(wf.folds(), context.partition_key)
     providers, audited, cutoff = {}, (), None
     if config.llm_policy == "llm":
-        providers["llm"] = make_provider("llm", settings)
+        providers["llm"] = make_provider("llm", settings).provider
         audited = ("llm",)
     else:
-        challenger = registered_model(config.llm_policy.split(":", 1)[1], settings)
+        challenger = resolve(config.llm_policy.split(":", 1)[1], settings)
         champion = _champion(settings, challenger)
         cutoffs = [m.training_cutoff for m in (challenger, champion) if m is not None and m.training_cutoff]
         cutoff = max(cutoffs) if cutoffs else None
         for found in (challenger, champion):
             if found is not None:
-                providers[llm_policy_name(found.version)] = make_provider(f"llm:{found.version}", settings)
+                providers[llm_policy_name(found.version)] = make_provider(
+                    f"llm:{found.version}", settings
+                ).provider
         audited = (llm_policy_name(challenger.version),)
     if cutoff is not None and fold.key not in {f.key for f in wf.folds(training_cutoff=cutoff.isoformat())}:
         note = f"{fold.key} starts before the training cutoff {cutoff:%Y-%m-%d %H:%M} + purge + embargo"
@@ -236,8 +233,8 @@ def promotion(config: BacktestConfig, mlflow: MlflowResource) -> dg.MaterializeR
     on the version) and to this metadata; `champion` moves only on promotion. No model passing is an
     honest outcome, not a failure."""
     settings = _settings(mlflow)
-    ref = config.llm_policy.split(":", 1)[1] if ":" in config.llm_policy else "challenger"
-    challenger = registered_model(ref, settings)
+    ref = config.llm_policy.split(":", 1)[1] if ":" in config.llm_policy else CHALLENGER
+    challenger = resolve(ref, settings)
     champion = _champion(settings, challenger)
     report = load_fold_results(_gate_dir(), _config(config, config.decision_every_hours).folds())
     ours = llm_policy_name(challenger.version)
@@ -247,7 +244,7 @@ def promotion(config: BacktestConfig, mlflow: MlflowResource) -> dg.MaterializeR
         champion=llm_policy_name(champion.version) if champion else None,
         audits=report.audits(ours),
     )
-    out = record_in_mlflow(mlflow.get_client(), REGISTERED_MODEL, challenger.version, decision)
+    out = record_in_mlflow(mlflow.get_client(), MODEL_NAME, challenger.version, decision)
     return dg.MaterializeResult(
         metadata={
             "promoted": out["promoted"],

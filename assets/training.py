@@ -11,6 +11,7 @@ from pydantic import Field
 from assets.checks import check_result
 from assets.features import market_states
 from assets.resources import WarehouseResource
+from crypto_pipeline import registry
 from crypto_pipeline.config import get_settings
 from crypto_pipeline.state import STATE_TIMEFRAMES
 from crypto_pipeline.training.dataset import (
@@ -44,10 +45,8 @@ class MlflowResource(dg.ConfigurableResource):
     def uri(self) -> str:
         return self.tracking_uri or get_settings().mlflow_tracking_uri
 
-    def get_client(self):  # noqa: ANN201 - mlflow is imported lazily
-        from mlflow import MlflowClient
-
-        return MlflowClient(self.uri)
+    def get_client(self):  # noqa: ANN201 - an MlflowClient (mlflow is imported lazily)
+        return registry.client(self.uri)
 
 
 class SftDatasetConfig(dg.Config):

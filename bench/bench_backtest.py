@@ -113,13 +113,13 @@ def llm_walk_forward_wall_s(warehouse: Path) -> dict[str, float]:
     cold (an empty decision cache in `warehouse`, the model loaded inside the timing) and again from
     the cache (a new process would do the same: the cache is read back from the warehouse)."""
     from crypto_pipeline.backtest.cache import DecisionCache
-    from crypto_pipeline.backtest.run import make_provider
     from crypto_pipeline.backtest.walkforward import (
         LLM_WALK_FORWARD,
         MarketData,
         WalkForwardConfig,
         walk_forward,
     )
+    from crypto_pipeline.registry import make_provider
     from crypto_pipeline.warehouse import Warehouse
 
     config = LLM_WALK_FORWARD.config(WalkForwardConfig(data_dir=DATA))
@@ -128,7 +128,7 @@ def llm_walk_forward_wall_s(warehouse: Path) -> dict[str, float]:
         started = time.perf_counter()
         cpu = time.process_time()
         cache = DecisionCache(Warehouse(warehouse))
-        provider = make_provider("llm")
+        provider = make_provider("llm").provider
         data = MarketData.load(config)
         decisions = 0
         for fold in config.folds():  # fold by fold, as the partitions run, with progress

@@ -209,11 +209,11 @@ def latency_results(quick: bool, workdir: Path) -> list[BenchResult]:
 def _llm_provider() -> tuple[object, str]:
     """The registered champion (else the newest challenger), or the base SmolLM2 when none is registered."""
     settings = get_settings()
-    from crypto_pipeline.live.providers import choose_provider
+    from crypto_pipeline.registry import CHAMPION, make_provider
 
     if (Path(settings.mlruns_dir) / "mlflow.db").exists():
         with contextlib.suppress(Exception):
-            choice = choose_provider("local", "champion", settings)
+            choice = make_provider("local", settings, ref=CHAMPION, fallback=True, load=True)
             return choice.provider, choice.note
     from crypto_pipeline.llm.local import LocalLLM
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import typer
 
+from crypto_pipeline.registry import CHALLENGER, MODEL_NAME
+
 app = typer.Typer(help="Train, judge and run a locally hosted LLM that trades crypto.", no_args_is_help=True)
 
 
@@ -288,13 +290,19 @@ def decide_command(
     at: str = typer.Option(
         ..., help="Decision time, UTC (e.g. 2024-06-01T12:00): the state sees bars closed by then."
     ),
-    provider: str = typer.Option("local", help="local | rule | openai | llama-cpp | swarm (local + rule)."),
+    provider: str = typer.Option(
+        "local",
+        help="local | rule | openai | llama-cpp | swarm (local + rule); also llm:REF, swarm:REF "
+        f"(a version number or alias of {MODEL_NAME}, on the base it was trained on), llm (= local), rules.",
+    ),
     model: str = typer.Option(
         "",
         help="local: a Hugging Face folder, hub id or .gguf file; llama-cpp: a .gguf file (default: embedded SmolLM2).",
     ),
     adapter: str = typer.Option(
-        "", help="local: LoRA adapter folder or MLflow URI (models:/name/1, models:/name@champion)."
+        "",
+        help="local: LoRA adapter folder or MLflow URI (models:/name/1, models:/name@champion; "
+        f"models:/{MODEL_NAME}/... loads as llm:REF does).",
     ),
     constrained: bool = typer.Option(True, help="local: force the output to the decision grammar."),
     base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="openai: the server's base URL."),
@@ -314,8 +322,11 @@ def decide_command(
     from rich.panel import Panel
     from rich.table import Table
 
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.errors import UserInputError
     from crypto_pipeline.llm.prompts import SYSTEM_PROMPT, build_user_prompt
     from crypto_pipeline.llm.provider import decide_safely
+    from crypto_pipeline.registry import ProviderOptions, make_provider, parse_spec
     from crypto_pipeline.state import build_market_state_from_recorded
 
     console = Console()
@@ -332,39 +343,33 @@ def decide_command(
             f"[red]unknown --schema-mode {schema_mode!r}:[/red] expected one of {', '.join(SCHEMA_MODES)}"
         )
         raise typer.Exit(2)
-    choices = ("local", "rule", "openai", "llama-cpp", "swarm")
-    if provider not in choices:
-        console.print(f"[red]unknown --provider {provider!r}:[/red] expected one of {', '.join(choices)}")
-        raise typer.Exit(2)
+    try:
+        parse_spec(provider)
+    except UserInputError:
+        choices = "local, rule, openai, llama-cpp, swarm, llm:REF or swarm:REF"
+        console.print(f"[red]unknown --provider {provider!r}:[/red] expected one of {choices}")
+        raise typer.Exit(2) from None
     try:
         state = build_market_state_from_recorded(symbol, when)
     except (ValueError, FileNotFoundError) as error:
         console.print(f"[red]no market state:[/red] {error}")
         raise typer.Exit(1) from None
 
-    def make(kind: str):  # noqa: ANN202 - a DecisionProvider, imported lazily
-        if kind == "rule":
-            from crypto_pipeline.llm.rule_based import RuleBased
-
-            return RuleBased()
-        if kind == "openai":
-            from crypto_pipeline.llm.openai_compat import OpenAICompatible
-
-            return OpenAICompatible(base_url, openai_model, api_key_env=api_key_env, schema_mode=schema_mode)
-        if kind == "llama-cpp":
-            from crypto_pipeline.llm.llama_cpp import LlamaCpp
-
-            return LlamaCpp(model or None, constrained=constrained)
-        from crypto_pipeline.llm.local import LocalLLM
-
-        return LocalLLM(model or None, adapter=adapter or None, constrained=constrained, batch_size=1)
-
-    if provider == "swarm":
-        from crypto_pipeline.llm.swarm import Swarm
-
-        chosen = Swarm([make("local"), make("rule")], quorum=0.5)
-    else:
-        chosen = make(provider)
+    options = ProviderOptions(
+        model=model or None,
+        adapter=adapter or None,
+        constrained=constrained,
+        batch_size=1,
+        openai_base_url=base_url,
+        openai_model=openai_model,
+        openai_api_key_env=api_key_env,
+        schema_mode=schema_mode,
+    )
+    try:
+        chosen = make_provider(provider, Settings(), options=options).provider
+    except UserInputError as error:  # a registered version that is not there
+        console.print(f"[red]--provider {provider}:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
 
     console.print(
         Panel(
@@ -453,7 +458,7 @@ def backtest_command(
 
 @app.command("promote")
 def promote_command(
-    challenger: str = typer.Option("challenger", help="Registered version number or alias of crypto-policy."),
+    challenger: str = typer.Option(CHALLENGER, help=f"Registered version number or alias of {MODEL_NAME}."),
     symbols: str = typer.Option("", help="Comma-separated symbols to judge on (default: the settings')."),
     folds: int = typer.Option(
         3, min=1, help="Walk-forward folds (those after the training cutoff are used)."
@@ -578,7 +583,7 @@ def models_command() -> None:
     from rich.table import Table
 
     from crypto_pipeline.config import Settings
-    from crypto_pipeline.training.registry import KEY_METRICS, MODEL_NAME, list_versions
+    from crypto_pipeline.training.registry import KEY_METRICS, list_versions
 
     console = Console()
     if not console.is_terminal:
@@ -631,7 +636,7 @@ def replay_decisions_command(
     model: str = typer.Option(
         "",
         "--model",
-        help="LoRA adapter folder or MLflow URI (models:/crypto-policy/3, models:/crypto-policy@champion); "
+        help=f"LoRA adapter folder or MLflow URI (models:/{MODEL_NAME}/3, models:/{MODEL_NAME}@champion); "
         "default: the registered version the run used.",
     ),
     provider: str = typer.Option("local", help="local (LocalLLM with --model) | rules."),
@@ -648,27 +653,22 @@ def replay_decisions_command(
     from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
     from crypto_pipeline.live.replay import journaled_decisions, journaled_model, replay_decisions
+    from crypto_pipeline.registry import ProviderOptions, make_provider
     from crypto_pipeline.warehouse import Warehouse
 
     console = Console(stderr=True)
     settings = Settings()
     try:
         rows = journaled_decisions(Warehouse(settings.warehouse_dir), run, limit or None)
-        if provider == "rules":
-            from crypto_pipeline.llm.rule_based import RuleBased
-
-            chosen = RuleBased()
-        elif provider == "local":
-            from crypto_pipeline.llm.local import LocalLLM
-
-            uri = model or journaled_model(rows)
-            if uri is None:
-                raise UserInputError(
-                    f"run {run!r} did not decide with one registered version: name one with --model"
-                )
-            chosen = LocalLLM(adapter=uri, model_version=uri, settings=settings)
-        else:
+        if provider not in ("local", "rules"):
             raise UserInputError(f"unknown --provider {provider!r}: expected local or rules")
+        uri = (model or journaled_model(rows)) if provider == "local" else None
+        if provider == "local" and uri is None:
+            raise UserInputError(
+                f"run {run!r} did not decide with one registered version: name one with --model"
+            )
+        # A registered version's URI loads as llm:REF does (on its own base); a folder on the embedded base.
+        chosen = make_provider(provider, settings, options=ProviderOptions(adapter=uri)).provider
     except UserInputError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None

@@ -295,15 +295,14 @@ LIVE_SPEED = 3600.0
 def live_provider(settings: Settings) -> tuple[str, str]:
     """'local' when MLflow's registry holds crypto-policy's champion or a challenger (the session itself
     falls back from the one to the other, saying so); else 'rules', and why."""
-    from crypto_pipeline.live.providers import FALLBACK_ALIAS, REGISTERED_MODEL, alias_version
+    from crypto_pipeline.registry import CHALLENGER, CHAMPION, MODEL_NAME, alias_version
 
-    if (settings.mlruns_dir / "mlflow.db").exists():  # asking MLflow would create an empty registry
-        uri = settings.mlflow_tracking_uri
-        if any(alias_version(uri, alias) for alias in ("champion", FALLBACK_ALIAS)):
-            return "local", ""
+    # alias_version never creates a registry that is not there.
+    if any(alias_version(settings.mlflow_tracking_uri, alias) for alias in (CHAMPION, CHALLENGER)):
+        return "local", ""
     return (
         "rules",
-        f"no {REGISTERED_MODEL}@champion or @{FALLBACK_ALIAS} registered: the rule-based provider trades",
+        f"no {MODEL_NAME}@{CHAMPION} or @{CHALLENGER} registered: the rule-based provider trades",
     )
 
 

@@ -9,15 +9,15 @@ import dagster as dg
 from assets.resources import WarehouseResource
 from assets.training import MlflowResource
 from crypto_pipeline.live.kill import kill_flag_path, kill_reason
-from crypto_pipeline.live.providers import alias_version
+from crypto_pipeline.registry import CHAMPION, alias_version
 from jobs.live import kill_switch, live_paper
 
 
 def _champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource) -> dg.SensorResult:
-    version = alias_version(mlflow.uri, "champion")
+    version = alias_version(mlflow.uri, CHAMPION)
     if version is None or version == context.cursor:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"champion is {version or 'not set'}, unchanged"))
-    config = {"ops": {"live_paper_session": {"config": {"provider": "local", "model_alias": "champion"}}}}
+    config = {"ops": {"live_paper_session": {"config": {"provider": "local", "model_alias": CHAMPION}}}}
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(run_key=f"champion-{version}", run_config=config, tags={"champion": version})

@@ -14,7 +14,19 @@ import pandas as pd
 
 from crypto_pipeline.backtest import metrics as m
 from crypto_pipeline.backtest.audits import AuditResult
-from crypto_pipeline.backtest.walkforward import WalkForwardReport
+from crypto_pipeline.backtest.cache import DecisionCache
+from crypto_pipeline.backtest.run import llm_policy_name
+from crypto_pipeline.backtest.walkforward import (
+    MarketData,
+    WalkForwardConfig,
+    WalkForwardReport,
+    walk_forward,
+)
+from crypto_pipeline.config import get_settings
+from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.llm.rule_based import RuleBased
+from crypto_pipeline.registry import CHALLENGER, CHAMPION, MODEL_NAME, client, make_provider, resolve
+from crypto_pipeline.warehouse import Warehouse
 
 BASELINES = ("buy_hold", "ema_cross", "rsi", "lgbm", "rules")
 
@@ -161,11 +173,10 @@ def record_in_mlflow(
 
 
 def promote(
-    challenger_ref: str = "challenger",
+    challenger_ref: str = CHALLENGER,
     *,
     settings: Any = None,
     config: Any = None,
-    model_name: str = "crypto-policy",
     gate: GateConfig = GateConfig(),
     audit_samples: int = 2,
 ) -> dict[str, Any]:
@@ -174,19 +185,12 @@ def promote(
     models' training cutoffs, the decisions from the warehouse's decision cache where it has them, the
     three leakage audits on the challenger, then record the verdict. A missing version is a
     UserInputError (nothing is written); no fold after the cutoff is an honest refusal."""
-    from crypto_pipeline.backtest.cache import DecisionCache
-    from crypto_pipeline.backtest.run import llm_policy_name, make_provider, registered_model
-    from crypto_pipeline.backtest.walkforward import MarketData, WalkForwardConfig, walk_forward
-    from crypto_pipeline.config import get_settings
-    from crypto_pipeline.llm.rule_based import RuleBased
-    from crypto_pipeline.warehouse import Warehouse
-
     settings = settings or get_settings()
-    found = registered_model(challenger_ref, settings, model_name=model_name)
-    client = registry_client(settings)
+    found = resolve(challenger_ref, settings)
+    mlflow_client = client(settings.mlflow_tracking_uri)
     try:
-        champion = registered_model("champion", settings, model_name=model_name)
-    except Exception:  # noqa: BLE001 - UserInputError: no champion yet
+        champion = resolve(CHAMPION, settings)
+    except UserInputError:  # no champion yet
         champion = None
     if champion is not None and champion.version == found.version:
         champion = None  # re-judging the champion: judge it against the baselines only
@@ -206,12 +210,12 @@ def promote(
                 f"{max(cutoffs):%Y-%m-%d %H:%M}: nothing out of sample to judge"
             ],
         )
-        return record_in_mlflow(client, model_name, found.version, decision)
-    providers = {ours: make_provider(f"llm:{found.version}", settings), "rules": RuleBased()}
+        return record_in_mlflow(mlflow_client, MODEL_NAME, found.version, decision)
+    providers = {ours: make_provider(f"llm:{found.version}", settings).provider, "rules": RuleBased()}
     theirs = None
     if champion is not None:
         theirs = llm_policy_name(champion.version)
-        providers[theirs] = make_provider(f"llm:{champion.version}", settings)
+        providers[theirs] = make_provider(f"llm:{champion.version}", settings).provider
     cache = DecisionCache(Warehouse(settings.warehouse_dir))
     report = walk_forward(
         config,
@@ -223,12 +227,6 @@ def promote(
         audit_samples=audit_samples,
     )
     decision = decide_promotion(report, ours, champion=theirs, audits=report.audits(ours), config=gate)
-    out = record_in_mlflow(client, model_name, found.version, decision)
+    out = record_in_mlflow(mlflow_client, MODEL_NAME, found.version, decision)
     out["table"] = report.table().to_dicts()
     return out
-
-
-def registry_client(settings: Any) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)

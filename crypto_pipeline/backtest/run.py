@@ -3,11 +3,12 @@
 Signal policies (ema_cross, rsi, buy_hold) run over the whole range at once, one account per symbol
 (the cash split evenly), without the risk engine, so other engines can reproduce them. `lgbm` needs
 training data: it runs walk-forward inside the range. `rules` and `llm[:ALIAS_OR_VERSION]` run through
-the risk engine and the decision cache (the warehouse's `decision_cache` table)."""
+the risk engine and the decision cache (the warehouse's `decision_cache` table); their providers come
+from `crypto_pipeline.registry.make_provider`, as live sessions' do."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,79 +25,16 @@ from crypto_pipeline.backtest.walkforward import (
     walk_forward,
 )
 from crypto_pipeline.errors import UserInputError
-from crypto_pipeline.llm.provider import DecisionProvider
+from crypto_pipeline.registry import make_provider
 from crypto_pipeline.timeutil import as_utc
 
 POLICIES = ("ema_cross", "rsi", "buy_hold", "rules", "lgbm", "llm")
-REGISTERED_MODEL = "crypto-policy"
-
-
-@dataclass(frozen=True)
-class RegisteredModel:
-    """One resolved version of the registered model: what a backtest needs to load and judge it."""
-
-    version: str
-    training_cutoff: datetime | None
-    base_model: str | None
-
-
-def registered_model(
-    ref: str, settings: Any = None, *, model_name: str = REGISTERED_MODEL
-) -> RegisteredModel:
-    """Resolve a version number or alias of `model_name` to its number, training cutoff and base model.
-    A missing one is a UserInputError."""
-    from crypto_pipeline.backtest.gate import registry_client
-    from crypto_pipeline.config import get_settings
-
-    settings = settings or get_settings()
-    uri = settings.mlflow_tracking_uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        # Asking MLflow would create an empty registry: a missing model must change nothing.
-        raise UserInputError(f"no version {ref!r} of {model_name}: no MLflow registry at {uri}")
-    client = registry_client(settings)
-    try:
-        found = (
-            client.get_model_version(model_name, ref)
-            if ref.isdigit()
-            else client.get_model_version_by_alias(model_name, ref)
-        )
-    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing version
-        raise UserInputError(
-            f"no version {ref!r} of {model_name}: {str(exc).splitlines()[0][:200]}"
-        ) from None
-    tags = found.tags or {}
-    cutoff = as_utc(tags["training_cutoff"]) if tags.get("training_cutoff") else None
-    return RegisteredModel(str(found.version), cutoff, tags.get("base_model"))
 
 
 def llm_policy_name(version: str) -> str:
     """The policy name of a registered version in reports and fold results (never an alias: an alias
     moves, a version does not)."""
     return f"llm:{version}"
-
-
-def make_provider(policy: str, settings: Any = None) -> DecisionProvider:
-    """`rules`, `llm` (the base model), or `llm:ALIAS_OR_VERSION` of the registered `crypto-policy`.
-    A registered version that does not exist is a clear error before anything runs. The adapter loads
-    on the base model it was trained on (its version's `base_model` tag) when that is a local folder,
-    else on the embedded base model; its cache key is the version number, never the alias."""
-    if policy == "rules":
-        from crypto_pipeline.llm.rule_based import RuleBased
-
-        return RuleBased()
-    from crypto_pipeline.llm.local import LocalLLM
-
-    if policy == "llm":
-        return LocalLLM(batch_size=8, model_version="base")
-    found = registered_model(policy.split(":", 1)[1], settings)
-    base = found.base_model if found.base_model and Path(found.base_model).is_dir() else None
-    return LocalLLM(
-        base,
-        adapter=f"models:/{REGISTERED_MODEL}/{found.version}",
-        model_version=f"{REGISTERED_MODEL}:{found.version}",
-        batch_size=8,
-        settings=settings,
-    )
 
 
 def check_policy(policy: str) -> str:
@@ -137,7 +75,7 @@ def backtest(
         report = walk_forward(config, signal_policies=("lgbm",))
     else:
         data = MarketData.load(config)  # unknown symbols, an empty range: an error before a model loads
-        provider = make_provider(policy)
+        provider = make_provider(policy).provider
         whole = Fold(0, first, first, first, last)
         cache = DecisionCache(warehouse)
         report = walk_forward(

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from crypto_pipeline.config import DEFAULT_SYMBOLS
 from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.registry import CHAMPION, MODEL_NAME
 
 Venue = Literal["local", "alpaca_paper", "alpaca_live"]
 ProviderName = Literal["rules", "local", "openai", "swarm"]
@@ -33,7 +34,9 @@ class LiveConfig(BaseModel):
     decision_interval: str = "1h"
     provider: ProviderName = "rules"
     model_alias: str = Field(
-        "champion", description="Alias of crypto-policy for providers 'local' and 'swarm'."
+        CHAMPION,
+        description=f"Alias of {MODEL_NAME} for providers 'local' and 'swarm' "
+        "(none there yet: the newest challenger, said in the note).",
     )
     openai_base_url: str | None = Field(
         None, description="Provider 'openai': the chat-completions server's base URL (…/v1)."

@@ -14,10 +14,9 @@ import polars as pl
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.llm.prompts import PROMPT_VERSION, build_user_prompt
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
+from crypto_pipeline.registry import model_uri, version_of
 from crypto_pipeline.state import MarketState
 from crypto_pipeline.warehouse import Warehouse
-
-REGISTERED_PREFIX = "crypto-policy:"
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,10 @@ def journaled_decisions(warehouse: Warehouse, run: str, limit: int | None = None
 
 def journaled_model(rows: pl.DataFrame) -> str | None:
     """The MLflow URI of the registered version the run decided with, if it used one (and only one)."""
-    versions = {v for v in rows["model_version"].drop_nulls().to_list() if v.startswith(REGISTERED_PREFIX)}
+    versions = {version_of(v) for v in rows["model_version"].drop_nulls().to_list()} - {None}
     if len(versions) != 1:
         return None
-    return f"models:/crypto-policy/{versions.pop().removeprefix(REGISTERED_PREFIX)}"
+    return model_uri(versions.pop())
 
 
 def replay_decisions(rows: pl.DataFrame, provider: DecisionProvider, run: str) -> ReplayReport:

@@ -16,9 +16,9 @@ from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.config import LiveConfig
 from crypto_pipeline.live.kill import kill_flag_path
 from crypto_pipeline.live.metrics import LiveMetrics
-from crypto_pipeline.live.providers import alias_version, choose_provider
 from crypto_pipeline.live.session import LiveSession, SessionReport
 from crypto_pipeline.live.venue import Clients, Credentials, resolve_endpoints
+from crypto_pipeline.registry import ProviderChoice, ProviderOptions, alias_version, make_provider
 from crypto_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def run_live(
     try:
         if monitoring is not None and monitoring.metrics_port is not None:
             metrics.serve(monitoring.metrics_port, monitoring.metrics_host)
-        choice = choose_provider(config.provider, config.model_alias, settings, config)
+        choice = session_provider(config, settings)
         log.info("live session %s decides with %s", config.session_id, choice.note)
         session = LiveSession(
             config,
@@ -83,14 +83,28 @@ def run_live(
             metrics=metrics,
             alerts=alerts,
         )
-        if config.provider in ("local", "swarm") and choice.model_version is not None:
-            session.stop_when = _champion_moved(settings, config.model_alias, choice.model_version)
+        if config.provider in ("local", "swarm") and choice.version is not None:
+            session.stop_when = _champion_moved(settings, config.model_alias, choice.version)
         return session.run()
     finally:
         alerts.close()
         metrics.close()
         if server is not None:
             server.stop()
+
+
+def session_provider(config: LiveConfig, settings: object, *, load: bool = True) -> ProviderChoice:
+    """The session's provider from the one factory: 'local' and 'swarm' decide with crypto-policy at
+    `model_alias`, or with the newest challenger when that alias names no version yet (said in the
+    note); the model is loaded now (`load`), so loading does not eat the session's runtime."""
+    options = ProviderOptions(
+        openai_base_url=config.openai_base_url,
+        openai_model=config.openai_model,
+        openai_api_key_env=config.openai_api_key_env,
+    )
+    return make_provider(
+        config.provider, settings, ref=config.model_alias, fallback=True, options=options, load=load
+    )
 
 
 def _embedded_credentials(settings: object) -> Credentials:

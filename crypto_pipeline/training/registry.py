@@ -1,8 +1,9 @@
 """The MLflow side of a fine-tune: one run per training with its parameters (never secrets), loss curve,
 evaluation metrics under fixed names, predictions table, dataset (as `mlflow.data` input and card), prompt
 version/hash, and the adapter + tokenizer as artifacts; then a new version of the registered model
-`crypto-policy` with the alias `challenger` -- exactly what `LocalLLM(adapter="models:/crypto-policy@challenger")`
-loads (see `crypto_pipeline.llm.local.resolve_adapter`). Aliases, not the deprecated stages.
+`crypto-policy` with the alias `challenger` and the tags `training_cutoff` and `base_model` -- what
+`crypto_pipeline.registry` resolves and loads (`make_provider("llm:challenger")`). The name and aliases
+come from there. Aliases, not the deprecated stages.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from typing import Any
 import polars as pl
 
 from crypto_pipeline.llm.prompts import PROMPT_VERSION, SYSTEM_PROMPT, prompt_hash
+from crypto_pipeline.registry import CHALLENGER, MODEL_NAME, client
 from crypto_pipeline.training.finetune import FinetuneResult
 
-MODEL_NAME = "crypto-policy"
-CHALLENGER = "challenger"
-EXPERIMENT = "crypto-policy-finetune"
+EXPERIMENT = f"{MODEL_NAME}-finetune"
 ADAPTER_ARTIFACT = "adapter"
 # The figures `crypto-pipeline models` shows side by side (the fine-tuned model's and its references').
 KEY_METRICS: tuple[str, ...] = (
@@ -43,12 +43,6 @@ class RegisteredVersion:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}@{self.alias}"
-
-
-def client(tracking_uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri)
 
 
 def _experiment_id(mlflow_client: Any, artifact_root: Path | None) -> str:

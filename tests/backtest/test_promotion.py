@@ -24,9 +24,9 @@ AUDITS = ("truncation", "anonymized", "one_bar_lag")
 
 
 def _client(mlruns: Path):  # noqa: ANN202
-    from crypto_pipeline.backtest.gate import registry_client
+    from crypto_pipeline.registry import client
 
-    return registry_client(Settings(mlruns_dir=mlruns))
+    return client(Settings(mlruns_dir=mlruns).mlflow_tracking_uri)
 
 
 def _check_recorded(mlruns: Path, out: dict) -> None:

@@ -9,8 +9,9 @@ import pytest
 
 from crypto_pipeline.config import get_settings
 from crypto_pipeline.errors import UserInputError
-from crypto_pipeline.live.providers import choose_provider
+from crypto_pipeline.live.run import session_provider
 from crypto_pipeline.live.session import LiveSession
+from crypto_pipeline.registry import make_provider
 from crypto_pipeline.warehouse import Warehouse
 from tests.chat_completions import ChatCompletionsServer, completion
 
@@ -37,8 +38,8 @@ def test_an_openai_compatible_server_trades_a_live_session_through_the_risk_engi
             openai_model="served-model",
             openai_api_key_env="LIVE_TEST_LLM_KEY",
         )
-        choice = choose_provider(config.provider, config.model_alias, get_settings(), config)
-        assert "served-model" in choice.note and choice.model_version is None
+        choice = session_provider(config, get_settings())
+        assert "served-model" in choice.note and choice.version is None
         server = start_exchange()
         warehouse = Warehouse(tmp_path / "wh")
         session = LiveSession(config, clients_for(server), choice.provider, warehouse)
@@ -61,9 +62,9 @@ def test_an_openai_compatible_server_trades_a_live_session_through_the_risk_engi
 def test_provider_settings_that_cannot_work_fail_before_the_session() -> None:
     settings = get_settings()
     with pytest.raises(UserInputError, match="openai_base_url"):
-        choose_provider("openai", "champion", settings, live_config(provider="openai"))
+        session_provider(live_config(provider="openai"), settings)
     with pytest.raises(UserInputError, match="unknown provider"):
-        choose_provider("gpt", "champion", settings, live_config())
+        make_provider("gpt", settings, ref="champion", fallback=True)
     # The swarm's model member needs a registered crypto-policy (here, an empty registry).
     with pytest.raises(UserInputError, match="fine-tune first"):
-        choose_provider("swarm", "champion", settings, live_config(provider="swarm"))
+        session_provider(live_config(provider="swarm"), settings)

@@ -73,3 +73,13 @@ def test_unknown_symbol_is_one_clear_error() -> None:
         app, ["decide", "--symbol", "NOPE/USDT", "--at", "2024-06-01T12:00", "--provider", "rule"]
     )
     assert result.exit_code == 1 and "no market state" in result.output
+
+
+@needs_data
+def test_a_registered_version_that_is_not_there_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """`--provider llm:REF` goes through the one provider factory: a missing version exits 2, and asking
+    creates no registry."""
+    monkeypatch.setenv("CRYPTO_PIPELINE_MLRUNS_DIR", str(tmp_path))
+    result = runner.invoke(app, ["decide", "--at", "2024-06-01T12:00", "--provider", "llm:7"])
+    assert result.exit_code == 2 and "no version '7' of crypto-policy" in result.output.replace("\n", " ")
+    assert not (tmp_path / "mlflow.db").exists()
