@@ -150,14 +150,17 @@ class Journal:
         )
 
     def flush(self) -> None:
+        """Write the gathered rows; then the tables' DuckDB views show them (one refresh at most)."""
         with self._lock:
             pending, self._rows = self._rows, defaultdict(list)
         for table, rows in pending.items():
             spec = table_spec(table)
             schema = {name: dtype for name, dtype in spec.schema.items() if name != spec.stamp_column}
             frame = pl.DataFrame([{c: row.get(c) for c in schema} for row in rows], schema=schema)
-            self.warehouse.upsert(table, frame)
+            self.warehouse.upsert(table, frame, views=False)
             self.written[table] += frame.height
+        if pending:
+            self.warehouse.keep_views_current(*pending)
 
     def _add(self, table: str, **row: Any) -> None:
         entry = {"run_id": self.session_id, **row}
