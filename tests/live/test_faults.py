@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 import polars as pl
 import pytest
@@ -14,11 +15,12 @@ from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import GetOrdersRequest
 
 from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.live.bars import Gap
 from crypto_pipeline.live.kill import kill_flag_path, request_kill
 from crypto_pipeline.live.session import LiveSession
 from crypto_pipeline.warehouse import Warehouse
 
-from .conftest import KEY, SECRET, START, AlwaysBuy, Running, clients_for, live_config
+from .conftest import KEY, SECRET, START, SYMBOLS, AlwaysBuy, Running, clients_for, live_config
 
 
 def venue_orders(server) -> list[dict]:
@@ -49,6 +51,53 @@ def test_connections_dropped_mid_stream_lose_no_bar(start_exchange, tmp_path, sm
         == recorded.sort("symbol", "timestamp")["close"].to_list()
     )
     assert session.report.decision_batches == 4
+
+
+class CountingBars:
+    """A market data client over the recorded bars that counts its requests."""
+
+    def __init__(self, bars: pl.DataFrame) -> None:
+        self.bars, self.requests = bars, []
+
+    def fetch_bars(self, symbols, timeframe, start, end) -> pl.DataFrame:
+        self.requests.append((tuple(symbols), start, end))
+        return self.bars.filter(
+            pl.col("symbol").is_in(list(symbols)), pl.col("timestamp") >= start, pl.col("timestamp") < end
+        )
+
+
+def test_a_reconnect_backfills_every_symbol_in_one_request_keeping_only_what_each_missed(
+    tmp_path, small_data
+) -> None:
+    recorded = pl.read_parquet(small_data / "bars_5m.parquet").filter(
+        pl.col("timestamp") >= START - timedelta(hours=2), pl.col("timestamp") < START
+    )
+    data = CountingBars(recorded)
+    session = LiveSession(
+        live_config(), SimpleNamespace(trading=None, data=data), AlwaysBuy(), Warehouse(tmp_path / "wh")
+    )
+    # Before the drop, BTC had its bars to 11:00 and ETH to 10:30; the stream's BTC 10:40 bar differs
+    # from REST's (a REST answer must not overwrite a bar the symbol did not miss).
+    btc, eth = (pl.col("symbol") == s for s in SYMBOLS)
+    ts = pl.col("timestamp")
+    held = recorded.filter(
+        (btc & (ts < START - timedelta(hours=1))) | (eth & (ts < START - timedelta(minutes=90)))
+    )
+    marked = START - timedelta(minutes=80)
+    session.buffer.insert(
+        held.with_columns(pl.when(btc & (ts == marked)).then(1.0).otherwise("close").alias("close"))
+    )
+    gaps = [
+        Gap(SYMBOLS[0], START - timedelta(hours=1), START),
+        Gap(SYMBOLS[1], START - timedelta(minutes=90), START),
+    ]
+    session._backfill(gaps)
+    assert data.requests == [(SYMBOLS, START - timedelta(minutes=90), START)]  # one request, the union span
+    frame = session.buffer.frame()
+    assert frame.height == recorded.height  # every missed bar, each once
+    assert frame.filter(btc, ts == marked)["close"].to_list() == [1.0]
+    assert session.report.gaps_backfilled == 2
+    assert session.report.bars_backfilled == 12 + 18
 
 
 # 429 waits out alpaca-py's own 1 s retry before ours: slow.
