@@ -21,7 +21,9 @@ from crypto_pipeline.trading import Account
 @dataclass(frozen=True)
 class Gated:
     """What became of one decision: the risk verdict, the client id of its order (approved only) and
-    the venue's order (None when rejected, or when the venue refused it: see `OrderDesk.refused`)."""
+    the venue's order (None when rejected, or when the venue refused it: see `OrderDesk.refused`).
+    A decision this session journaled before a restart stands: `result` then says so, and the client
+    id and order are that decision's."""
 
     result: RiskResult
     client_order_id: str | None = None
@@ -44,10 +46,17 @@ def gate_decision(
     order_book: dict[str, Any] | None = None,
 ) -> Gated:
     """Evaluate `decision` at `at` (the state's price; no state, no valid price), journal the decision
-    and the verdict, and submit the approved order; the journal is flushed by the caller. `spread_bps`
-    is for the risk engine's spread rule (see `RiskEngine.evaluate`), `order_book` the live book as the
-    journal keeps it, whether or not the prompt showed it."""
+    and the verdict, and submit the approved order: the desk flushes the journal before it sends
+    (write ahead); otherwise the caller flushes. A (time, symbol) the session journaled before a
+    restart is not decided again (`OrderDesk.decided`). `spread_bps` is for the risk engine's spread
+    rule (see `RiskEngine.evaluate`), `order_book` the live book as the journal keeps it, whether or
+    not the prompt showed it."""
     symbol = decision.symbol or ""
+    if (at, symbol) in desk.decided:  # journaled before a restart: that decision and its order stand
+        cid = desk.decided[(at, symbol)]
+        return Gated(
+            RiskResult(reason="decided before a restart"), cid, desk.resume(cid, at) if cid else None
+        )
     price = state.price if state is not None else float("nan")
     result = risk.evaluate(
         decision,

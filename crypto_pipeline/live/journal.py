@@ -69,6 +69,41 @@ class Journal:
             completion_tokens=decision.completion_tokens,
         )
 
+    def recovered(self, at: datetime, symbol: str, order: dict[str, Any]) -> None:
+        """The decision and approved verdict of a venue order whose own rows a crash lost (the
+        venue's order is all that is left of them: no prompt, no state)."""
+        cid = order.get("client_order_id")
+        side = _text(order.get("side")) or ""
+        note = f"recovered from the venue after a restart: order {cid} ({_text(order.get('status'))})"
+        self._add(
+            "decisions",
+            time=at,
+            symbol=symbol,
+            provider="venue",
+            raw_output=note,
+            action=side.upper() or None,
+            valid=True,  # only a valid decision becomes an order
+        )
+        self._add(
+            "risk_verdicts",
+            time=at,
+            symbol=symbol,
+            action=side.upper() or None,
+            verdict="approved",
+            reasons=[note],
+            side=side or None,
+            qty=_float(order.get("qty")),
+            notional=_float(order.get("notional")),
+            client_order_id=cid,
+        )
+
+    def stored(self, table: str, columns: list[str]) -> pl.DataFrame:
+        """This session's rows of `table` already in the warehouse (what a restarted session journaled
+        before)."""
+        return (
+            self.warehouse.scan(table).filter(pl.col("run_id") == self.session_id).select(columns).collect()
+        )
+
     def verdict(
         self, at: datetime, symbol: str, action: str, result: RiskResult, client_order_id: str | None
     ) -> None:

@@ -3,10 +3,16 @@ nothing doubled, a kill switch that flattens, wrong keys refused before any orde
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from types import SimpleNamespace
 
+import duckdb
 import polars as pl
 import pytest
 from alpaca.common.exceptions import APIError
@@ -14,9 +20,11 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import GetOrdersRequest
 
+from crypto_pipeline.config import REPO_ROOT
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.live.bars import Gap
 from crypto_pipeline.live.kill import kill_flag_path, request_kill
+from crypto_pipeline.live.orders import FAULT_POINT
 from crypto_pipeline.live.session import LiveSession
 from crypto_pipeline.warehouse import Warehouse
 
@@ -134,6 +142,37 @@ def test_a_restart_on_the_same_bar_reconciles_and_places_no_second_order(start_e
     assert len(venue_orders(server)) == 2
     verdicts = warehouse.read("risk_verdicts")
     assert verdicts.height == 2  # the journal holds each event once
+    # The first decisions stand: no SELL intent was journaled for a bar whose order is a BUY.
+    sides = warehouse.read("orders").group_by("client_order_id").agg(pl.col("side").unique())
+    assert sorted(sides["side"].to_list()) == [["buy"], ["buy"]]
+
+
+def test_the_decision_verdict_and_intent_are_in_the_warehouse_before_the_order_is_sent(
+    start_exchange, tmp_path
+) -> None:
+    server = start_exchange()
+    warehouse = Warehouse(tmp_path / "wh")
+    clients = clients_for(server)
+    send, journaled = clients.trading.submit_order, {}
+
+    def submit_order(request):  # noqa: ANN001, ANN202 - what the warehouse holds as the order leaves
+        cid = request.client_order_id
+        verdicts = warehouse.read("risk_verdicts").filter(pl.col("client_order_id") == cid)
+        decisions = warehouse.read("decisions").join(verdicts.select("time", "symbol"), on=["time", "symbol"])
+        orders = warehouse.read("orders").filter(pl.col("client_order_id") == cid)
+        journaled[cid] = (
+            decisions["action"].to_list(),
+            verdicts["verdict"].to_list(),
+            orders["status"].to_list(),
+        )
+        return send(request)
+
+    clients.trading.submit_order = submit_order
+    session = LiveSession(live_config(max_decisions=1), clients, AlwaysBuy(), warehouse)
+    with Running(session, server):
+        pass
+    assert len(journaled) == 2
+    assert all(rows == (["BUY"], ["approved"], ["intent"]) for rows in journaled.values()), journaled
 
 
 def test_the_kill_switch_cancels_and_flattens_the_account_and_stops(start_exchange, tmp_path) -> None:
@@ -168,18 +207,92 @@ def test_wrong_keys_stop_the_session_with_a_clear_message_before_any_order(start
     assert warehouse.read("orders").is_empty()
 
 
+def journal_agrees_with_the_venue(server, warehouse: Warehouse, session_id: str) -> list[dict]:
+    """Order for order and fill for fill, the journal of `session_id` and the venue agree, and each
+    venue order's bar holds one decision: the one that placed it. Returns the venue's orders."""
+    venue = [o for o in venue_orders(server) if o["client_order_id"].startswith(f"{session_id}-")]
+    orders = warehouse.read("orders").filter(pl.col("run_id") == session_id)
+    fills = warehouse.read("fills").filter(pl.col("run_id") == session_id)
+    decisions = warehouse.read("decisions").filter(pl.col("run_id") == session_id)
+    verdicts = warehouse.read("risk_verdicts").filter(pl.col("run_id") == session_id)
+    ledger = server.venue.broker.ledger.store
+    assert len({o["client_order_id"] for o in venue}) == len(venue)  # never doubled
+    for order in venue:
+        rows = orders.filter(pl.col("client_order_id") == order["client_order_id"])
+        told = rows.filter(pl.col("order_id") == order["id"], ~pl.col("status").is_in(["submitted"]))
+        # Its final status, at the quantity the venue filled (a stream's "new" may share its time).
+        final = told.filter(pl.col("status") == order["status"])
+        assert final["filled_qty"].to_list() == [float(order["filled_qty"])], (order, rows)
+        assert told["filled_qty"].max() == float(order["filled_qty"])
+        assert "submitted" in rows["status"].to_list()
+        executions = sorted((f.qty, round(f.price, 6)) for f in ledger.load_fills(order["id"]))
+        mine = fills.filter(pl.col("order_id") == order["id"])
+        assert sorted(zip(mine["qty"], mine["price"].round(6), strict=True)) == executions, order
+        assert executions and mine["client_order_id"].to_list() == [order["client_order_id"]] * len(
+            executions
+        )
+    assert set(fills["order_id"]) <= {o["id"] for o in venue}  # no fill the venue did not make
+    # Every journaled order reached the venue or says why not.
+    at_venue = {o["client_order_id"] for o in venue}
+    for cid, statuses in orders.group_by("client_order_id").agg("status").iter_rows():
+        assert cid in at_venue or any(s == "not sent" or s.startswith("refused") for s in statuses), cid
+    # One decision per (time, symbol), and where the venue holds its order, the decision placed it.
+    assert decisions.group_by("time", "symbol").len()["len"].max() == 1
+    for order in venue:
+        verdict = verdicts.filter(pl.col("client_order_id") == order["client_order_id"])
+        assert verdict["verdict"].to_list() == ["approved"]
+        decided = decisions.join(verdict.select("time", "symbol"), on=["time", "symbol"])
+        assert decided["action"].to_list() == [order["side"].upper()]
+    return venue
+
+
+def test_a_sigkill_between_the_venues_answer_and_the_journal_loses_nothing_after_a_restart(
+    start_exchange, tmp_path
+) -> None:
+    server = start_exchange()
+    env = {**os.environ, "ALPACA_API_KEY": KEY, "ALPACA_SECRET_KEY": SECRET, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop(FAULT_POINT, None)
+    wh = tmp_path / "wh"
+    args = [sys.executable, "-m", "tests.live.session_process", server.base_url, "k2"]
+    # The first process sends its first order (BTC), and dies by SIGKILL as the venue's answer arrives.
+    first = subprocess.run(
+        [*args, "5", str(wh), "buy-once"],
+        cwd=REPO_ROOT,
+        env={**env, FAULT_POINT: "after_submit"},
+        capture_output=True,
+        timeout=120,
+    )
+    assert first.returncode == -signal.SIGKILL, first.stderr.decode()[-2000:]
+    placed = venue_orders(server)
+    assert [(o["symbol"], o["status"]) for o in placed] == [("BTC/USDT", "filled")]
+    warehouse = Warehouse(wh)
+    # Written ahead: the decision, its verdict and the intent; the venue's answer died with the process.
+    assert warehouse.read("orders")["status"].to_list() == ["intent"]
+    assert warehouse.read("decisions")["action"].to_list() == ["BUY"]
+    assert warehouse.read("fills").is_empty()
+    # Restarted on the same bar: it holds BTC now and would not order it again, so only reconciling
+    # with the venue can journal that order and its fill.
+    second = subprocess.run(
+        [*args, "1", str(wh), "buy-once"], cwd=REPO_ROOT, env=env, capture_output=True, timeout=120
+    )
+    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    report = json.loads(second.stdout.decode().strip().splitlines()[-1])
+    assert report["orders_reused"] == 1 and report["orders_submitted"] == 1  # BTC followed, ETH bought
+    venue = journal_agrees_with_the_venue(server, warehouse, "k2")
+    assert sorted(o["symbol"] for o in venue) == ["BTC/USDT", "ETH/USDT"]
+    assert warehouse.read("decisions")["action"].to_list() == ["BUY", "BUY"]  # no HOLD beside the BUY
+    # Where users look: a fresh DuckDB connection to the file sees the same journal.
+    with duckdb.connect(str(warehouse.duckdb_path), read_only=True) as con:
+        for table in ("decisions", "risk_verdicts", "orders", "fills", "equity"):
+            assert (
+                con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == warehouse.read(table).height > 0
+            )
+
+
 @pytest.mark.slow  # two fresh Python processes: most of its time is their imports
 def test_a_session_killed_by_sigkill_and_restarted_reconciles_and_never_doubles(
     start_exchange, tmp_path
 ) -> None:
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from crypto_pipeline.config import REPO_ROOT
-
     server = start_exchange()
     env = {**os.environ, "ALPACA_API_KEY": KEY, "ALPACA_SECRET_KEY": SECRET, "PYTHONPATH": str(REPO_ROOT)}
     args = [sys.executable, "-m", "tests.live.session_process", server.base_url, "k1"]
