@@ -28,7 +28,7 @@ from crypto_pipeline.live.orders import FAULT_POINT
 from crypto_pipeline.live.session import LiveSession
 from crypto_pipeline.warehouse import Warehouse
 
-from .conftest import KEY, SECRET, START, SYMBOLS, AlwaysBuy, Running, clients_for, live_config
+from .conftest import KEY, SECRET, START, SYMBOLS, AlwaysBuy, BuyOnce, Running, clients_for, live_config
 
 
 def venue_orders(server) -> list[dict]:
@@ -287,6 +287,39 @@ def test_a_sigkill_between_the_venues_answer_and_the_journal_loses_nothing_after
             assert (
                 con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == warehouse.read(table).height > 0
             )
+
+
+def test_a_restart_with_a_lost_journal_recovers_the_venues_orders_fills_and_decisions(
+    start_exchange, tmp_path
+) -> None:
+    server = start_exchange()
+    first = LiveSession(
+        live_config(session_id="r1", max_decisions=1),
+        clients_for(server),
+        BuyOnce(),
+        Warehouse(tmp_path / "a"),
+    )
+    with Running(first, server):
+        pass
+    # Restarted on a warehouse that lost the journal (as a kill before write-ahead lost a batch), but
+    # for one intent whose order never reached the venue.
+    warehouse = Warehouse(tmp_path / "b")
+    lost = "r1-BTCUSDT-20240805T1100-d"
+    intent = {"time": [START - timedelta(hours=1)], "run_id": ["r1"], "symbol": ["BTC/USDT"]}
+    warehouse.upsert("orders", pl.DataFrame({**intent, "client_order_id": [lost], "status": ["intent"]}))
+    second = LiveSession(
+        live_config(session_id="r1", max_decisions=1), clients_for(server), BuyOnce(), warehouse
+    )
+    with Running(second, server):
+        pass
+    assert second.report.orders_submitted == 0 and second.report.orders_reused == 2
+    venue = journal_agrees_with_the_venue(server, warehouse, "r1")
+    assert len(venue) == 2
+    decisions = warehouse.read("decisions")
+    assert decisions["provider"].to_list() == ["venue", "venue"]  # recovered, not decided again (HOLD)
+    assert decisions["raw_output"].str.starts_with("recovered from the venue").all()
+    statuses = warehouse.read("orders").filter(pl.col("client_order_id") == lost)["status"].to_list()
+    assert statuses == ["intent", "not sent"]
 
 
 @pytest.mark.slow  # two fresh Python processes: most of its time is their imports
