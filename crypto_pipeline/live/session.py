@@ -122,6 +122,7 @@ class LiveSession:
             clients.trading, self.journal, config.session_id, attempts=config.submit_attempts
         )
         self.buffer = BarBuffer(config.symbols, config.base, max_bars_for(config.base, config.lookback_days))
+        self._gaps: list[Gap] = []  # revealed by stream bars, backfilled when the queue is drained
         # Kept by the data stream's thread (see book.py); read here at each decision time.
         self.books = LiveBooks(config.symbols)
         self._data_stream: Any = None
@@ -292,7 +293,11 @@ class LiveSession:
             try:
                 kind, payload = self.events.get_nowait()
             except queue.Empty:
-                return
+                break
+        # The gaps the drained bars revealed, fetched together: after a reconnect each symbol's first
+        # bar reveals its own gap, and fetching each as it came was one request per symbol.
+        gaps, self._gaps = self._gaps, []
+        self._backfill(gaps)
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "bar":
@@ -302,7 +307,7 @@ class LiveSession:
             self._stale_logged = False
             gap = self.buffer.add_stream_bar(symbol, bar)
             if gap is not None:
-                self._backfill([gap])
+                self._gaps.append(gap)  # fetched at the end of this drain (`_drain`)
         elif kind == "order":
             self.desk.observe(payload)
         elif kind == "malformed":

@@ -108,6 +108,31 @@ def test_a_reconnect_backfills_every_symbol_in_one_request_keeping_only_what_eac
     assert session.report.bars_backfilled == 12 + 18
 
 
+def test_the_gaps_a_reconnect_reveals_bar_by_bar_are_fetched_in_one_request(tmp_path, small_data) -> None:
+    recorded = pl.read_parquet(small_data / "bars_5m.parquet").filter(
+        pl.col("timestamp") >= START - timedelta(hours=2), pl.col("timestamp") < START
+    )
+    data = CountingBars(recorded)
+    session = LiveSession(
+        live_config(), SimpleNamespace(trading=None, data=data), AlwaysBuy(), Warehouse(tmp_path / "wh")
+    )
+    btc, eth = (pl.col("symbol") == s for s in SYMBOLS)
+    ts = pl.col("timestamp")
+    session.buffer.insert(
+        recorded.filter(
+            (btc & (ts < START - timedelta(hours=1))) | (eth & (ts < START - timedelta(minutes=90)))
+        )
+    )
+    # The first bar of each symbol after the reconnect, as the stream thread queues them.
+    last = recorded.filter(ts == START - timedelta(minutes=5))
+    for row in last.iter_rows(named=True):
+        session.events.put(("bar", (row["symbol"], row)))
+    session._drain(timeout=0)
+    assert data.requests == [(SYMBOLS, START - timedelta(minutes=90), START - timedelta(minutes=5))]
+    assert session.buffer.frame().height == recorded.height
+    assert session.report.gaps_backfilled == 2
+
+
 # 429 waits out alpaca-py's own 1 s retry before ours: slow.
 @pytest.mark.parametrize("codes", [[500, 503], pytest.param([429, 502], marks=pytest.mark.slow)])
 def test_errors_on_submission_never_double_an_order(start_exchange, tmp_path, codes) -> None:
