@@ -2,7 +2,8 @@
 provider -> the same `RiskEngine` -> idempotent orders -> the journal.
 
 One session, step by step:
-1. check the keys (a refused key stops here, before any order), reconcile open orders and positions;
+1. check the keys (a refused key stops here, before any order), reconcile the session's orders (any
+   status: the journal catches up with the venue after a crash, see `OrderDesk.reconcile`) and positions;
 2. load `lookback_days` of base bars through REST, then follow `CryptoDataStream` bars, quotes and order
    books (`book.LiveBooks`) and `TradingStream` order updates (each client in its own thread,
    reconnecting by itself);
