@@ -1,5 +1,7 @@
 """Faults from the exchange's own injection (and a proxy for what it cannot inject): nothing lost,
-nothing doubled, a kill switch that flattens, wrong keys refused before any order."""
+nothing doubled, a kill switch that flattens, wrong keys refused before any order; a session killed by
+SIGKILL between the venue's answer and the journal (the fault point `after_submit`) and restarted: the
+journal and the venue agree order for order and fill for fill."""
 
 from __future__ import annotations
 
