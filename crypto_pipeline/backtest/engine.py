@@ -205,7 +205,7 @@ def run_policy(
     venue = SimulatedVenue(
         opens, volumes, init_cash=init_cash, fee_bps=fee_bps, slippage_bps=slippage_bps, journal=journal
     )
-    step = DecisionStep(provider, risk, venue, journal, session_id=run_id, decide=decide, write_ahead=False)
+    step = DecisionStep(provider, risk, venue, journal, session_id=run_id, decide=decide)
     decisions: list[TradeDecision] = []
     outcomes: list[RiskResult] = []
     seen: list[MarketState] = []

@@ -90,6 +90,7 @@ class SimulatedVenue:
         self.decided_at: dict[str, datetime] = {}  # client id -> the decision time it answers
         self._pending: list[_Pending] = []
         self._marks: dict[str, float] = {}
+        self.decided: dict[tuple[datetime, str], str | None] = {}  # a backtest never restarts
 
     # --- the Venue protocol ---------------------------------------------------------------------------
     def mark(self, marks: dict[str, float]) -> None:
@@ -118,6 +119,9 @@ class SimulatedVenue:
         if self.journal is not None:
             self.journal.order_event(at, order, status="submitted")
         return order
+
+    def resume(self, cid: str, at: datetime) -> dict[str, Any] | None:
+        return None
 
     # --- the next bar -------------------------------------------------------------------------------
     def fill_pending(self, bar: pd.Timestamp | None) -> None:

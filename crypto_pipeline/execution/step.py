@@ -70,9 +70,10 @@ Decide = Callable[[DecisionProvider, list[MarketState]], list[TradeDecision]]
 
 
 class DecisionStep:
-    """One decision time, end to end. `decide` may put a cache in front of the provider (backtests);
-    `write_ahead` makes the decision and the verdict durable (`Journal.write_ahead`) before an order
-    leaves the process (live, MCP; a backtest, which loses nothing to a crash, writes at the end)."""
+    """One decision time, end to end. `decide` may put a cache in front of the provider (backtests).
+    The decision and verdict rows are journaled before the venue is called; the live desk makes them
+    durable, with the intent, before the order leaves (`Journal.write_ahead`; a backtest, which loses
+    nothing to a crash, writes its journal at the end)."""
 
     def __init__(
         self,
@@ -83,13 +84,11 @@ class DecisionStep:
         *,
         session_id: str,
         decide: Decide = decide_safely,
-        write_ahead: bool = True,
         show_prompt: bool = True,
     ) -> None:
         self.provider, self.risk, self.venue, self.journal = provider, risk, venue, journal
         self.session_id = session_id
         self.decide = decide
-        self.write_ahead = write_ahead
         # False for an outside agent's own request (MCP): no model saw a prompt.
         self.show_prompt = show_prompt
 
@@ -140,6 +139,11 @@ class DecisionStep:
         """One decision through the risk engine (no state: no valid price, so no order), the journal and,
         approved, the venue."""
         symbol = decision.symbol or ""
+        if (at, symbol) in self.venue.decided:
+            # Journaled before a restart: that decision and its order stand, whatever is decided now.
+            cid = self.venue.decided[(at, symbol)]
+            order = self.venue.resume(cid, at) if cid else None
+            return Gated(decision, state, RiskResult(reason="decided before a restart"), cid, order)
         started = time.perf_counter()
         result = self.risk.evaluate(
             decision,
@@ -158,9 +162,5 @@ class DecisionStep:
             return Gated(decision, state, result)
         cid = client_order_id(self.session_id, symbol, at)
         self.journal.verdict(at, symbol, decision.action.value, result, cid)
-        if self.write_ahead:
-            # Durable before the order leaves: a crash after sending leaves the decision, the verdict
-            # and the client id to find the venue's order by (see OrderDesk.reconcile).
-            self.journal.write_ahead()
         order = self.venue.submit(result.intent, cid, at)
         return Gated(decision, state, result, cid, order, (time.perf_counter() - started) * 1e3)

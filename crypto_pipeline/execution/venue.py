@@ -6,6 +6,7 @@ paper API or the local exchange)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -13,7 +14,12 @@ from crypto_pipeline.trading import Account, OrderIntent, rules
 
 
 class Venue(Protocol):
-    """Where approved intents go. The account it reports is what the next decision is sized on."""
+    """Where approved intents go. The account it reports is what the next decision is sized on. A venue
+    that journals durably writes the intent ahead before it sends (`OrderDesk.submit`)."""
+
+    # (decision time, symbol) -> client id (None: no order) of decisions a session journaled before a
+    # restart: they stand, and are not decided again (the live desk fills it at `reconcile`).
+    decided: Mapping[tuple[datetime, str], str | None]
 
     def account(self) -> Account:
         """Cash, equity and positions now, including what orders sent so far have done to them."""
@@ -22,6 +28,10 @@ class Venue(Protocol):
     def submit(self, intent: OrderIntent, cid: str, at: datetime) -> dict[str, Any] | None:
         """Send `intent` under client id `cid` (never twice: the same id names the same order). Returns
         the venue's order, or None when the venue refused it."""
+        ...
+
+    def resume(self, cid: str, at: datetime) -> dict[str, Any] | None:
+        """The venue's order `cid` of a decision made before a restart, followed as one already sent."""
         ...
 
 

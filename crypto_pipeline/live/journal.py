@@ -47,7 +47,7 @@ class Journal:
         # Called with (table, row) as each row is journaled: metrics and alerts follow the journal.
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._keys: dict[str, set[tuple[Any, ...]]] = defaultdict(set)
-        self.recovered = self._recover()
+        self.recovered_rows = self._recover()
 
     def decision(
         self,
@@ -79,6 +79,41 @@ class Journal:
             latency_ms=decision.latency_ms,
             prompt_tokens=decision.prompt_tokens,
             completion_tokens=decision.completion_tokens,
+        )
+
+    def recovered(self, at: datetime, symbol: str, order: dict[str, Any]) -> None:
+        """The decision and approved verdict of a venue order whose own rows a crash lost (the
+        venue's order is all that is left of them: no prompt, no state)."""
+        cid = order.get("client_order_id")
+        side = _text(order.get("side")) or ""
+        note = f"recovered from the venue after a restart: order {cid} ({_text(order.get('status'))})"
+        self._add(
+            "decisions",
+            time=at,
+            symbol=symbol,
+            provider="venue",
+            raw_output=note,
+            action=side.upper() or None,
+            valid=True,  # only a valid decision becomes an order
+        )
+        self._add(
+            "risk_verdicts",
+            time=at,
+            symbol=symbol,
+            action=side.upper() or None,
+            verdict="approved",
+            reasons=[note],
+            side=side or None,
+            qty=_float(order.get("qty")),
+            notional=_float(order.get("notional")),
+            client_order_id=cid,
+        )
+
+    def stored(self, table: str, columns: list[str]) -> pl.DataFrame:
+        """This session's rows of `table` already in the warehouse (what a restarted session journaled
+        before)."""
+        return (
+            self.warehouse.scan(table).filter(pl.col("run_id") == self.session_id).select(columns).collect()
         )
 
     def verdict(
@@ -182,6 +217,7 @@ class Journal:
                 os.fsync(log_file.fileno())
 
     def flush(self) -> None:
+        """Write the gathered rows; then the tables' DuckDB views show them (one refresh at most)."""
         if self.warehouse is None:
             return
         with self._wal_lock:
@@ -239,8 +275,10 @@ class Journal:
             spec = table_spec(table)
             schema = {name: dtype for name, dtype in spec.schema.items() if name != spec.stamp_column}
             frame = pl.DataFrame([{c: row.get(c) for c in schema} for row in rows], schema=schema)
-            warehouse.upsert(table, frame)
+            warehouse.upsert(table, frame, views=False)
             self.written[table] += frame.height
+        if pending:
+            warehouse.keep_views_current(*pending)
 
     def _add(self, table: str, **row: Any) -> None:
         entry = {"run_id": self.session_id, **row}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -47,6 +48,9 @@ class Warehouse:
         # Parquet encoding releases the GIL, so threads overlap encoding with file I/O; on 2 cores
         # 8 threads wrote the 2024 set's 250 day files ~1.5x faster than 1.
         self.max_workers = max_workers or min(8, 4 * (os.cpu_count() or 1))
+        # After a refresh another process kept from us (it holds the DuckDB file), writes do not try
+        # again before this monotonic time: a live loop flushes often (see `keep_views_current`).
+        self._views_retry_at = 0.0
 
     # --- layout --------------------------------------------------------------------------------
 
@@ -108,6 +112,7 @@ class Warehouse:
         *,
         ingested_at: datetime | None = None,
         progress: Callable[[int], None] | None = None,
+        views: bool = True,
     ) -> WriteReport:
         """Write rows into `table`, rewriting only the partitions they fall in.
 
@@ -116,7 +121,9 @@ class Warehouse:
         in each partition the rows touch, the stored rows of the given symbols become exactly the given
         rows, so a rebuild drops rows it no longer produces (use `replace` to also clear partitions
         where it produced nothing). Rows without the stamp column (`_ingested_at`) get `ingested_at`
-        (default: now). `progress(n)` is called as partitions finish.
+        (default: now). `progress(n)` is called as partitions finish. The table's DuckDB view is left
+        current (`keep_views_current`); `views=False` leaves that to the caller (one refresh after
+        writing several tables).
         """
         spec = table_spec(table)
         prepared = prepare(spec, df, ingested_at)
@@ -135,6 +142,8 @@ class Warehouse:
         jobs = [Job(tf, day, prepared, rows) for (tf, day), rows in split(spec, prepared).items()]
         report = self._run(spec, jobs, merge, progress)
         report.rows_given = df.height
+        if views:
+            self.keep_views_current(table)
         return report
 
     def replace(
@@ -149,11 +158,13 @@ class Warehouse:
         scope: pl.Expr | None = None,
         ingested_at: datetime | None = None,
         progress: Callable[[int], None] | None = None,
+        views: bool = True,
     ) -> WriteReport:
         """Make the rows of `symbols` x `timeframes` x days [first_day, last_day] (and matching `scope`,
         e.g. `pl.col("stage") == "bars"`) exactly `df`: stored rows in that scope that `df` lacks are
         removed, others are upserted. Rows of other symbols in the same partitions are untouched.
-        None for `symbols`, `timeframes` or a day means no limit on that side."""
+        None for `symbols`, `timeframes` or a day means no limit on that side. The DuckDB view is left
+        current as by `upsert`."""
         spec = table_spec(table)
         by_timeframe = spec.partitioning is Partitioning.TIMEFRAME_DAY
         tfs = [Timeframe.parse(tf).value for tf in timeframes] if timeframes is not None else None
@@ -190,6 +201,8 @@ class Warehouse:
         ]
         report = self._run(spec, jobs, merge, progress)
         report.rows_given = df.height
+        if views:
+            self.keep_views_current(table)
         return report
 
     def append_quarantine(self, df: pl.DataFrame) -> WriteReport:
@@ -417,6 +430,28 @@ class Warehouse:
     def _views_state(self) -> str:
         with_data = [s.name for s in registered_tables() if has_data(self.table_dir(s.name), s)]
         return "\n".join([str(self.root), *with_data])
+
+    def keep_views_current(self, *tables: str) -> bool:
+        """Make `warehouse.duckdb` show what `tables` hold now, for anyone who opens the file itself.
+
+        A view is a glob over the table's files, so later partitions show by themselves; what goes
+        stale is a table's first partition (its view is still the empty placeholder made before any
+        file existed: `select count(*) from decisions` said 0 beside 301 journaled rows) or its last
+        one removed. That is checked against the marker the last refresh left (a file read and one
+        glob per table), and only then are the views re-created (~0.1 s). Returns False when another
+        process holds the DuckDB file: tried again at a later write, at most every 30 s."""
+        marker = self.root / ".duckdb_views"
+        lines = marker.read_text().splitlines() if marker.is_file() else []
+        if self.duckdb_path.exists() and lines[:1] == [str(self.root)]:
+            listed = set(lines[1:])
+            if all((name in listed) == has_data(self.table_dir(name), table_spec(name)) for name in tables):
+                return True
+        if time.monotonic() < self._views_retry_at:
+            return False
+        if self.refresh_views():
+            return True
+        self._views_retry_at = time.monotonic() + 30
+        return False
 
     def refresh_views(self, *, force: bool = False) -> bool:
         """Re-create the views for people who open `warehouse.duckdb` themselves.

@@ -105,6 +105,29 @@ class AlwaysBuy:
         return out
 
 
+class BuyOnce:
+    """A provider that buys what it does not hold and holds what it does: a session restarted on the
+    bar of its buy does not order that symbol again, so only reconciliation can journal that order."""
+
+    name = "buy-once"
+
+    def decide(self, states: list) -> list[TradeDecision]:
+        return [
+            TradeDecision(
+                action=Action.HOLD
+                if s.portfolio is not None and s.portfolio.position_qty > 0
+                else Action.BUY,
+                confidence=90,
+                position_size_pct=10,
+                symbol=s.symbol,
+                at=s.at,
+                provider=self.name,
+                model_version="test",
+            )
+            for s in states
+        ]
+
+
 def clients_for(server: ExchangeServer, key: str = KEY, secret: str = SECRET) -> Clients:
     return Clients.connect(Endpoints.local(server.base_url), Credentials(SecretStr(key), SecretStr(secret)))
 

@@ -32,7 +32,7 @@ def test_rows_written_ahead_survive_a_process_that_never_flushed(tmp_path) -> No
     assert warehouse.read("decisions").is_empty()  # not flushed: only the log has them
     # The process is gone; the session starts again.
     restarted = Journal(warehouse, "s1")
-    assert restarted.recovered == 2
+    assert restarted.recovered_rows == 2
     assert not dead.wal_path.exists()
     decisions, verdicts = warehouse.read("decisions"), warehouse.read("risk_verdicts")
     assert decisions.height == 1 and decisions["action"][0] == "BUY" and decisions["time"][0] == AT
@@ -52,5 +52,5 @@ def test_a_flush_empties_the_log_and_a_torn_line_is_skipped(tmp_path) -> None:
     journal.write_ahead()
     with journal.wal_path.open("a") as log_file:
         log_file.write('{"table": "decisions", "row": {"ti')  # killed in the middle of a line
-    assert Journal(warehouse, "s2").recovered == 2
+    assert Journal(warehouse, "s2").recovered_rows == 2
     assert warehouse.read("decisions").height == 1 and warehouse.read("risk_verdicts").height == 1

@@ -4,7 +4,7 @@ no file a session writes."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from alpaca.common.exceptions import APIError
@@ -70,6 +70,39 @@ def test_an_order_the_venue_took_before_a_500_is_not_placed_again(tmp_path: Path
     desk.journal.flush()
     fills = desk.journal.warehouse.read("fills")
     assert fills["qty"].to_list() == [0.5]
+
+
+class ManyOrders:
+    """A venue holding 1,200 orders of session s (two at each minute) and some of session s-x; it
+    answers GET /v2/orders as Alpaca does: submitted after `after` (exclusive), oldest first, `limit`."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+        self.orders = [
+            {
+                "id": f"{session}{i}",
+                "client_order_id": client_order_id(
+                    session, "BTC/USDT", AT + timedelta(minutes=i // 2), f"d{i}"
+                ),
+                "created_at": (AT + timedelta(minutes=i // 2)).isoformat(),
+            }
+            for session, n in (("s", 1200), ("s-x", 10))
+            for i in range(n)
+        ]
+
+    def get_orders(self, request) -> list[dict]:  # noqa: ANN001
+        self.requests.append(request)
+        after = request.after
+        chosen = [o for o in self.orders if after is None or datetime.fromisoformat(o["created_at"]) > after]
+        return sorted(chosen, key=lambda o: o["created_at"])[: request.limit]
+
+
+def test_reconciling_pages_through_every_order_of_the_session_and_no_other(tmp_path: Path) -> None:
+    venue = ManyOrders()
+    desk = OrderDesk(venue, Journal(Warehouse(tmp_path), "s"), "s")  # type: ignore[arg-type]
+    orders = desk._session_orders(AT - timedelta(seconds=1))
+    assert sorted(o["id"] for o in orders) == sorted(f"s{i}" for i in range(1200))
+    assert len(venue.requests) == 3 and all(r.status.value == "all" for r in venue.requests)
 
 
 def test_the_secret_key_appears_in_no_file_the_session_writes(start_exchange, tmp_path, monkeypatch) -> None:

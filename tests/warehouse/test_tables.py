@@ -158,6 +158,34 @@ def test_journal_reads_filter_on_the_event_time_and_as_of(tmp_path: Path) -> Non
     assert wh.read("equity", as_of=t0 + HOUR).height == 1
 
 
+def test_every_write_leaves_the_duckdb_file_showing_the_rows_to_a_fresh_connection(tmp_path: Path) -> None:
+    import duckdb
+
+    wh = Warehouse(tmp_path)
+    wh.refresh_views()  # the placeholders a first `make run` stage leaves before the journal exists
+    t0 = datetime(2024, 5, 1, 23, 0, tzinfo=UTC)
+    rows = {
+        "decisions": pl.DataFrame({"time": [t0], "run_id": ["r"], "symbol": ["BTC/USDT"], "action": ["BUY"]}),
+        "risk_verdicts": pl.DataFrame({"time": [t0], "run_id": ["r"], "symbol": ["BTC/USDT"]}),
+        "orders": _orders(2),
+        "fills": pl.DataFrame({"time": [t0], "run_id": ["r"], "fill_id": ["o1:0.1"], "qty": [0.1]}),
+        "equity": pl.DataFrame({"time": [t0], "run_id": ["r"], "equity": [1e5]}),
+    }
+
+    def counts() -> dict[str, int]:
+        # Not the project's API: what `duckdb warehouse/warehouse.duckdb -c ...` sees.
+        with duckdb.connect(str(wh.duckdb_path), read_only=True) as con:
+            return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in rows}
+
+    assert counts() == dict.fromkeys(rows, 0)
+    for table, frame in rows.items():
+        wh.upsert(table, frame)
+    assert counts() == {t: f.height for t, f in rows.items()}
+    # A table whose last partition goes shows as empty again, not as an error on a glob of no files.
+    wh.replace("orders", _orders(0), symbols=None, timeframes=None, first_day=None, last_day=None)
+    assert counts()["orders"] == 0
+
+
 def test_risk_verdicts_keep_their_reasons_as_a_list(tmp_path: Path) -> None:
     wh = Warehouse(tmp_path)
     verdict = pl.DataFrame(
