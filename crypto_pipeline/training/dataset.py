@@ -34,7 +34,7 @@ from crypto_pipeline.llm.prompts import (
 )
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.quality import SAMPLE_ROWS, CheckResult
-from crypto_pipeline.state import market_state_table, state_from_row
+from crypto_pipeline.state.build import market_state_table, state_from_row
 from crypto_pipeline.timeutil import as_utc
 from crypto_pipeline.training.labels import (
     DEFAULT_VOLATILITY_COLUMN,

@@ -13,7 +13,8 @@ import polars as pl
 
 from crypto_pipeline.llm.decision import Action, TradeDecision
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
-from crypto_pipeline.state import MarketState, state_from_row
+from crypto_pipeline.state import MarketState
+from crypto_pipeline.state.build import state_from_row
 from crypto_pipeline.training.dataset import ACTIONS, DatasetError
 from crypto_pipeline.training.finetune import balanced_subsample
 

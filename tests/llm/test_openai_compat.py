@@ -248,9 +248,10 @@ def test_states_are_sent_concurrently_and_answers_keep_their_order(server: ChatC
 
 def test_a_malformed_state_is_an_invalid_hold_not_an_exception() -> None:
     class Broken:
-        symbol, at, portfolio = "BTC/USDT", None, None
+        symbol, at, portfolio = "BTC/USDT", MarketState.example().at, None
 
-        def to_prompt(self, anonymize: bool = False) -> str:
+        @property
+        def price(self) -> float:  # read first when the prompt is rendered
             raise RuntimeError("state cannot be encoded")
 
     provider = OpenAICompatible(base_url="http://127.0.0.1:9", model="m", max_attempts=1)
