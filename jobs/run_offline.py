@@ -28,7 +28,7 @@ from rich.console import Console
 from assets.resources import MarketDataSourceResource
 from assets.training import MlflowResource
 from crypto_pipeline.config import Settings, get_settings
-from jobs import make_definitions
+from definitions import make_definitions
 
 # Dagster's documented run tags of a single-run backfill over a range of partitions (both keys included).
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"

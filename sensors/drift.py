@@ -7,7 +7,7 @@ the threshold and the fewest live decisions worth judging. One request per (live
 import dagster as dg
 
 from assets.resources import WarehouseResource
-from assets.training import retrain_job
+from jobs.training import retrain_job
 from crypto_pipeline.config import get_settings
 from crypto_pipeline.live.drift import journal_drift, journal_runs, pick_runs
 
