@@ -1,5 +1,5 @@
 """`live_performance`: a live run's equity against buy-and-hold, valid-decision rate and slippage
-against the backtest's assumptions, from the journal (`crypto_pipeline.live.performance`)."""
+against the backtest's assumptions, from the journal (`crypto_pipeline.journal.performance`)."""
 
 import base64
 from pathlib import Path
@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.resources import WarehouseResource
-from crypto_pipeline.live.performance import live_performance as summarize
+from crypto_pipeline.journal.performance import live_performance as summarize
 
 
 class LivePerformanceConfig(dg.Config):

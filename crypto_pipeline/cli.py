@@ -652,7 +652,7 @@ def replay_decisions_command(
 
     from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
-    from crypto_pipeline.live.replay import journaled_decisions, journaled_model, replay_decisions
+    from crypto_pipeline.journal.replay import journaled_decisions, journaled_model, replay_decisions
     from crypto_pipeline.registry import ProviderOptions, make_provider
     from crypto_pipeline.warehouse import Warehouse
 

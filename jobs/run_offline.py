@@ -337,7 +337,7 @@ def live_summary(
 ) -> list[str]:
     """The session's summary, read back from the journal, with what only the session knows (which model
     decided, why it stopped, decision -> order latency)."""
-    from crypto_pipeline.live.summary import summarize_journal
+    from crypto_pipeline.journal.summary import summarize_journal
     from crypto_pipeline.warehouse import Warehouse
 
     report = result.output_for_node("live_paper_session")
