@@ -7,9 +7,9 @@ the threshold and the fewest live decisions worth judging. One request per (live
 import dagster as dg
 
 from assets.resources import WarehouseResource
-from jobs.training import retrain_job
 from crypto_pipeline.config import get_settings
 from crypto_pipeline.journal.drift import journal_drift, journal_runs, pick_runs
+from jobs.training import retrain_job
 
 
 def _drift_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SensorResult:
