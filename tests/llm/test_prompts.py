@@ -49,7 +49,9 @@ def test_an_anonymized_state_renders_anonymized_through_every_entry_point() -> N
     assert "BTC" not in build_user_prompt(hidden) and "2024" not in build_user_prompt(hidden)
     # Derived states (the live loop and the backtest add the portfolio) stay anonymized.
     flat = Portfolio(cash=10000.0, equity=10000.0)
-    assert build_user_prompt(hidden, portfolio=flat) == build_user_prompt(state, portfolio=flat, anonymize=True)
+    assert build_user_prompt(hidden, portfolio=flat) == build_user_prompt(
+        state, portfolio=flat, anonymize=True
+    )
 
 
 def test_recent_trades_after_the_decision_time_are_never_shown() -> None:
@@ -73,9 +75,7 @@ def test_portfolio_argument_replaces_the_states_portfolio() -> None:
     )
     assert with_book != flat
     assert with_book == render_state(
-        state.with_portfolio(
-            Portfolio(position_qty=0.1, avg_entry_price=60000.0, cash=1000.0, equity=8000.0)
-        )
+        state.with_portfolio(Portfolio(position_qty=0.1, avg_entry_price=60000.0, cash=1000.0, equity=8000.0))
     )
 
 
