@@ -51,6 +51,9 @@ DEFERRED_FOR_START_UP: dict[tuple[str, str], str] = {
     ("crypto_pipeline.llm.local", "crypto_pipeline.llm.kv_cache"): (
         "torch and transformers: importing LocalLLM does not load them, generating does"
     ),
+    ("crypto_pipeline.registry", "crypto_pipeline.llm.openai_compat"): (
+        "httpx: only the `openai` provider talks HTTP"
+    ),
     ("crypto_pipeline.state.build", "crypto_pipeline.ingest"): (
         "alpaca-py (through market.sources): building states from the warehouse never fetches bars"
     ),
@@ -64,34 +67,6 @@ DEFERRING_MODULES: dict[str, str] = {
         "each command imports what it runs, so `crypto-pipeline --help` answers without loading polars, "
         "torch, alpaca-py or vectorbt"
     ),
-}
-# TEMPORARY, remove on merge: function-local imports in code that branch h5-registry rewrites (the one
-# model registry and provider factory). The first two hold the backtest/gate.py <-> backtest/run.py
-# circle together; h5-registry removes that circle. The rest sit in the functions it replaces.
-KNOWN_ON_OTHER_BRANCHES: dict[tuple[str, str], str] = {
-    ("crypto_pipeline.backtest.run", "crypto_pipeline.backtest.gate"): "h5-registry: the gate <-> run circle",
-    ("crypto_pipeline.backtest.gate", "crypto_pipeline.backtest.run"): "h5-registry: the gate <-> run circle",
-    ("crypto_pipeline.backtest.gate", "crypto_pipeline.backtest.cache"): "h5-registry: rewrites promote()",
-    (
-        "crypto_pipeline.backtest.gate",
-        "crypto_pipeline.backtest.walkforward",
-    ): "h5-registry: rewrites promote()",
-    ("crypto_pipeline.backtest.gate", "crypto_pipeline.config"): "h5-registry: rewrites promote()",
-    ("crypto_pipeline.backtest.gate", "crypto_pipeline.llm.rule_based"): "h5-registry: rewrites promote()",
-    ("crypto_pipeline.backtest.gate", "crypto_pipeline.warehouse"): "h5-registry: rewrites promote()",
-    ("crypto_pipeline.backtest.run", "crypto_pipeline.config"): "h5-registry: moves registered_model",
-    ("crypto_pipeline.backtest.run", "crypto_pipeline.llm.local"): "h5-registry: one provider factory",
-    ("crypto_pipeline.backtest.run", "crypto_pipeline.llm.rule_based"): "h5-registry: one provider factory",
-    ("crypto_pipeline.live.providers", "crypto_pipeline.llm.local"): "h5-registry: one provider factory",
-    (
-        "crypto_pipeline.live.providers",
-        "crypto_pipeline.llm.openai_compat",
-    ): "h5-registry: one provider factory",
-    ("crypto_pipeline.live.providers", "crypto_pipeline.llm.rule_based"): "h5-registry: one provider factory",
-    ("crypto_pipeline.live.providers", "crypto_pipeline.llm.swarm"): "h5-registry: one provider factory",
-}
-KNOWN_CIRCLES = {
-    pair for pair, why in KNOWN_ON_OTHER_BRANCHES.items() if why == "h5-registry: the gate <-> run circle"
 }
 # The one door from the library into the Dagster layer: `crypto-pipeline run` runs the Dagster jobs.
 LIBRARY_TO_DAGSTER = {("crypto_pipeline.cli", "jobs.run_offline")}
@@ -185,11 +160,9 @@ def _depends_on(i: Import) -> list[str]:
     return [m for m in chain if m in modules() and m != i.importer and not i.importer.startswith(m + ".")]
 
 
-def graph(skip: set[tuple[str, str]] = frozenset()) -> dict[str, dict[str, Import]]:
+def graph() -> dict[str, dict[str, Import]]:
     edges: dict[str, dict[str, Import]] = {m: {} for m in modules()}
     for i in imports():
-        if (i.importer, i.imported) in skip:
-            continue
         for dep in _depends_on(i):
             edges[i.importer].setdefault(dep, i)
     return edges
@@ -270,7 +243,7 @@ def test_the_graph_sees_every_module_and_both_kinds_of_import() -> None:
 
 
 def test_no_module_of_the_library_reaches_itself_through_its_imports() -> None:
-    edges = graph(skip=KNOWN_CIRCLES)
+    edges = graph()
     library = {m: {d: i for d, i in out.items() if d.startswith(LIBRARY)} for m, out in edges.items()}
     library = {m: out for m, out in library.items() if m.startswith(LIBRARY)}
     found = cycles(library)
@@ -280,7 +253,7 @@ def test_no_module_of_the_library_reaches_itself_through_its_imports() -> None:
 
 
 def test_no_module_of_the_dagster_layer_reaches_itself_through_its_imports() -> None:
-    edges = graph(skip=KNOWN_CIRCLES)
+    edges = graph()
     found = cycles(edges)
     assert not found, "import circles:\n  " + "\n\n  ".join(describe(c, edges) for c in found)
 
@@ -300,17 +273,16 @@ def test_the_library_never_imports_dagster_or_the_dagster_layer() -> None:
 
 
 def test_a_function_local_import_only_defers_a_heavy_dependency_never_dodges_a_circle() -> None:
-    allowed = {**DEFERRED_FOR_START_UP, **KNOWN_ON_OTHER_BRANCHES}
-    edges = graph(skip=KNOWN_CIRCLES)
+    edges = graph()
     wrong: list[str] = []
     for i in dict.fromkeys(imports()):  # one per import statement and module named
         if not (i.local and i.importer.startswith(LIBRARY) and i.imported.startswith(LIBRARY)):
             continue
         # At module level it would run at import: would that close a circle?
         back = any(_reaches(edges, dep, i.importer) for dep in _depends_on(i))
-        if back and (i.importer, i.imported) not in KNOWN_CIRCLES:
+        if back:
             wrong.append(f"{i.where}: {i.importer} imports {i.imported} in a function to dodge a circle")
-        elif i.importer not in DEFERRING_MODULES and (i.importer, i.imported) not in allowed:
+        elif i.importer not in DEFERRING_MODULES and (i.importer, i.imported) not in DEFERRED_FOR_START_UP:
             wrong.append(
                 f"{i.where}: {i.importer} imports {i.imported} in a function: import it at the top, or, "
                 "if it keeps a heavy dependency off start-up, add it with the reason to DEFERRED_FOR_START_UP"
@@ -320,7 +292,7 @@ def test_a_function_local_import_only_defers_a_heavy_dependency_never_dodges_a_c
 
 def test_every_allowlisted_deferred_import_still_exists() -> None:
     local = {(i.importer, i.imported) for i in imports() if i.local}
-    stale = [pair for pair in [*DEFERRED_FOR_START_UP, *KNOWN_ON_OTHER_BRANCHES] if pair not in local]
+    stale = [pair for pair in DEFERRED_FOR_START_UP if pair not in local]
     assert not stale, f"allowlist entries no function-local import uses any more (remove them): {stale}"
     assert all(DEFERRED_FOR_START_UP.values()) and all(DEFERRING_MODULES.values())
 
