@@ -3,7 +3,6 @@ folds run in parallel on the multiprocess executor or a cluster executor), then 
 
 Each asset is a thin call into `crypto_pipeline.backtest`."""
 
-import base64
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from crypto_pipeline.backtest.walkforward import (
 )
 from crypto_pipeline.config import Settings, get_settings
 from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.plots import png_markdown
 from crypto_pipeline.registry import CHALLENGER, CHAMPION, MODEL_NAME, RegisteredModel, make_provider, resolve
 from crypto_pipeline.warehouse import Warehouse
 
@@ -56,16 +56,18 @@ class BacktestConfig(dg.Config):
     )
 
 
-def _results_dir() -> Path:
+def results_dir() -> Path:
+    """Each policy's fold results on every symbol (the report's ground); the report is written beside."""
     return get_settings().warehouse_dir / "reports" / "walk_forward" / "folds"
 
 
-def _gate_dir() -> Path:
+def gate_dir() -> Path:
     """The gate's ground: the LLMs and every baseline on the LLM's symbols, folds and decision times."""
-    return _results_dir().parent / "gate"
+    return results_dir().parent / "gate"
 
 
-def _config(config: BacktestConfig, every: float) -> WalkForwardConfig:
+def walk_forward_config(config: BacktestConfig, every: float) -> WalkForwardConfig:
+    """The walk-forward of an asset's run config, with a decision every `every` hours."""
     return WalkForwardConfig(
         symbols=tuple(config.symbols), decision_every_hours=every, data_dir=get_settings().market_data_dir
     )
@@ -85,10 +87,10 @@ def baseline_backtests(context: dg.AssetExecutionContext, config: BacktestConfig
     """buy_hold, ema_cross, rsi, LightGBM and RuleBased (through the risk engine) on one fold."""
     from crypto_pipeline.llm.rule_based import RuleBased
 
-    wf = _config(config, config.decision_every_hours)
+    wf = walk_forward_config(config, config.decision_every_hours)
     fold = fold_by_key(wf.folds(), context.partition_key)
     report = walk_forward(wf, providers={"rules": RuleBased()}, folds=[fold])
-    save_fold_results(report.results, _results_dir())
+    save_fold_results(report.results, results_dir())
     return dg.MaterializeResult(
         metadata={"fold": fold.as_dict().__repr__(), "results": dg.MetadataValue.md(_table_md(report))}
     )
@@ -130,7 +132,7 @@ def llm_backtests(
 
     settings = _settings(mlflow)
     wf = replace(
-        _config(config, config.llm_decision_every_hours),
+        walk_forward_config(config, config.llm_decision_every_hours),
         symbols=tuple(config.llm_symbols or config.symbols),
     )
     fold = fold_by_key(wf.folds(), context.partition_key)
@@ -164,8 +166,8 @@ def llm_backtests(
         audited=audited,
         audit_samples=config.audit_samples,
     )
-    save_fold_results([r for r in report.results if r.policy in llms], _results_dir())
-    save_fold_results(report.results, _gate_dir())
+    save_fold_results([r for r in report.results if r.policy in llms], results_dir())
+    save_fold_results(report.results, gate_dir())
     # The LLMs' runs into the live journal tables (run `backtest-<policy>-<fold>`): one query compares
     # live with backtest, and drift_sensor takes the newest as what live trading should look like.
     journaled = {
@@ -197,8 +199,8 @@ def walk_forward_report(context: dg.AssetExecutionContext, config: BacktestConfi
     from crypto_pipeline.backtest.report import write_report
     from crypto_pipeline.llm.rule_based import RuleBased
 
-    wf = _config(config, config.decision_every_hours)
-    report = load_fold_results(_results_dir(), wf.folds())
+    wf = walk_forward_config(config, config.decision_every_hours)
+    report = load_fold_results(results_dir(), wf.folds())
     data = MarketData.load(wf)
     samples = [(s, f.test_start) for f in report.folds for s in wf.symbols][:6]
     audits = [truncation_audit(lambda _: RuleBased(), data.bars_by_tf, samples)]
@@ -206,13 +208,12 @@ def walk_forward_report(context: dg.AssetExecutionContext, config: BacktestConfi
     llm = LLMWalkForward(
         tuple(config.llm_symbols or config.symbols), config.llm_decision_every_hours, config.audit_samples
     )
-    paths = write_report(report, _results_dir().parent, [*audits, *llm_audits], extra=llm.describe(wf))
-    png = base64.b64encode(paths["png"].read_bytes()).decode()
+    paths = write_report(report, results_dir().parent, [*audits, *llm_audits], extra=llm.describe(wf))
     table = report.table()
     return dg.MaterializeResult(
         metadata={
             "table": dg.MetadataValue.md(table.to_pandas().to_markdown(index=False, floatfmt=".3g")),
-            "equity_and_drawdowns": dg.MetadataValue.md(f"![walk-forward](data:image/png;base64,{png})"),
+            "equity_and_drawdowns": dg.MetadataValue.md(png_markdown(paths["png"], "walk-forward")),
             "html": dg.MetadataValue.path(str(paths["html"])),
             "llm_walk_forward": llm.describe(wf),
             "audits_passed": all(a.passed for a in [*audits, *llm_audits]),
@@ -236,7 +237,7 @@ def promotion(config: BacktestConfig, mlflow: MlflowResource) -> dg.MaterializeR
     ref = config.llm_policy.split(":", 1)[1] if ":" in config.llm_policy else CHALLENGER
     challenger = resolve(ref, settings)
     champion = _champion(settings, challenger)
-    report = load_fold_results(_gate_dir(), _config(config, config.decision_every_hours).folds())
+    report = load_fold_results(gate_dir(), walk_forward_config(config, config.decision_every_hours).folds())
     ours = llm_policy_name(challenger.version)
     decision = decide_promotion(
         report,

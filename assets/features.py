@@ -11,7 +11,7 @@ from crypto_pipeline.config import get_settings
 from crypto_pipeline.features import build_features
 from crypto_pipeline.features.build import DEFAULT_LOOKBACK_DAYS
 from crypto_pipeline.plots import feature_charts
-from crypto_pipeline.state import (
+from crypto_pipeline.state.build import (
     DEFAULT_DECISION_TIMEFRAME,
     DEFAULT_STATES_LOOKBACK_DAYS,
     build_market_states,

@@ -1,14 +1,14 @@
 """`live_performance`: a live run's equity against buy-and-hold, valid-decision rate and slippage
-against the backtest's assumptions, from the journal (`crypto_pipeline.live.performance`)."""
+against the backtest's assumptions, from the journal (`crypto_pipeline.journal.performance`)."""
 
-import base64
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from assets.resources import WarehouseResource
-from crypto_pipeline.live.performance import live_performance as summarize
+from crypto_pipeline.journal.performance import live_performance as summarize
+from crypto_pipeline.plots import png_markdown
 
 
 class LivePerformanceConfig(dg.Config):
@@ -22,7 +22,6 @@ def live_performance(config: LivePerformanceConfig, warehouse: WarehouseResource
     metadata: dict = {k: v for k, v in perf.as_dict().items() if v is not None and k != "plot"}
     metadata["summary"] = dg.MetadataValue.text(perf.summary())
     if perf.plot:
-        png = base64.b64encode(Path(perf.plot).read_bytes()).decode()
-        metadata["equity_vs_buy_hold"] = dg.MetadataValue.md(f"![equity](data:image/png;base64,{png})")
+        metadata["equity_vs_buy_hold"] = dg.MetadataValue.md(png_markdown(perf.plot, "equity"))
         metadata["plot"] = dg.MetadataValue.path(perf.plot)
     return dg.MaterializeResult(metadata=metadata)

@@ -13,6 +13,7 @@ from assets.features import market_states
 from assets.resources import WarehouseResource
 from crypto_pipeline import registry
 from crypto_pipeline.config import get_settings
+from crypto_pipeline.plots import plot_class_balance, png_markdown
 from crypto_pipeline.state import STATE_TIMEFRAMES
 from crypto_pipeline.training.dataset import (
     HF_DATASET_DIR,
@@ -82,36 +83,6 @@ def _teacher(config: SftDatasetConfig):  # noqa: ANN202 - OpenAICompatible or No
     )
 
 
-def _class_balance_png(card: dict, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    splits = list(card["splits"])
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for i, action in enumerate(("BUY", "HOLD", "SELL")):
-        counts = [card["splits"][s]["classes"][action] for s in splits]
-        ax.bar([x + (i - 1) * 0.27 for x in range(len(splits))], counts, width=0.27, label=action)
-    ax.set_xticks(range(len(splits)), splits)
-    ax.set_ylabel("examples")
-    ax.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def _image_md(path: Path | None) -> dg.MetadataValue:
-    import base64
-
-    if path is None or not path.is_file():
-        return dg.MetadataValue.md("(no plot)")
-    data = base64.b64encode(path.read_bytes()).decode()
-    return dg.MetadataValue.md(f"![{path.name}](data:image/png;base64,{data})")
-
-
 @dg.asset(
     deps=[market_states],
     group_name="training",
@@ -161,7 +132,9 @@ def sft_dataset(
             "fingerprint": card["fingerprint"],
             "teacher": card["teacher"] or "none",
             "teacher_cost_usd": float(card["teacher_cost_usd"]),
-            "class_balance": _image_md(_class_balance_png(card, folder / "class_balance.png")),
+            "class_balance": dg.MetadataValue.md(
+                png_markdown(plot_class_balance(card, folder / "class_balance.png"))
+            ),
         },
         check_results=[check_result(c) for c in checks],
     )
@@ -241,7 +214,7 @@ def finetuned_model(
             "mlflow_run_id": reg.run_id if reg else "",
             "mlflow_tracking_uri": mlflow.uri,
             "steps": outcome.result.steps,
-            "loss_curve": _image_md(outcome.loss_plot),
+            "loss_curve": dg.MetadataValue.md(png_markdown(outcome.loss_plot)),
             **{k: float(v) for k, v in m.items()},
         },
         check_results=[
@@ -256,26 +229,4 @@ def finetuned_model(
             )
             for name, (passed, figures) in model_checks(m).items()
         ],
-    )
-
-
-retrain_job = dg.define_asset_job(
-    name="retrain",
-    selection=dg.AssetSelection.assets("sft_dataset", "finetuned_model"),
-    description="Rebuild the dataset on the data available now and fine-tune + register a challenger.",
-)
-
-
-@dg.schedule(job=retrain_job, cron_schedule="0 3 * * 1", name="weekly_retrain")
-def weekly_retrain_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    # The cutoff moves forward with the schedule: labels may end no later than the tick.
-    cutoff = context.scheduled_execution_time.isoformat()
-    return dg.RunRequest(
-        run_key=cutoff,
-        run_config={
-            "ops": {
-                "sft_dataset": {"config": {"cutoff": cutoff}},
-                "finetuned_model": {"config": {"training_cutoff": cutoff}},
-            }
-        },
     )

@@ -103,7 +103,7 @@ def _decisions_per_min(base: str, adapter: str, states: list, merged: bool) -> f
 def run(quick: bool = False) -> list[BenchResult]:
     import polars as pl
 
-    from crypto_pipeline.state import states_from_table
+    from crypto_pipeline.state.build import states_from_table
 
     base = _arg("--base", None)
     steps = int(_arg("--steps", "2" if quick else "6") or 6)

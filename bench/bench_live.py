@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import BenchResult, print_table  # noqa: E402
 from crypto_pipeline.config import SHARED_MARKET_DATA, get_settings  # noqa: E402
 from crypto_pipeline.exchange import ExchangeConfig, ExchangeServer  # noqa: E402
+from crypto_pipeline.journal.summary import summarize_journal  # noqa: E402
 from crypto_pipeline.live.config import LiveConfig  # noqa: E402
 from crypto_pipeline.live.session import LiveSession, SessionReport  # noqa: E402
-from crypto_pipeline.live.summary import summarize_journal  # noqa: E402
 from crypto_pipeline.live.venue import Clients, Credentials, Endpoints  # noqa: E402
 from crypto_pipeline.warehouse import Warehouse  # noqa: E402
 

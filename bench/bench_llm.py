@@ -25,7 +25,7 @@ SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "DOGE/USDT", "AVAX/US
 
 def real_states(n: int) -> list:
     """`n` market states from the recorded 2024 data, spread over symbols and days (no look-ahead)."""
-    from crypto_pipeline.state import build_market_state_from_recorded
+    from crypto_pipeline.state.build import build_market_state_from_recorded
 
     start = datetime(2024, 6, 1, 12, tzinfo=UTC)
     return [

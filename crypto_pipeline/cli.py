@@ -327,7 +327,7 @@ def decide_command(
     from crypto_pipeline.llm.prompts import SYSTEM_PROMPT, build_user_prompt
     from crypto_pipeline.llm.provider import decide_safely
     from crypto_pipeline.registry import ProviderOptions, make_provider, parse_spec
-    from crypto_pipeline.state import build_market_state_from_recorded
+    from crypto_pipeline.state.build import build_market_state_from_recorded
 
     console = Console()
     try:
@@ -652,7 +652,7 @@ def replay_decisions_command(
 
     from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
-    from crypto_pipeline.live.replay import journaled_decisions, journaled_model, replay_decisions
+    from crypto_pipeline.journal.replay import journaled_decisions, journaled_model, replay_decisions
     from crypto_pipeline.registry import ProviderOptions, make_provider
     from crypto_pipeline.warehouse import Warehouse
 

@@ -1,11 +1,12 @@
 """Charts people would rather look at than read: PNG files (`feature_charts` writes them under the
-warehouse's `reports/` folder, and the `features` asset links them)."""
+warehouse's `reports/` folder), and `png_markdown`, the one way an asset shows a PNG in its metadata."""
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -104,3 +105,29 @@ def plot_equity_vs_buy_hold(
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def plot_class_balance(card: dict[str, Any], out: Path) -> Path:
+    """BUY/HOLD/SELL examples per split of a dataset card (`card["splits"][split]["classes"]`)."""
+    splits = list(card["splits"])
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for i, action in enumerate(("BUY", "HOLD", "SELL")):
+        counts = [card["splits"][s]["classes"][action] for s in splits]
+        ax.bar([x + (i - 1) * 0.27 for x in range(len(splits))], counts, width=0.27, label=action)
+    ax.set_xticks(range(len(splits)), splits)
+    ax.set_ylabel("examples")
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def png_markdown(path: Path | str | None, alt: str = "") -> str:
+    """A PNG as a Markdown image with its bytes inlined (a data URI), so that it shows wherever the
+    Markdown is rendered (the Dagster UI's asset metadata); "(no plot)" when there is no such file."""
+    if path is None or not Path(path).is_file():
+        return "(no plot)"
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"![{alt or Path(path).name}](data:image/png;base64,{data})"

@@ -2,18 +2,21 @@
 description and the function that computes it.
 
 Every check returns a `CheckResult` (passed, how many rows or series offend out of how many checked, a
-few sample rows). The Dagster layer builds its blocking asset-check specs from `QUALITY_CHECKS` and turns
+few sample rows). A check receives what it audits as arguments (the rows, and for the feature and state
+checks the warm-up table or the builder under audit): it imports no builder, so every builder can import
+its checks. The Dagster layer builds its blocking asset-check specs from `QUALITY_CHECKS` and turns
 each `CheckResult` into an asset-check result, so a name or a description is written here only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
 import polars as pl
 
+from crypto_pipeline.leakage import LookaheadError, assert_no_lookahead
 from crypto_pipeline.market.clean import gap_report
 from crypto_pipeline.market.schema import OHLCV_COLUMNS, PRICE_COLUMNS
 from crypto_pipeline.market.timeframes import Timeframe
@@ -171,22 +174,26 @@ def check_bars(
 # --- features --------------------------------------------------------------------------------------
 
 
-def check_warm_features(features: pl.DataFrame, *, max_null_ratio: float = 0.02) -> CheckResult:
+def check_warm_features(
+    features: pl.DataFrame,
+    warm_columns: Callable[[str], Iterable[str]],
+    *,
+    max_null_ratio: float = 0.02,
+) -> CheckResult:
     """Warm rows hold no NaN or infinity, and few nulls.
 
-    `features` is the long table (a `timeframe` column). Only the features of each timeframe's warm-up
-    table are judged (`warmup_bars(tf)`: no `ret_1h` on 4h bars, for example). NaN and infinity are never
+    `features` is the long table (a `timeframe` column). Only the features `warm_columns(timeframe)`
+    names are judged (the builder passes its warm-up table, `features.warmup_bars`: no `ret_1h` on 4h
+    bars, for example). NaN and infinity are never
     allowed: `compute_features` turns undefined values into nulls, so one means a bug. Nulls are allowed
     up to `max_null_ratio` of a column's warm rows, because the time-window features are honestly null
     where a gap in the data breaks their window; more than that means the data or the code is wrong.
     """
-    from crypto_pipeline.features import warmup_bars
-
     offending: list[dict[str, object]] = []
     checked = 0
     warm = features.filter(pl.col("warm")) if features.height else features
     for (timeframe,), rows in warm.partition_by("timeframe", as_dict=True).items() if warm.height else []:
-        for column in warmup_bars(timeframe):
+        for column in warm_columns(timeframe):
             values = rows[column]
             checked += 1
             non_finite = int((values.is_nan() | values.is_infinite()).sum())
@@ -209,20 +216,17 @@ def check_no_lookahead(
     features: pl.DataFrame,
     points: pl.DataFrame,
     *,
-    build: StateBuilder | None = None,
+    build: StateBuilder,
     cuts: int = 3,
 ) -> CheckResult:
     """`leakage.assert_no_lookahead` on the state builder, at `cuts` decision times spread over `points`.
 
     At each cut time t the states are rebuilt from only the feature rows whose bar had closed by t; every
     state at or before t must come out identical (nulls included) to the one built from all rows. A
-    builder that reads even one bar past its decision time fails. `build(features, points)` defaults to
-    `state.market_state_table`; `points` are the (symbol, at) decision points.
+    builder that reads even one bar past its decision time fails. `build(features, points)` is the builder
+    under audit (`state.build.market_state_table` in the pipeline); `points` are the (symbol, at) decision
+    points.
     """
-    from crypto_pipeline.leakage import LookaheadError, assert_no_lookahead
-    from crypto_pipeline.state import market_state_table
-
-    build = build or market_state_table
     times = points["at"].unique().sort()
     if features.is_empty() or times.is_empty():
         return CheckResult.of(NO_LOOKAHEAD, 0, 0)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from rich.console import Console
 from assets.resources import MarketDataSourceResource
 from assets.training import MlflowResource
 from crypto_pipeline.config import Settings, get_settings
-from jobs import make_definitions
+from definitions import make_definitions
 
 # Dagster's documented run tags of a single-run backfill over a range of partitions (both keys included).
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -61,25 +60,26 @@ QUICK_FINETUNE = {
 @contextlib.contextmanager
 def local_exchange(settings: Settings, last_day: str) -> Iterator[MarketDataSourceResource]:
     """Start the local exchange for this run with throw-away keys; yield the source that reads from it."""
-    from crypto_pipeline.exchange import ExchangeConfig, ExchangeServer
+    from crypto_pipeline.exchange import local_exchange as exchange
 
-    # Fresh random keys: the exchange demands them like Alpaca does, and they exist only in this run.
-    key, secret = f"PK{secrets.token_hex(8).upper()}", secrets.token_urlsafe(30)
-    config = ExchangeConfig(
-        host="127.0.0.1",
-        port=0,
-        data_dir=settings.market_data_dir,
-        start=datetime.combine(date.fromisoformat(last_day) + timedelta(days=1), datetime.min.time(), UTC),
-        speed=0.0,
-        key=key,
-        secret=secret,
-        db_path=settings.warehouse_dir / "exchange-make-run.sqlite",
-        reset=True,
+    after_last_day = datetime.combine(
+        date.fromisoformat(last_day) + timedelta(days=1), datetime.min.time(), UTC
     )
-    with ExchangeServer(config) as server:
+    with exchange(
+        host="127.0.0.1",
+        data_dir=settings.market_data_dir,
+        db_path=settings.warehouse_dir / "exchange-make-run.sqlite",
+        start=after_last_day,
+        speed=0.0,
+        reset=True,
+    ) as server:
+        config = server.config
         console.print(f"local exchange: {server.base_url} (replay clock {config.start:%Y-%m-%d %H:%M} UTC)")
         yield MarketDataSourceResource(
-            kind="alpaca", url_override=server.base_url, api_key=key, secret_key=secret
+            kind="alpaca",
+            url_override=server.base_url,
+            api_key=config.key.get_secret_value(),
+            secret_key=config.secret.get_secret_value(),
         )
     console.print("local exchange stopped")
 
@@ -253,8 +253,8 @@ def comparison_table(result: dg.ExecuteInProcessResult) -> list[str]:
             gate = {k: v.value for k, v in event.materialization.metadata.items()}
     # The gate's ground: the baselines ran on the challenger's own symbols, fold and decision times
     # (`llm_backtests`), so the rows compare like for like with the verdict beside them.
-    wf = backtest._config(backtest.BacktestConfig(), 4.0)
-    table = load_fold_results(backtest._gate_dir(), wf.folds()).table()
+    wf = backtest.walk_forward_config(backtest.BacktestConfig(), 4.0)
+    table = load_fold_results(backtest.gate_dir(), wf.folds()).table()
     challenger = f"llm:{gate['challenger']}" if gate else None
     lines = [f"{'policy':<12} {'return':>8} {'Sharpe [95% CI]':>22} {'max DD':>7} {'trades':>6}  gate"]
     for row in table.iter_rows(named=True):
@@ -267,7 +267,7 @@ def comparison_table(result: dg.ExecuteInProcessResult) -> list[str]:
             f"{row['trades']:>6}  {verdict}".rstrip()
         )
     lines.append(
-        f"(every policy on the challenger's bars; all symbols and folds: {backtest._results_dir().parent})"
+        f"(every policy on the challenger's bars; all symbols and folds: {backtest.results_dir().parent})"
     )
     if gate:
         lines.append(
@@ -337,7 +337,7 @@ def live_summary(
 ) -> list[str]:
     """The session's summary, read back from the journal, with what only the session knows (which model
     decided, why it stopped, decision -> order latency)."""
-    from crypto_pipeline.live.summary import summarize_journal
+    from crypto_pipeline.journal.summary import summarize_journal
     from crypto_pipeline.warehouse import Warehouse
 
     report = result.output_for_node("live_paper_session")

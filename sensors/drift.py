@@ -1,5 +1,5 @@
 """`drift_sensor`: when the newest live run's decisions drift from the walk-forward backtest's (action
-mix or state features, by PSI; `crypto_pipeline.live.drift`), request a `retrain` run.
+mix or state features, by PSI; `crypto_pipeline.journal.drift`), request a `retrain` run.
 
 Settings.monitoring names the reference run (default: the newest `backtest...` run in the journal),
 the threshold and the fewest live decisions worth judging. One request per (live run, reference)."""
@@ -7,9 +7,9 @@ the threshold and the fewest live decisions worth judging. One request per (live
 import dagster as dg
 
 from assets.resources import WarehouseResource
-from assets.training import retrain_job
 from crypto_pipeline.config import get_settings
-from crypto_pipeline.live.drift import journal_drift, journal_runs, pick_runs
+from crypto_pipeline.journal.drift import journal_drift, journal_runs, pick_runs
+from jobs.training import retrain_job
 
 
 def _drift_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SensorResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from crypto_pipeline.features import compute_features
+from crypto_pipeline.features import compute_features, warmup_bars
 from crypto_pipeline.quality import check_warm_features
 
 
@@ -21,7 +21,7 @@ def real_features(recorded) -> pl.DataFrame:
 
 
 def test_real_features_pass(real_features):
-    result = check_warm_features(real_features)
+    result = check_warm_features(real_features, warmup_bars)
     assert result.passed, result.sample
     assert result.total > 20  # every warm feature of every timeframe was looked at
 
@@ -31,7 +31,7 @@ def test_a_single_nan_in_a_warm_feature_fails(real_features):
     broken = real_features.with_columns(
         pl.when(pl.int_range(pl.len()) == idx).then(float("nan")).otherwise(pl.col("rsi_14")).alias("rsi_14")
     )
-    result = check_warm_features(broken)
+    result = check_warm_features(broken, warmup_bars)
     assert not result.passed
     assert result.sample.row(0, named=True)["feature"] == "rsi_14"
 
@@ -47,10 +47,10 @@ def test_nulls_are_tolerated_up_to_the_ratio_then_fail(real_features):
             .otherwise(pl.col("ret_24h"))
             .alias("ret_24h")
         )
-        assert check_warm_features(holed.drop("index"), max_null_ratio=0.02).passed is passes
+        assert check_warm_features(holed.drop("index"), warmup_bars, max_null_ratio=0.02).passed is passes
 
 
 def test_features_not_in_the_timeframes_warmup_table_are_not_judged(real_features):
     # ret_1h cannot exist on 4h or 1d bars: it is null there by definition, and that is not a failure.
     assert real_features.filter(pl.col("timeframe") == "4h")["ret_1h"].null_count() > 0
-    assert check_warm_features(real_features).passed
+    assert check_warm_features(real_features, warmup_bars).passed

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from crypto_pipeline import state as states
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.llm.prompts import PROMPT_VERSION, build_user_prompt, prompt_hash
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.quality import NO_LOOKAHEAD, QUALITY_CHECKS, check_no_lookahead, checks_for
+from crypto_pipeline.state import STATE_TIMEFRAMES
+from crypto_pipeline.state import build as states
 from crypto_pipeline.warehouse import Warehouse
 
 FIRST, END = datetime(2024, 3, 4, tzinfo=UTC), datetime(2024, 3, 7, tzinfo=UTC)
@@ -30,7 +31,7 @@ def peeking(features: pl.DataFrame, points: pl.DataFrame) -> pl.DataFrame:
 @pytest.fixture(scope="module")
 def features(recorded) -> pl.DataFrame:
     frames = []
-    for tf in states.STATE_TIMEFRAMES:
+    for tf in STATE_TIMEFRAMES:
         bars = pl.read_parquet(recorded("binance-spot-2024", f"bars_{tf}.parquet")).filter(
             pl.col("symbol").is_in(["BTC/USDT", "ETH/USDT"]) & (pl.col("timestamp") < END)
         )
@@ -48,7 +49,7 @@ def test_every_check_has_one_unique_name_and_a_description() -> None:
 def test_no_lookahead_passes_on_the_state_builder_and_fails_on_a_one_bar_peek(features: pl.DataFrame) -> None:
     points = states.decision_points(features, "1h", FIRST, END)
     assert points.height == 2 * 3 * 24
-    honest = check_no_lookahead(features, points)
+    honest = check_no_lookahead(features, points, build=states.market_state_table)
     assert honest.passed and honest.total == 3, honest.sample_records()
     peek = check_no_lookahead(features, points, build=peeking)
     assert not peek.passed and peek.count >= 1

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from jobs import daily_market_data_schedule, make_definitions
+from definitions import make_definitions
+from jobs.market_data import daily_market_data_schedule
 
 
 def test_each_tick_of_daily_market_data_appends_the_day_that_just_ended() -> None:

@@ -14,11 +14,9 @@ import pytest
 
 from crypto_pipeline.config import Settings
 from crypto_pipeline.features import compute_features
-from crypto_pipeline.state import (
-    STATE_TIMEFRAMES,
-    MarketState,
-    OrderBookSnapshot,
-    Portfolio,
+from crypto_pipeline.llm.prompts import render_state
+from crypto_pipeline.state import STATE_TIMEFRAMES, MarketState, OrderBookSnapshot, Portfolio
+from crypto_pipeline.state.build import (
     build_market_state,
     build_market_state_from_recorded,
     market_state_table,
@@ -101,7 +99,7 @@ def test_prompt_fits_350_smollm2_tokens_with_book_and_portfolio(btc_features, sm
                 Portfolio(position_qty=0.12345, avg_entry_price=58000.0, cash=3210.5, equity=10500.0)
             )
         )
-        prompt = state.to_prompt()
+        prompt = render_state(state)
         n_tokens = len(smollm2_tokenizer(prompt).input_ids)
         assert n_tokens <= 350, (n_tokens, prompt)
         for tf in STATE_TIMEFRAMES:
@@ -110,14 +108,14 @@ def test_prompt_fits_350_smollm2_tokens_with_book_and_portfolio(btc_features, sm
 
 def test_anonymized_prompt_has_no_symbol_date_or_price_level():
     state = MarketState.example()
-    plain = state.to_prompt()
-    anon = state.to_prompt(anonymize=True)
+    plain = render_state(state)
+    anon = render_state(state, anonymize=True)
     assert "BTC" in plain and "2024" in plain and "67512" in plain
     assert "BTC" not in anon and "USDT" not in anon
     assert not re.search(r"20\d\d-\d\d-\d\d", anon)
     assert "67512" not in anon and "6624" not in anon and "10000" not in anon
     # The ratios survive anonymization: the model sees the same market, minus what identifies it.
-    assert state.to_prompt(anonymize=True).splitlines()[1:5] == plain.splitlines()[1:5]
+    assert render_state(state, anonymize=True).splitlines()[1:5] == plain.splitlines()[1:5]
 
 
 def test_state_without_closed_bars_is_a_clear_error(btc_features, recorded_settings):
@@ -164,7 +162,7 @@ def test_states_on_data_truncated_at_t_equal_states_on_full_data(btc_features, r
         full = build_market_state(btc_features, "BTC/USDT", at)
         truncated = build_market_state_from_recorded("BTC/USDT", at, recorded_settings)
         _states_equal(full, truncated)
-        assert full.to_prompt() == truncated.to_prompt()
+        assert render_state(full) == render_state(truncated)
 
 
 def test_market_state_table_matches_single_state_builds(btc_features):

@@ -20,10 +20,11 @@ import polars as pl
 
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.llm.decision import TradeDecision
-from crypto_pipeline.llm.prompts import build_user_prompt
+from crypto_pipeline.llm.prompts import anonymized, build_user_prompt
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
 from crypto_pipeline.market.timeframes import Timeframe
-from crypto_pipeline.state import MarketState, market_state_table, states_from_table
+from crypto_pipeline.state import MarketState
+from crypto_pipeline.state.build import market_state_table, states_from_table
 
 ProviderFactory = Callable[[dict[str, pl.DataFrame]], DecisionProvider]
 Decide = Callable[[DecisionProvider, list[MarketState]], list[TradeDecision]]
@@ -115,13 +116,6 @@ def truncation_audit(
     return AuditResult(name, passed, detail, {"samples": len(samples), "mismatches": len(mismatches)})
 
 
-class _Anonymized(MarketState):
-    """A state whose prompt hides symbol, dates and price levels (the anonymized audit)."""
-
-    def to_prompt(self, anonymize: bool = False) -> str:
-        return super().to_prompt(anonymize=True)
-
-
 def anonymized_audit(
     provider: DecisionProvider,
     states: Sequence[MarketState],
@@ -131,7 +125,7 @@ def anonymized_audit(
 ) -> AuditResult:
     """Share of decisions whose action changes when the prompt is anonymized."""
     plain = decide(provider, list(states))
-    hidden = decide(provider, [_Anonymized(**s.model_dump()) for s in states])
+    hidden = decide(provider, [anonymized(s) for s in states])
     differ = (
         float(np.mean([a.action != b.action for a, b in zip(plain, hidden, strict=True)])) if states else 0.0
     )

@@ -14,6 +14,8 @@ from crypto_pipeline.backtest.engine import ema_cross_long, wide
 from crypto_pipeline.backtest.folds import Fold
 from crypto_pipeline.features import FEATURE_COLUMNS, compute_features
 from crypto_pipeline.market.timeframes import Timeframe
+from crypto_pipeline.training.dataset import DatasetConfig
+from crypto_pipeline.training.labels import action_expr, fit_thresholds, forward_returns, volatility_scaled
 
 SIGNAL_POLICIES = ("buy_hold", "ema_cross", "rsi", "lgbm")
 
@@ -55,9 +57,6 @@ LGBM_MIN_BUY_PROBABILITY = 0.40  # BUY must also be the most likely class
 def lgbm_features(bars: pl.DataFrame, timeframe: str) -> pl.DataFrame:
     """Causal features (the project's `compute_features`, proved free of look-ahead) per bar, with the
     decision time `at` (the bar's close) and the LLM's label inputs (forward return, ATR%)."""
-    from crypto_pipeline.training.dataset import DatasetConfig
-    from crypto_pipeline.training.labels import forward_returns
-
     feats = compute_features(bars, timeframe)
     scale_free = [c for c in FEATURE_COLUMNS if not c.startswith(("ema_", "macd", "atr_"))]
     table = feats.select(
@@ -83,9 +82,6 @@ def lgbm_training_set(
     """(training rows with their `action` label, test rows, feature columns) of one fold. A training row
     is used only if its label window ends by the fold's training end (`label_end`, the last instant the
     label reads); the fold's purge (>= the label horizon) keeps every label out of the test window."""
-    from crypto_pipeline.training.dataset import DatasetConfig
-    from crypto_pipeline.training.labels import action_expr, fit_thresholds, volatility_scaled
-
     labels = DatasetConfig()
     table = lgbm_features(bars, timeframe).with_columns(
         volatility_scaled(pl.col("forward_return"), pl.col("atr_pct"), labels.horizon, "1h").alias("score")

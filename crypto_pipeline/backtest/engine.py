@@ -33,7 +33,8 @@ from crypto_pipeline.llm.decision import TradeDecision
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.risk import RiskEngine, RiskResult
-from crypto_pipeline.state import MarketState, state_from_row
+from crypto_pipeline.state import MarketState
+from crypto_pipeline.state.build import state_from_row
 from crypto_pipeline.timeutil import as_utc
 from crypto_pipeline.trading import Fill, OrderSide, rules
 

@@ -39,7 +39,7 @@ from crypto_pipeline.config import DEFAULT_SYMBOLS, SHARED_MARKET_DATA
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.llm.provider import DecisionProvider
 from crypto_pipeline.risk import RiskConfig, RiskEngine
-from crypto_pipeline.state import market_state_table
+from crypto_pipeline.state.build import market_state_table
 
 log = logging.getLogger(__name__)
 STATE_TIMEFRAMES = ("1h", "4h", "1d")  # 15m is recorded for 24 pairs only; 1h+ for all 136

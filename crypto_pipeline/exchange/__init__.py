@@ -4,6 +4,13 @@ The unmodified alpaca-py clients talk to it through `url_override`; see docs/exc
 """
 
 from crypto_pipeline.exchange.config import ExchangeConfig, FaultConfig
-from crypto_pipeline.exchange.server import ExchangeServer, run_exchange
+from crypto_pipeline.exchange.server import ExchangeServer, local_exchange, run_exchange, throwaway_keys
 
-__all__ = ["ExchangeConfig", "ExchangeServer", "FaultConfig", "run_exchange"]
+__all__ = [
+    "ExchangeConfig",
+    "ExchangeServer",
+    "FaultConfig",
+    "local_exchange",
+    "run_exchange",
+    "throwaway_keys",
+]

@@ -1,18 +1,21 @@
-"""Starting and stopping the exchange: `run_exchange` (blocking) and `ExchangeServer` (a background
-thread, for tests and `make run`)."""
+"""Starting and stopping the exchange: `run_exchange` (blocking), `ExchangeServer` (a background thread,
+for tests and `make run`) and `local_exchange` (one on a free port with keys made for that run alone)."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 
 import httpx
 import uvicorn
+from pydantic import SecretStr
 
 from crypto_pipeline.exchange.app import create_app
 from crypto_pipeline.exchange.clock import to_ns
@@ -133,6 +136,41 @@ class ExchangeServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def throwaway_keys() -> tuple[SecretStr, SecretStr]:
+    """A key pair made for one run: the exchange demands keys as Alpaca does, and these exist nowhere else."""
+    return SecretStr(f"PK{secrets.token_hex(8).upper()}"), SecretStr(secrets.token_urlsafe(30))
+
+
+def local_exchange(
+    *,
+    data_dir: Path,
+    db_path: Path,
+    start: str | datetime | None,
+    speed: float,
+    reset: bool = False,
+    keys: tuple[SecretStr, SecretStr] | None = None,
+    host: str | None = None,
+) -> ExchangeServer:
+    """The exchange on a free port, not started yet (`with local_exchange(...) as server:`, or `.start()`
+    then `.stop()`), with `throwaway_keys()` unless `keys` are given; the clients read them from
+    `server.config.key` and `server.config.secret`. Everything else comes from `Settings.exchange`."""
+    key, secret = keys if keys is not None else throwaway_keys()
+    chosen = {"host": host} if host is not None else {}
+    return ExchangeServer(
+        ExchangeConfig(
+            port=0,
+            key=key,
+            secret=secret,
+            data_dir=data_dir,
+            db_path=db_path,
+            start=start,
+            speed=speed,
+            reset=reset,
+            **chosen,
+        )
+    )
 
 
 def run_exchange(config: ExchangeConfig, announce: Callable[[str], None] | None = None) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from crypto_pipeline.features.compute import compute_features
+from crypto_pipeline.features.compute import compute_features, warmup_bars
 from crypto_pipeline.quality import CheckedReport, check_warm_features
 
 if TYPE_CHECKING:
@@ -75,5 +75,5 @@ def build_features(
         rows=table.height,
         warm_rows=table.filter(pl.col("warm")).height if table.height else 0,
         seconds=time.perf_counter() - started,
-        checks=[check_warm_features(table, max_null_ratio=max_null_ratio)],
+        checks=[check_warm_features(table, warmup_bars, max_null_ratio=max_null_ratio)],
     )

@@ -8,8 +8,8 @@ rolling buffer), `book` (live quotes and L2 order books), `states` (buffer -> Ma
 (websocket threads, the bar check), `orders` (idempotent submission, fills, reconciliation, flatten),
 `journal`, `kill` (the kill flag), `providers` (rules, or champion with the challenger fallback),
 `session` (the loop), `run` (one session with everything set up); monitoring: `metrics` (Prometheus),
-`alerts` (log + webhook), `performance` (the journal against buy-and-hold), `drift` (a run against a
-reference run). See docs/monitoring.md.
+`alerts` (log + webhook). What reads the journal back (performance, drift, summary, replay) is
+`crypto_pipeline.journal`. See docs/monitoring.md.
 """
 
 from crypto_pipeline.live.config import LiveConfig

@@ -5,17 +5,19 @@ environment, the provider (champion, or the newest challenger, saying so) and th
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.config import LiveConfig
+from crypto_pipeline.live.journal import Journal
 from crypto_pipeline.live.kill import kill_flag_path
 from crypto_pipeline.live.metrics import LiveMetrics
+from crypto_pipeline.live.orders import OrderDesk
 from crypto_pipeline.live.session import LiveSession, SessionReport
 from crypto_pipeline.live.venue import Clients, Credentials, resolve_endpoints
 from crypto_pipeline.registry import ProviderChoice, ProviderOptions, alias_version, make_provider
@@ -47,21 +49,18 @@ def run_live(
     endpoints = resolve_endpoints(config.venue, settings, exchange_url)  # real money refused here
     server = None
     if config.venue == "local" and embedded is not None:
-        from crypto_pipeline.exchange import ExchangeConfig, ExchangeServer
+        # Imported here: the exchange (FastAPI, uvicorn) loads only when a session embeds one.
+        from crypto_pipeline.exchange import local_exchange
 
-        credentials = _embedded_credentials(settings)
-        server = ExchangeServer(
-            ExchangeConfig(
-                port=0,
-                key=credentials.key,
-                secret=credentials.secret,
-                start=embedded.start,
-                speed=embedded.speed,
-                data_dir=embedded.data_dir or settings.market_data_dir,  # type: ignore[attr-defined]
-                db_path=embedded.db_path or warehouse_dir / "exchange.sqlite",
-                reset=embedded.reset,
-            )
+        server = local_exchange(
+            data_dir=embedded.data_dir or settings.market_data_dir,  # type: ignore[attr-defined]
+            db_path=embedded.db_path or warehouse_dir / "exchange.sqlite",
+            start=embedded.start,
+            speed=embedded.speed,
+            reset=embedded.reset,
+            keys=_environment_keys(settings),
         ).start()
+        credentials = Credentials(server.config.key, server.config.secret)
         endpoints = resolve_endpoints("local", settings, server.base_url)
     else:
         credentials = Credentials.from_settings(settings, config.venue)
@@ -107,13 +106,13 @@ def session_provider(config: LiveConfig, settings: object, *, load: bool = True)
     )
 
 
-def _embedded_credentials(settings: object) -> Credentials:
-    """The environment's keys when set; otherwise keys made for this run alone and never shown."""
+def _environment_keys(settings: object) -> tuple[SecretStr, SecretStr] | None:
+    """The environment's keys when both are set; None lets `local_exchange` make keys for this run alone."""
     key = getattr(settings, "alpaca_api_key", None)
     secret = getattr(settings, "alpaca_secret_key", None)
     if key and secret and key.get_secret_value() and secret.get_secret_value():
-        return Credentials(key, secret)
-    return Credentials(SecretStr(secrets.token_urlsafe(16)), SecretStr(secrets.token_urlsafe(32)))
+        return key, secret
+    return None
 
 
 def _champion_moved(settings: object, alias: str, version: str):  # noqa: ANN202 - a small closure
@@ -136,11 +135,6 @@ def _champion_moved(settings: object, alias: str, version: str):  # noqa: ANN202
 def flatten_venue(settings: object, venue: str = "local", exchange_url: str | None = None) -> int:
     """The kill switch without a session: cancel every open order and close every position at the
     venue (keys from the environment), journaled under run id `kill-switch`; returns positions closed."""
-    from datetime import UTC, datetime
-
-    from crypto_pipeline.live.journal import Journal
-    from crypto_pipeline.live.orders import OrderDesk
-
     clients = Clients.connect(
         resolve_endpoints(venue, settings, exchange_url), Credentials.from_settings(settings, venue)
     )

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.execution import DecisionStep, MarketView, data_age
 from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.bars import BarBuffer, Gap, max_bars_for
@@ -207,8 +208,6 @@ class LiveSession:
         self.buffer.insert(bars)
         empty = [s for s in cfg.symbols if not self.buffer.count(s)]
         if empty:
-            from crypto_pipeline.errors import UserInputError
-
             raise UserInputError(
                 f"the venue has no {cfg.base.value} bars for {empty} in the {cfg.lookback_days} days before "
                 f"{now:%Y-%m-%d %H:%M}; choose symbols it trades at that timeframe"

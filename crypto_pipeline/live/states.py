@@ -12,7 +12,8 @@ import polars as pl
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.market.resample import resample_bars
 from crypto_pipeline.market.timeframes import Timeframe
-from crypto_pipeline.state import STATE_TIMEFRAMES, MarketState, market_state_table, state_from_row
+from crypto_pipeline.state import STATE_TIMEFRAMES, MarketState
+from crypto_pipeline.state.build import market_state_table, state_from_row
 
 
 def features_from_bars(bars: pl.DataFrame, base: Timeframe) -> pl.DataFrame:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crypto_pipeline.llm.base_model import embedded_gguf_path
 from crypto_pipeline.llm.decision import TradeDecision, parse_decision
 from crypto_pipeline.llm.prompts import (
     PROMPT_VERSION,
@@ -80,8 +81,6 @@ class LlamaCpp:
             return self
         llama_cpp = import_llama_cpp()
         if self.model_path is None:
-            from crypto_pipeline.llm.base_model import embedded_gguf_path
-
             self.model_path = embedded_gguf_path()
         self.llm = llama_cpp.Llama(
             model_path=str(self.model_path),

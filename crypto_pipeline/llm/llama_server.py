@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from crypto_pipeline.llm.base_model import embedded_gguf_path
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -38,8 +40,6 @@ def llama_server(
     `model_path` defaults to the embedded SmolLM2-135M Q4_1 GGUF; the model answers to `alias`.
     """
     if model_path is None:
-        from crypto_pipeline.llm.base_model import embedded_gguf_path
-
         model_path = embedded_gguf_path()
     port = _free_port()
     threads = str(n_threads)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crypto_pipeline.config import get_settings
 from crypto_pipeline.llm.base_model import BASE_MODEL_NAME, ensure_base_model, offline_hub
 from crypto_pipeline.llm.decision import TradeDecision, parse_decision
 from crypto_pipeline.llm.prompts import (
@@ -143,8 +144,6 @@ class LocalLLM:
 
     def _resolve_model_path(self) -> tuple[str, str | None]:
         if self.model_ref is None:
-            from crypto_pipeline.config import get_settings
-
             settings = self.settings or get_settings()
             return str(ensure_base_model(settings.models_dir)), None
         ref = Path(self.model_ref)
@@ -412,8 +411,6 @@ def resolve_adapter(adapter: str | Path, settings: Settings | None = None) -> Pa
             raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {path}")
         return path
     import mlflow
-
-    from crypto_pipeline.config import get_settings
 
     settings = settings or get_settings()
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)

@@ -1,7 +1,8 @@
 """The versioned prompts: one system prompt shared by every state (so its KV cache can be reused) and a
 user prompt rendered from a `MarketState` (`render_state`), optionally with recent trades and the portfolio.
 
-All prompt text lives in this module (`MarketState.to_prompt` only delegates to `render_state`). Change the
+All prompt text lives in this module, the anonymized variant of the leakage audit included
+(`anonymized(state)`); `crypto_pipeline.state` holds the value types only and renders nothing. Change the
 wording -> bump `PROMPT_VERSION`: every decision and every stored market state records it with the prompt's
 hash, so a backtest or a fine-tune can always tell which prompt produced which answer; the golden test
 in tests/llm/test_prompts.py fails on any change of the rendering that does not bump it.
@@ -13,7 +14,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -24,9 +25,7 @@ from crypto_pipeline.llm.decision import (
     STOP_LOSS_RANGE,
     TAKE_PROFIT_RANGE,
 )
-
-if TYPE_CHECKING:
-    from crypto_pipeline.state import MarketState, Portfolio
+from crypto_pipeline.state import STATE_TIMEFRAMES, MarketState, Portfolio
 
 PROMPT_VERSION = "decision-v1"
 MAX_RECENT_TRADES = 5
@@ -65,11 +64,13 @@ def build_user_prompt(
     portfolio: Portfolio | None = None,
     anonymize: bool = False,
 ) -> str:
-    """The user message for one state. Trades after `state.at` are dropped: they are the future."""
+    """The user message for one state. Trades after `state.at` are dropped: they are the future.
+
+    An `AnonymizedState` (see `anonymized`) is rendered anonymized whatever `anonymize` says."""
     if portfolio is not None:
         state = state.with_portfolio(portfolio)
-    # Through `to_prompt` (a delegate of `render_state`): a state that cannot be encoded raises there.
-    text = state.to_prompt(anonymize=anonymize)
+    anonymize = anonymize or isinstance(state, AnonymizedState)
+    text = render_state(state, anonymize=anonymize)  # a state that cannot be encoded raises here
     known = sorted((t for t in recent_trades if t.at <= state.at), key=lambda t: t.at)[-MAX_RECENT_TRADES:]
     if known:
         lines = []
@@ -80,6 +81,17 @@ def build_user_prompt(
             lines.append(f"{when}{trade.side}{price}{pnl}")
         text += "\nrecent trades: " + "; ".join(lines)
     return text
+
+
+class AnonymizedState(MarketState):
+    """A state whose prompt hides the symbol, the dates and every price level: what the anonymized leakage
+    audit hands to a provider, which renders it through `build_user_prompt` like any other state."""
+
+
+def anonymized(state: MarketState) -> AnonymizedState:
+    """`state`, to be rendered anonymized by every provider (the audit compares its decisions with the
+    plain ones: a model that only decides well when it sees the symbol and date recalls history)."""
+    return AnonymizedState(**state.model_dump())
 
 
 def build_messages(user_prompt: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict[str, str]]:
@@ -111,10 +123,10 @@ def render_state(state: MarketState, anonymize: bool = False) -> str:
     """Compact text for the LLM (at most 350 SmolLM2 tokens with four timeframes).
 
     `anonymize` drops the symbol, the date and every absolute price or volume, leaving only
-    ratios: a model that still predicts well on anonymized prompts is not recalling history.
+    ratios: a model that still predicts well on anonymized prompts is not recalling history. An
+    `AnonymizedState` is always rendered so.
     """
-    from crypto_pipeline.state import STATE_TIMEFRAMES
-
+    anonymize = anonymize or isinstance(state, AnonymizedState)
     lines: list[str] = []
     head = [] if anonymize else [f"{state.symbol} {state.at:%Y-%m-%d %H:%M}Z price {_num(state.price)}"]
     head += [f"chg1h {_pct(state.change_1h)}", f"chg24h {_pct(state.change_24h)}"]

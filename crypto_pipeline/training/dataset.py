@@ -32,9 +32,10 @@ from crypto_pipeline.llm.prompts import (
     build_user_prompt,
     prompt_hash,
 )
+from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.quality import SAMPLE_ROWS, CheckResult
-from crypto_pipeline.state import market_state_table, state_from_row
+from crypto_pipeline.state.build import market_state_table, state_from_row
 from crypto_pipeline.timeutil import as_utc
 from crypto_pipeline.training.labels import (
     DEFAULT_VOLATILITY_COLUMN,
@@ -51,7 +52,6 @@ from crypto_pipeline.training.splits import SPLITS, SplitBoundaries, SplitReport
 if TYPE_CHECKING:
     from datasets import DatasetDict
 
-    from crypto_pipeline.llm.provider import DecisionProvider
     from crypto_pipeline.warehouse import Warehouse
 
 TABLE = "sft_dataset"
@@ -256,8 +256,6 @@ def with_teacher_reasoning(dataset: SftDataset, rows: pl.DataFrame, teacher: Dec
     teacher only writes the sentence. The total cost of the calls (from each decision's `cost_usd`) is
     kept on the dataset and in its card.
     """
-    from crypto_pipeline.llm.provider import decide_safely
-
     frame = dataset.frame
     train = [i for i, split in enumerate(frame["split"]) if split == "train"]
     limit = dataset.config.teacher_max_examples

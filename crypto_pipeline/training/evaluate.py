@@ -12,8 +12,10 @@ from typing import Any
 import polars as pl
 
 from crypto_pipeline.llm.decision import Action, TradeDecision
+from crypto_pipeline.llm.prompts import build_user_prompt
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
-from crypto_pipeline.state import MarketState, state_from_row
+from crypto_pipeline.state import MarketState
+from crypto_pipeline.state.build import state_from_row
 from crypto_pipeline.training.dataset import ACTIONS, DatasetError
 from crypto_pipeline.training.finetune import balanced_subsample
 
@@ -73,8 +75,6 @@ def states_for(rows: pl.DataFrame, market_states: pl.DataFrame) -> list[MarketSt
 
     Raises if a state is missing or no longer renders to the example's stored prompt (stale dataset).
     """
-    from crypto_pipeline.llm.prompts import build_user_prompt
-
     # The example's own prompt is the reference: the table's prompt columns (if any) are not read.
     stored = market_states.drop("prompt", "prompt_version", "prompt_hash", strict=False)
     keyed = stored.join(rows.select("symbol", "at", "prompt"), on=["symbol", "at"], how="inner")

@@ -13,6 +13,8 @@ from typing import Any
 
 import polars as pl
 
+from crypto_pipeline.llm.local import LocalLLM
+from crypto_pipeline.llm.rule_based import RuleBased
 from crypto_pipeline.training.evaluate import (
     Evaluation,
     MajorityClass,
@@ -76,9 +78,6 @@ def train_evaluate_register(
     `market_states` holds the stored states the examples were built from (evaluation rebuilds them so the
     providers decide through the very path the trading loop uses).
     """
-    from crypto_pipeline.llm.local import LocalLLM
-    from crypto_pipeline.llm.rule_based import RuleBased
-
     say = log_line or (lambda _line: None)
     result = finetune(frame, config, output_dir, models_dir=models_dir, progress=progress, log_line=log_line)
     base = resolve_base_model(config.base_model, models_dir)

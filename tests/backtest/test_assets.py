@@ -18,7 +18,7 @@ def test_definitions_load_with_the_backtest_assets() -> None:
 def test_baseline_fold_then_report(tmp_path, monkeypatch) -> None:
     import assets.backtest as mod
 
-    monkeypatch.setattr(mod, "_results_dir", lambda: tmp_path / "folds")
+    monkeypatch.setattr(mod, "results_dir", lambda: tmp_path / "folds")
     config = {"symbols": ["BTC/USDT", "ETH/USDT"]}
     key = mod.FOLD_PARTITIONS.get_partition_keys()[-1]
     first = dg.materialize(

@@ -69,7 +69,7 @@ def test_rule_based_trades_through_the_risk_engine_and_vectorbt_reproduces_the_a
 
 def test_lagged_fills_come_one_bar_later(data: MarketData) -> None:
     from crypto_pipeline.backtest.engine import decision_times, run_policy
-    from crypto_pipeline.state import market_state_table
+    from crypto_pipeline.state.build import market_state_table
 
     fold = CONFIG.folds()[-1]
     bars = data.bars.filter(pl.col("timestamp") >= fold.test_start - timedelta(days=2))

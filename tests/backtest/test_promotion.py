@@ -125,7 +125,7 @@ def test_promotion_asset_end_to_end(registered_challenger, tmp_path: Path, monke
     mlruns, registered = registered_challenger
     mlruns = shutil.copytree(mlruns, tmp_path / "mlruns")
     settings = Settings(mlruns_dir=mlruns, warehouse_dir=tmp_path / "wh")
-    monkeypatch.setattr(mod, "_results_dir", lambda: tmp_path / "folds")
+    monkeypatch.setattr(mod, "results_dir", lambda: tmp_path / "folds")
     monkeypatch.setattr(mod, "get_settings", lambda: settings)
     monkeypatch.setattr(assets.training, "get_settings", lambda: settings)  # MlflowResource's default
     key = mod.FOLD_PARTITIONS.get_partition_keys()[-1]

@@ -10,7 +10,7 @@ import pytest
 
 from assets.resources import WarehouseResource
 from assets.training import MlflowResource
-from jobs import make_definitions
+from definitions import make_definitions
 from sensors.live import champion_sensor
 
 

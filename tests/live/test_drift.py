@@ -12,7 +12,7 @@ import pytest
 
 from assets.resources import WarehouseResource
 from crypto_pipeline.config import get_settings
-from crypto_pipeline.live.drift import (
+from crypto_pipeline.journal.drift import (
     compare,
     decision_frame,
     journal_drift,
@@ -144,7 +144,7 @@ def test_a_journaled_backtest_is_the_reference_a_live_run_is_judged_against(star
     from crypto_pipeline.backtest.folds import Fold
     from crypto_pipeline.backtest.journaling import journal_policy_run
     from crypto_pipeline.backtest.walkforward import MarketData, WalkForwardConfig, run_provider_fold
-    from crypto_pipeline.live.performance import live_performance
+    from crypto_pipeline.journal.performance import live_performance
     from crypto_pipeline.llm.prompts import build_user_prompt
     from crypto_pipeline.risk import RiskConfig
 

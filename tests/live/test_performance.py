@@ -13,7 +13,7 @@ import pytest
 
 from assets.live import live_performance as live_performance_asset
 from assets.resources import WarehouseResource
-from crypto_pipeline.live.performance import live_performance
+from crypto_pipeline.journal.performance import live_performance
 from crypto_pipeline.live.session import LiveSession
 from crypto_pipeline.warehouse import Warehouse
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from crypto_pipeline.cli import app
 from crypto_pipeline.errors import UserInputError
-from crypto_pipeline.live.replay import journaled_decisions, journaled_model, replay_decisions
+from crypto_pipeline.journal.replay import journaled_decisions, journaled_model, replay_decisions
 from crypto_pipeline.live.session import LiveSession
 from crypto_pipeline.llm.rule_based import RuleBased
 from crypto_pipeline.warehouse import Warehouse

@@ -121,7 +121,7 @@ def test_real_smollm2_jump_forward_keeps_the_float32_greedy_decisions(smollm2_di
     differ in bench_llm, none in its action); int8 changes far more (counted, not bounded)."""
     from datetime import UTC, datetime, timedelta
 
-    from crypto_pipeline.state import build_market_state_from_recorded
+    from crypto_pipeline.state.build import build_market_state_from_recorded
 
     symbols = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT")
     start = datetime(2024, 6, 1, 12, tzinfo=UTC)

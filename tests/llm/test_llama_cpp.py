@@ -53,7 +53,7 @@ def _real_states(n: int) -> list:
     """`n` states from the recorded 2024 data, over symbols and days (as bench/bench_llm.py picks them)."""
     from datetime import UTC, datetime, timedelta
 
-    from crypto_pipeline.state import build_market_state_from_recorded
+    from crypto_pipeline.state.build import build_market_state_from_recorded
 
     symbols = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT")
     start = datetime(2024, 6, 1, 12, tzinfo=UTC)

@@ -306,9 +306,10 @@ def test_real_smollm2_constrained_decisions_all_parse(
 
 def test_a_malformed_state_is_an_invalid_hold_not_an_exception(tiny_folder: Path) -> None:
     class Broken:
-        symbol, at, portfolio = "BTC/USDT", None, None
+        symbol, at, portfolio = "BTC/USDT", MarketState.example().at, None
 
-        def to_prompt(self, anonymize: bool = False) -> str:
+        @property
+        def price(self) -> float:  # read first when the prompt is rendered
             raise RuntimeError("state cannot be encoded")
 
     [decision] = LocalLLM(tiny_folder, constrained=False, max_new_tokens=TOKENS).decide([Broken()])  # type: ignore[list-item]

@@ -10,7 +10,7 @@ import pytest
 
 from crypto_pipeline.llm.decision import Action, TradeDecision
 from crypto_pipeline.llm.openai_compat import OpenAICompatible
-from crypto_pipeline.llm.prompts import PROMPT_VERSION, SYSTEM_PROMPT
+from crypto_pipeline.llm.prompts import PROMPT_VERSION, SYSTEM_PROMPT, build_user_prompt
 from crypto_pipeline.llm.provider import DecisionProvider
 from crypto_pipeline.llm.schema import GRAMMAR_REASONING_CHARS, decision_grammar, decision_json_schema
 from crypto_pipeline.state import MarketState
@@ -51,7 +51,7 @@ def test_decides_and_counts_tokens_and_cost(
     headers, body = server.requests[0]
     assert headers["Authorization"] == "Bearer sk-secret-123"  # the key travels only in the header
     assert body["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
-    assert body["messages"][1]["content"] == state.to_prompt()
+    assert body["messages"][1]["content"] == build_user_prompt(state)
     assert body["response_format"]["type"] == "json_schema" and body["temperature"] == 0
     assert d.output_mode == "json_schema"
     assert "sk-secret-123" not in d.model_dump_json()
@@ -248,9 +248,10 @@ def test_states_are_sent_concurrently_and_answers_keep_their_order(server: ChatC
 
 def test_a_malformed_state_is_an_invalid_hold_not_an_exception() -> None:
     class Broken:
-        symbol, at, portfolio = "BTC/USDT", None, None
+        symbol, at, portfolio = "BTC/USDT", MarketState.example().at, None
 
-        def to_prompt(self, anonymize: bool = False) -> str:
+        @property
+        def price(self) -> float:  # read first when the prompt is rendered
             raise RuntimeError("state cannot be encoded")
 
     provider = OpenAICompatible(base_url="http://127.0.0.1:9", model="m", max_attempts=1)

@@ -9,9 +9,11 @@ from crypto_pipeline.llm.prompts import (
     PROMPT_VERSION,
     SYSTEM_PROMPT,
     RecentTrade,
+    anonymized,
     build_messages,
     build_user_prompt,
     prompt_hash,
+    render_state,
 )
 from crypto_pipeline.state import MarketState, Portfolio
 
@@ -34,8 +36,22 @@ def test_system_prompt_states_the_schema_and_the_spot_rule() -> None:
 
 def test_user_prompt_is_the_state_encoding() -> None:
     state = MarketState.example()
-    assert build_user_prompt(state) == state.to_prompt()
-    assert build_user_prompt(state, anonymize=True) == state.to_prompt(anonymize=True)
+    assert build_user_prompt(state) == render_state(state)
+    assert build_user_prompt(state, anonymize=True) == render_state(state, anonymize=True)
+    assert not hasattr(state, "to_prompt")  # the value type renders nothing: all text lives in prompts
+
+
+def test_an_anonymized_state_renders_anonymized_through_every_entry_point() -> None:
+    state = MarketState.example()
+    hidden = anonymized(state)
+    assert isinstance(hidden, MarketState) and hidden.model_dump() == state.model_dump()
+    assert build_user_prompt(hidden) == render_state(state, anonymize=True) == render_state(hidden)
+    assert "BTC" not in build_user_prompt(hidden) and "2024" not in build_user_prompt(hidden)
+    # Derived states (the live loop and the backtest add the portfolio) stay anonymized.
+    flat = Portfolio(cash=10000.0, equity=10000.0)
+    assert build_user_prompt(hidden, portfolio=flat) == build_user_prompt(
+        state, portfolio=flat, anonymize=True
+    )
 
 
 def test_recent_trades_after_the_decision_time_are_never_shown() -> None:
@@ -58,11 +74,8 @@ def test_portfolio_argument_replaces_the_states_portfolio() -> None:
         state, portfolio=Portfolio(position_qty=0.1, avg_entry_price=60000.0, cash=1000.0, equity=8000.0)
     )
     assert with_book != flat
-    assert (
-        with_book
-        == state.with_portfolio(
-            Portfolio(position_qty=0.1, avg_entry_price=60000.0, cash=1000.0, equity=8000.0)
-        ).to_prompt()
+    assert with_book == render_state(
+        state.with_portfolio(Portfolio(position_qty=0.1, avg_entry_price=60000.0, cash=1000.0, equity=8000.0))
     )
 
 
@@ -75,7 +88,7 @@ def test_anonymized_trades_show_no_price_or_date() -> None:
 
 
 def test_prompt_hash_changes_with_either_prompt_and_is_stable() -> None:
-    user = MarketState.example().to_prompt()
+    user = render_state(MarketState.example())
     assert prompt_hash(user) == prompt_hash(user)
     assert prompt_hash(user) != prompt_hash(user + " ")
     assert prompt_hash(user) != prompt_hash(user, system_prompt=SYSTEM_PROMPT + " ")

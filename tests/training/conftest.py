@@ -13,7 +13,8 @@ import pytest
 
 from crypto_pipeline.config import SHARED_MARKET_DATA
 from crypto_pipeline.features import compute_features
-from crypto_pipeline.state import STATE_TIMEFRAMES, market_state_table
+from crypto_pipeline.state import STATE_TIMEFRAMES
+from crypto_pipeline.state.build import market_state_table
 from crypto_pipeline.training.dataset import DatasetConfig, SftDataset, build_sft_dataset
 from tests.chat_completions import ChatCompletionsServer, completion
 

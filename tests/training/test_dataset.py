@@ -10,7 +10,7 @@ import pytest
 
 from crypto_pipeline.llm.decision import Action, parse_decision
 from crypto_pipeline.llm.prompts import PROMPT_VERSION, SYSTEM_PROMPT, build_user_prompt, prompt_hash
-from crypto_pipeline.state import state_from_row
+from crypto_pipeline.state.build import state_from_row
 from crypto_pipeline.training.dataset import (
     COLUMNS,
     DatasetConfig,

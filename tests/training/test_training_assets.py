@@ -119,7 +119,7 @@ def test_training_assets_materialize(
 def test_retrain_schedule_moves_the_cutoff() -> None:
     from datetime import UTC, datetime
 
-    from assets.training import weekly_retrain_schedule
+    from jobs.training import weekly_retrain_schedule
 
     when = datetime(2024, 12, 2, 3, 0, tzinfo=UTC)
     request = weekly_retrain_schedule(dg.build_schedule_context(scheduled_execution_time=when))
@@ -129,7 +129,7 @@ def test_retrain_schedule_moves_the_cutoff() -> None:
 
 
 def test_make_run_finetune_config_is_valid_for_the_retrain_job() -> None:
-    from jobs import make_definitions
+    from definitions import make_definitions
     from jobs.run_offline import QUICK_FINETUNE
 
     job = make_definitions().resolve_job_def("retrain")

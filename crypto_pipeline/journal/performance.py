@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from crypto_pipeline.live.drift import journal_runs, pick_runs
+from crypto_pipeline.journal.drift import journal_runs, pick_runs
 from crypto_pipeline.trading import rules
 from crypto_pipeline.warehouse import Warehouse
 
