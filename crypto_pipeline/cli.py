@@ -719,7 +719,7 @@ def mcp_command(
 
     from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
-    from crypto_pipeline.live.agent import AgentConfig, AgentDesk
+    from crypto_pipeline.mcp_desk import AgentConfig, AgentDesk
     from crypto_pipeline.mcp_server import serve
 
     errors = Console(stderr=True)  # stdout is the protocol's on stdio: nothing else may be printed there

@@ -1,7 +1,7 @@
 """`crypto-pipeline mcp`: the venue's risk-gated tools for any MCP client, on the official `mcp` SDK
 (`MCPServer`, the SDK 2 name of FastMCP), over stdio or streamable HTTP.
 
-The tools are thin: each calls `live.agent.AgentDesk`, which trades through the live loop's own venue,
+The tools are thin: each calls `mcp_desk.AgentDesk`, which trades through the live loop's own venue,
 risk engine, journal and kill switch. A failure the agent can act on (an unknown symbol, a refused key,
 a venue that is down) comes back as a tool error with its reason; anything else stays in the server's
 log, which holds no key either. The latest walk-forward report is a resource."""
@@ -19,8 +19,8 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from crypto_pipeline.errors import SourceError, UserInputError
-from crypto_pipeline.live.agent import AgentDesk
 from crypto_pipeline.live.orders import describe
+from crypto_pipeline.mcp_desk import AgentDesk
 from crypto_pipeline.state import MarketState
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import vectorbt as vbt
 
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.execution import DecisionStep, MarketView, SimulatedVenue, data_age
-from crypto_pipeline.live.journal import Journal
+from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.llm.decision import TradeDecision
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
 from crypto_pipeline.market.timeframes import Timeframe

@@ -11,16 +11,14 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.trading import Account, Fill, OrderIntent, OrderSide, Position, rules
 from crypto_pipeline.trading.enums import Liquidity
-
-if TYPE_CHECKING:
-    from crypto_pipeline.live.journal import Journal
 
 log = logging.getLogger(__name__)
 

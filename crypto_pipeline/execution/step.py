@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from crypto_pipeline.execution.venue import Venue, client_order_id
+from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.llm.decision import TradeDecision
 from crypto_pipeline.llm.prompts import build_user_prompt
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
@@ -24,9 +25,6 @@ from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.risk import RiskEngine, RiskResult
 from crypto_pipeline.state import MarketState, Portfolio
 from crypto_pipeline.trading import Account
-
-if TYPE_CHECKING:
-    from crypto_pipeline.live.journal import Journal
 
 # A symbol without any bar is as stale as can be: the risk engine's data-age rule refuses it.
 NO_DATA = timedelta(days=365)

@@ -3,6 +3,6 @@ backtest's assumptions), `drift` (live decisions against the backtest's, by PSI)
 a few lines) and `replay` (re-making journaled decisions with another model).
 
 The journal itself (the `decisions`, `risk_verdicts`, `orders`, `fills` and `equity` tables) is written by
-`crypto_pipeline.live.journal.Journal`, the same writer in the live loop and in a journaled backtest
+`crypto_pipeline.journal.writer.Journal`, the same writer in the live loop and in a journaled backtest
 (`backtest.journaling`). Nothing here trades or talks to a venue: these modules read the warehouse.
 """

@@ -34,7 +34,8 @@ from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
 from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 
 from crypto_pipeline.errors import SourceError
-from crypto_pipeline.live.journal import Journal
+from crypto_pipeline.execution.venue import intent_row
+from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.trading import Account, OrderIntent, OrderType, Position, rules
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,6 @@ def fault_point(name: str) -> None:
     if os.environ.get(FAULT_POINT) == name:
         log.error("fault point %s: SIGKILL", name)
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def client_order_id(session_id: str, symbol: str, at: datetime, purpose: str = "d") -> str:
-    """The one id of the order a session places for `symbol` on the bar closing at `at` (`purpose`
-    "d" for a decision; the drawdown switch's closing orders use their own). Not the side: a session
-    restarted on the same bar may see another portfolio and decide otherwise, and must still not
-    place a second order for that bar."""
-    stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M")
-    return f"{session_id}-{symbol.replace('/', '')}-{stamp}-{purpose}"[: rules.CLIENT_ORDER_ID_MAX]
 
 
 def is_transient(error: BaseException) -> bool:
@@ -276,7 +268,7 @@ class OrderDesk:
         request = _request(intent, cid)
         # Write ahead: this intent, and the decision and verdict journaled before it, are durable
         # before the order leaves; a crash after the send leaves `reconcile` the client id to ask for.
-        self.journal.order_event(at, _intent_row(intent, cid), status=INTENT)
+        self.journal.order_event(at, intent_row(intent, cid), status=INTENT)
         self.journal.write_ahead()
         for attempt in range(1, self.attempts + 1):
             try:
@@ -288,9 +280,7 @@ class OrderDesk:
                     reason = describe(error)
                     self.refused.append(f"{cid}: {reason}")
                     log.warning("order %s refused: %s", cid, reason)
-                    self.journal.order_event(
-                        at, _intent_row(intent, cid), status=f"{REFUSED}: {reason}"[:200]
-                    )
+                    self.journal.order_event(at, intent_row(intent, cid), status=f"{REFUSED}: {reason}"[:200])
                     return None
                 # Sent again under the same id: had the venue taken it before failing, it answers
                 # "client_order_id must be unique" and the order it has is returned (above).
@@ -302,7 +292,7 @@ class OrderDesk:
                 continue
             fault_point("after_submit")
             self.submitted += 1
-            self.journal.order_event(at, _intent_row(intent, cid), status="submitted")
+            self.journal.order_event(at, intent_row(intent, cid), status="submitted")
             self.observe(order, at)
             return order
         return None
@@ -379,19 +369,6 @@ def _request(intent: OrderIntent, cid: str) -> MarketOrderRequest | LimitOrderRe
     if intent.type is OrderType.LIMIT:
         return LimitOrderRequest(limit_price=intent.limit_price, **common)
     return MarketOrderRequest(**common)
-
-
-def _intent_row(intent: OrderIntent, cid: str) -> dict[str, Any]:
-    return {
-        "symbol": intent.symbol,
-        "client_order_id": cid,
-        "side": intent.side.value,
-        "type": intent.type.value,
-        "time_in_force": intent.time_in_force.value,
-        "qty": intent.qty,
-        "notional": intent.notional,
-        "limit_price": intent.limit_price,
-    }
 
 
 def _time(value: Any) -> datetime | None:

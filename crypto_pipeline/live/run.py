@@ -12,9 +12,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.config import LiveConfig
-from crypto_pipeline.live.journal import Journal
 from crypto_pipeline.live.kill import kill_flag_path
 from crypto_pipeline.live.metrics import LiveMetrics
 from crypto_pipeline.live.orders import OrderDesk

@@ -31,11 +31,11 @@ import polars as pl
 
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.execution import DecisionStep, MarketView, data_age
+from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.bars import BarBuffer, Gap, max_bars_for
 from crypto_pipeline.live.book import BookView, LiveBooks
 from crypto_pipeline.live.config import LiveConfig
-from crypto_pipeline.live.journal import Journal
 from crypto_pipeline.live.kill import kill_reason
 from crypto_pipeline.live.marks import last_closes, recent_returns
 from crypto_pipeline.live.metrics import LiveMetrics

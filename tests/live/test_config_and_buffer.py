@@ -9,9 +9,9 @@ from pydantic import ValidationError
 
 from crypto_pipeline.config import Settings
 from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.execution import client_order_id
 from crypto_pipeline.live.bars import BarBuffer
 from crypto_pipeline.live.config import LiveConfig
-from crypto_pipeline.live.orders import client_order_id
 from crypto_pipeline.live.venue import resolve_endpoints
 from crypto_pipeline.market.timeframes import Timeframe
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from crypto_pipeline.live.journal import Journal
+from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.llm.decision import Action, TradeDecision
 from crypto_pipeline.risk import RiskResult
 from crypto_pipeline.trading import OrderIntent, OrderSide

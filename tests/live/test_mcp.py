@@ -316,7 +316,7 @@ def test_wrong_keys_are_a_clear_tool_error_and_no_order(start_exchange, tmp_path
     from pydantic import SecretStr
 
     from crypto_pipeline.config import Settings
-    from crypto_pipeline.live.agent import AgentConfig, AgentDesk
+    from crypto_pipeline.mcp_desk import AgentConfig, AgentDesk
     from crypto_pipeline.mcp_server import build_server
 
     server = start_exchange()

@@ -11,8 +11,9 @@ from alpaca.common.exceptions import APIError
 from requests import HTTPError, Response
 
 from crypto_pipeline.config import Settings
-from crypto_pipeline.live.journal import Journal
-from crypto_pipeline.live.orders import OrderDesk, client_order_id
+from crypto_pipeline.execution import client_order_id
+from crypto_pipeline.journal.writer import Journal
+from crypto_pipeline.live.orders import OrderDesk
 from crypto_pipeline.live.session import LiveSession
 from crypto_pipeline.live.venue import Clients, Credentials, Endpoints
 from crypto_pipeline.trading import OrderIntent, OrderSide

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.execution import DecisionStep, MarketView
+from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.live.config import Venue
-from crypto_pipeline.live.journal import Journal
 from crypto_pipeline.live.kill import kill_flag_path, kill_reason, request_kill
 from crypto_pipeline.live.marks import last_closes, recent_returns
 from crypto_pipeline.live.orders import OrderDesk, describe
