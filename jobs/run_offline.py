@@ -292,34 +292,19 @@ QUICK_LIVE = {
 LIVE_SPEED = 3600.0
 
 
-def live_provider(settings: Settings) -> tuple[str, str]:
-    """'local' when MLflow's registry holds crypto-policy's champion or a challenger (the session itself
-    falls back from the one to the other, saying so); else 'rules', and why."""
-    from crypto_pipeline.registry import CHALLENGER, CHAMPION, MODEL_NAME, alias_version
-
-    # alias_version never creates a registry that is not there.
-    if any(alias_version(settings.mlflow_tracking_uri, alias) for alias in (CHAMPION, CHALLENGER)):
-        return "local", ""
-    return (
-        "rules",
-        f"no {MODEL_NAME}@{CHAMPION} or @{CHALLENGER} registered: the rule-based provider trades",
-    )
-
-
 def run_live_paper(
     instance: dg.DagsterInstance,
     settings: Settings,
-    provider: str,
     session_id: str,
     seconds: float,
     max_decisions: int | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """The `live_paper` job, bounded to `seconds` (and `max_decisions` decision times), on an exchange it
+    """The `live_paper` job with its default provider ('auto': the champion, else the rules with the newest
+    challenger in shadow), bounded to `seconds` (and `max_decisions` decision times), on an exchange it
     starts at LIVE_SPEED."""
     config = {
         **QUICK_LIVE,
         "symbols": list(settings.symbols),
-        "provider": provider,
         "session_id": session_id,
         "max_runtime_s": seconds,
         "max_decisions": max_decisions,
@@ -332,17 +317,16 @@ def run_live_paper(
     return job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
 
 
-def live_summary(
-    result: dg.ExecuteInProcessResult, settings: Settings, session_id: str, note: str
-) -> list[str]:
+def live_summary(result: dg.ExecuteInProcessResult, settings: Settings, session_id: str) -> list[str]:
     """The session's summary, read back from the journal, with what only the session knows (which model
-    decided, why it stopped, decision -> order latency)."""
-    from crypto_pipeline.journal.summary import summarize_journal
+    decided and why, why it stopped, decision -> order latency), and its shadows side by side."""
+    from crypto_pipeline.journal.summary import side_by_side, summarize_journal
     from crypto_pipeline.warehouse import Warehouse
 
+    warehouse = Warehouse(settings.warehouse_dir)
     report = result.output_for_node("live_paper_session")
-    lines = [f"session {session_id}: {note or report.get('provider_note') or report.get('provider')}"]
-    lines += summarize_journal(Warehouse(settings.warehouse_dir), session_id).lines()
+    lines = [f"session {session_id}: {report.get('provider_note') or report.get('provider')}"]
+    lines += summarize_journal(warehouse, session_id).lines()
     if "decision_to_order_p50_ms" in report:
         lines.append(
             f"decision -> order acknowledged: p50 {report['decision_to_order_p50_ms']:.1f} ms, "
@@ -351,6 +335,19 @@ def live_summary(
     lines.append(
         f"stopped: {report.get('stop_reason')}; {report.get('decision_times_skipped', 0)} decision time(s) skipped "
         f"while deciding; {report.get('stream_bars', 0)} stream bars, {report.get('gaps_backfilled', 0)} gaps backfilled"
+    )
+    shadows = report.get("shadows") or []
+    if shadows:
+        lines.append("side by side (the shadows decided on the same states; their orders were never sent):")
+        roles = {session_id: "trading"} | {s["run_id"]: "shadow" for s in shadows}
+        lines += [f"  {line}" for line in side_by_side(warehouse, list(roles), roles)]
+        lines += [
+            f"  {s['run_id']}: {s['skipped']} decision time(s) skipped while busy, {s['failed']} failed"
+            for s in shadows
+        ]
+    lines.append(
+        "again, as the design card has it: DAGSTER_HOME=$PWD/.dagster_home .venv/bin/dagster job execute "
+        "-m definitions -j live_paper"
     )
     return lines
 
@@ -411,20 +408,17 @@ def run(
                 for line in comparison_table(gated[-1]):
                     out.print(f"      {line}", highlight=False, markup=False)
         if live_seconds > 0:
-            provider, note = live_provider(settings)
             session_id = f"make-run-{datetime.now(UTC):%Y%m%dT%H%M%S}"
             lived: list[dg.ExecuteInProcessResult] = []
             stages.run(
                 f"live paper session ({live_seconds:g} s at {LIVE_SPEED:g}x)",
                 lambda: (
-                    lived.append(
-                        run_live_paper(instance, settings, provider, session_id, live_seconds, live_decisions)
-                    )
+                    lived.append(run_live_paper(instance, settings, session_id, live_seconds, live_decisions))
                     or lived[-1]
                 ),
             )
             if lived and lived[-1].success:
-                for line in live_summary(lived[-1], settings, session_id, note):
+                for line in live_summary(lived[-1], settings, session_id):
                     out.print(f"      {line}", highlight=False, markup=False)
     status = "[green]success[/]" if stages.ok else "[red]failure[/]"
     out.print(f"offline run: {status} in {time.perf_counter() - started:.0f} s (full logs: {log_path})")

@@ -29,3 +29,35 @@ def tiny_llama(tokenizer: Any, *, initializer_range: float = 0.02, seed: int = 0
         initializer_range=initializer_range,
     )
     return LlamaForCausalLM(config)
+
+
+def always_buy_llama(tokenizer: Any) -> Any:
+    """A tiny Llama that answers the decision grammar with BUY, confidence 99, whatever the prompt: a
+    real model for the tests that need a registered version to trade (a random tiny Llama mostly
+    holds). Its attention and MLP outputs are zero, so the last hidden state is the same for every
+    input; the output head then scores tokens by a fixed preference (BUY, high digits, closing quotes),
+    and greedy decoding under the grammar picks the preferred token the grammar allows."""
+    import torch
+
+    model = tiny_llama(tokenizer)
+    model.config.tie_word_embeddings = False
+    hidden = model.config.hidden_size
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embeddings = torch.zeros_like(model.model.embed_tokens.weight)
+        embeddings[:, 0] = 1.0
+        model.model.embed_tokens.weight.copy_(embeddings)
+        head = torch.zeros(len(tokenizer), hidden)
+        texts = tokenizer.batch_decode([[token_id] for token_id in range(len(tokenizer))])
+        for token_id, text in enumerate(t.strip() for t in texts):
+            if text and text[0] == "B" and "BUY".startswith(text):
+                head[token_id, 0] = 10.0
+            elif text.isascii() and text.isdigit():
+                head[token_id, 0] = 1.0 + int(text[:3]) / 1000  # the largest number the grammar allows
+            elif text in ('"', '",', '"}', "}"):
+                head[token_id, 0] = 20.0  # close strings at once: an empty reasoning
+        model.lm_head = torch.nn.Linear(hidden, len(tokenizer), bias=False)
+        model.lm_head.weight.copy_(head)
+    return model

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from crypto_pipeline.journal.writer import SHADOW_INFIX
 from crypto_pipeline.market.schema import INGESTED_AT
 from crypto_pipeline.warehouse import Warehouse
 
@@ -173,12 +174,18 @@ def pick_runs(
 ) -> tuple[str | None, str | None]:
     """(live run, reference run) among `journal_runs`: the reference as given, else the newest run
     named `reference_prefix`...; the live run is the newest other one (the kill switch's own
-    journal entries are no session)."""
+    journal entries are no session, a shadow book is not the run that traded)."""
     ids = runs["run_id"].to_list() if not runs.is_empty() else []
     if reference_run is None:
         references = [r for r in ids if r.startswith(reference_prefix)]
         reference_run = references[-1] if references else None
-    others = [r for r in ids if r != reference_run and not r.startswith((reference_prefix, "kill-switch"))]
+    others = [
+        r
+        for r in ids
+        if r != reference_run
+        and not r.startswith((reference_prefix, "kill-switch"))
+        and SHADOW_INFIX not in r
+    ]
     return (others[-1] if others else None), (reference_run if reference_run in ids else None)
 
 

@@ -132,6 +132,15 @@ def live_performance(
     return result
 
 
+def shadows_of(warehouse: Warehouse, run_id: str) -> list[str]:
+    """The shadow books that ran beside session `run_id` (the journal's `sessions` rows)."""
+    sessions = warehouse.read("sessions")
+    if sessions.is_empty():
+        return []
+    mine = sessions.filter((pl.col("trading_run_id") == run_id) & (pl.col("role") == "shadow"))
+    return sorted(set(mine["run_id"].to_list()))
+
+
 def _state_prices(decisions: pl.DataFrame) -> pl.DataFrame:
     """(time, symbol, price) of every journaled state: the prices each decision saw."""
     out = [

@@ -5,7 +5,7 @@ model's decision latency. `make run` prints it; it reads only the rows tagged wi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -31,6 +31,8 @@ class JournalSummary:
     latency_p99_ms: float | None
     first: datetime | None
     last: datetime | None
+    # Approved orders by the model version whose decision they answer ("the model behind each order").
+    orders_by_model: dict[str, int] = field(default_factory=dict)
 
     @property
     def valid_rate(self) -> float | None:
@@ -52,6 +54,9 @@ class JournalSummary:
             f"valid rate: {rate} ({self.valid} valid; {actions})",
             f"risk engine: {self.approved} approved; orders: {self.orders}; fills: {self.fills}",
         ]
+        if self.orders_by_model:
+            by = ", ".join(f"{model}: {n}" for model, n in sorted(self.orders_by_model.items()))
+            lines.append(f"orders by the model that decided them: {by}")
         if self.session_return is not None:
             pnl = self.equity_end - self.equity_start  # type: ignore[operator]
             hold = f"{self.buy_and_hold_return:+.2%}" if self.buy_and_hold_return is not None else "n/a"
@@ -76,13 +81,18 @@ def summarize_journal(warehouse: Warehouse, run_id: str) -> JournalSummary:
     latency = decisions["latency_ms"].drop_nulls().to_numpy()
     p50, p99 = np.percentile(latency, [50, 99]) if latency.size else (None, None)
     submitted = orders.filter(pl.col("client_order_id").is_not_null())["client_order_id"].n_unique()
+    approved = verdicts.filter(pl.col("verdict") == "approved")
+    models = approved.join(
+        decisions.select("time", "symbol", "provider", "model_version"), on=["time", "symbol"]
+    )
+    by_model = models.select(pl.coalesce("model_version", "provider").fill_null("unknown").alias("model"))
     return JournalSummary(
         run_id=run_id,
         decisions=decisions.height,
         valid=int(decisions["valid"].sum() or 0),
         decision_times=decisions["time"].n_unique(),
         actions={str(a): int(n) for a, n in decisions["action"].value_counts().iter_rows()},
-        approved=verdicts.filter(pl.col("verdict") == "approved").height,
+        approved=approved.height,
         orders=submitted,
         fills=fills.height,
         equity_start=float(equity["equity"][0]) if equity.height else None,
@@ -92,7 +102,26 @@ def summarize_journal(warehouse: Warehouse, run_id: str) -> JournalSummary:
         latency_p99_ms=None if p99 is None else float(p99),
         first=decisions["time"].min() if decisions.height else None,
         last=decisions["time"].max() if decisions.height else None,
+        orders_by_model={str(m): int(n) for m, n in by_model["model"].value_counts().iter_rows()},
     )
+
+
+def side_by_side(warehouse: Warehouse, run_ids: list[str], roles: dict[str, str]) -> list[str]:
+    """One line per run (the trading session and its shadows): who decided, the HOLD/BUY/SELL counts,
+    orders (a shadow's are never sent), P&L against buy-and-hold and decision latency."""
+    header = f"{'run':<40} {'role':<8} {'decisions':>9} {'HOLD/BUY/SELL':>14} {'orders':>6} {'P&L':>8} {'hold':>8} {'p50 ms':>9}"
+    lines = [header]
+    for run_id in run_ids:
+        summary = summarize_journal(warehouse, run_id)
+        acts = "/".join(str(summary.actions.get(a, 0)) for a in ("HOLD", "BUY", "SELL"))
+        pnl = f"{summary.session_return:+.2%}" if summary.session_return is not None else "n/a"
+        hold = f"{summary.buy_and_hold_return:+.2%}" if summary.buy_and_hold_return is not None else "n/a"
+        p50 = f"{summary.latency_p50_ms:,.0f}" if summary.latency_p50_ms is not None else "n/a"
+        lines.append(
+            f"{run_id:<40} {roles.get(run_id, ''):<8} {summary.decisions:>9} {acts:>14} {summary.orders:>6} "
+            f"{pnl:>8} {hold:>8} {p50:>9}"
+        )
+    return lines
 
 
 def _buy_and_hold(decisions: pl.DataFrame) -> float | None:

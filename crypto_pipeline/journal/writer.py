@@ -24,6 +24,12 @@ from crypto_pipeline.warehouse.tables import TIMESTAMP_DTYPE
 
 JOURNAL_TABLES = ("sessions", "decisions", "risk_verdicts", "orders", "fills", "equity")
 log = logging.getLogger(__name__)
+SHADOW_INFIX = "-shadow-v"
+
+
+def shadow_run_id(session_id: str, version: str) -> str:
+    """The run id a shadow book of `version` journals under, beside session `session_id`."""
+    return f"{session_id}{SHADOW_INFIX}{version}"
 
 
 class Journal:

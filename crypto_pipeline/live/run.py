@@ -30,6 +30,7 @@ from crypto_pipeline.registry import (
     alias_version,
     make_provider,
 )
+from crypto_pipeline.registry import client as registry_client
 from crypto_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,9 @@ def run_live(
             session.stop_when = _champion_moved(settings, CHAMPION, choice.version)
         elif config.provider in ("local", "swarm") and choice.version is not None:
             session.stop_when = _champion_moved(settings, config.model_alias, choice.version)
-        return session.run()
+        report = session.run()
+        record_paper_results(settings, report, Warehouse(warehouse_dir))
+        return report
     finally:
         alerts.close()
         metrics.close()
@@ -167,6 +170,42 @@ def session_provider(config: LiveConfig, settings: object, *, load: bool = True)
     return make_provider(
         config.provider, settings, ref=config.model_alias, fallback=True, options=options, load=load
     )
+
+
+def record_paper_results(settings: object, report: SessionReport, warehouse: Warehouse) -> None:
+    """Each registered version's forward record of this session on its model version in MLflow (tags
+    `paper.<session>.*`): the trading version's and every shadow's side by side, as MLflow's model
+    comparison shows them. The journal holds the rows; these are the figures."""
+    from crypto_pipeline.journal.summary import summarize_journal
+
+    runs = [(report.session_id, report.model_version, "trading")]
+    runs += [(s.run_id, s.version, "shadow") for s in report.shadows]
+    runs = [(run_id, version, role) for run_id, version, role in runs if version]
+    if not runs:
+        return
+    mlflow_client = registry_client(settings.mlflow_tracking_uri)  # type: ignore[attr-defined]
+    for run_id, version, role in runs:
+        summary = summarize_journal(warehouse, run_id)
+        figures = {
+            "role": role,
+            "run_id": run_id,
+            "decisions": summary.decisions,
+            "valid_rate": summary.valid_rate,
+            "actions": ",".join(f"{k}:{v}" for k, v in sorted(summary.actions.items())),
+            "approved": summary.approved,
+            "return": summary.session_return,
+            "buy_and_hold_return": summary.buy_and_hold_return,
+        }
+        try:
+            for name, value in figures.items():
+                if value is not None:
+                    mlflow_client.set_model_version_tag(
+                        MODEL_NAME, version, f"paper.{report.session_id}.{name}", str(value)
+                    )
+        except Exception as exc:  # noqa: BLE001 - the journal has it all; the tags are a convenience
+            log.warning(
+                "could not tag %s version %s with the session's figures: %s", MODEL_NAME, version, exc
+            )
 
 
 def _environment_keys(settings: object) -> tuple[SecretStr, SecretStr] | None:

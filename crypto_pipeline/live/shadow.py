@@ -22,7 +22,7 @@ import pandas as pd
 import polars as pl
 
 from crypto_pipeline.execution import DecisionStep, MarketView, SimulatedVenue
-from crypto_pipeline.journal.writer import Journal
+from crypto_pipeline.journal.writer import Journal, shadow_run_id
 from crypto_pipeline.llm.provider import DecisionProvider
 from crypto_pipeline.risk import RiskConfig, RiskEngine
 from crypto_pipeline.state import MarketState
@@ -30,10 +30,6 @@ from crypto_pipeline.trading import rules
 from crypto_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
-
-
-def shadow_run_id(session_id: str, version: str) -> str:
-    return f"{session_id}-shadow-v{version}"
 
 
 @dataclass
