@@ -15,8 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 
@@ -52,7 +54,8 @@ def environment(tmp_path: Path, warehouse: Path, data: Path) -> dict[str, str]:
 
 
 def stop(process: subprocess.Popen, log: Path) -> None:
-    """SIGINT to the process group (the daemon and the code server it started), SIGKILL if it lingers."""
+    """SIGINT to the process group (the daemon with the code server it started, or a command still
+    running), SIGKILL if it lingers."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGINT)
         try:
@@ -60,7 +63,19 @@ def stop(process: subprocess.Popen, log: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
-            pytest.fail(f"{DAEMON} ignored SIGINT for 30 s:\n{log.read_text()[-3000:]}")
+            pytest.fail(f"{' '.join(process.args[-3:])} ignored SIGINT for 30 s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    """The Dagster instance in DAGSTER_HOME as `make setup` leaves it. Its SQLite storage exists before the
+    daemon and the launch open it: two processes creating it at the same moment can both stamp its schema
+    (alembic: "more than one head")."""
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield instance
 
 
 def journaled(warehouse: Path, run_id: str) -> pl.DataFrame:
@@ -70,16 +85,8 @@ def journaled(warehouse: Path, run_id: str) -> pl.DataFrame:
 @pytest.mark.slow
 @pytest.mark.requires_data("binance-spot-2024")
 def test_the_design_card_commands_trade_a_session_each_from_the_repository_root(
-    tmp_path: Path, recorded
+    tmp_path: Path, recorded, instance: dg.DagsterInstance
 ) -> None:
-    import dagster as dg
-
-    home = tmp_path / "dagster"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # what `make setup` writes
-    # The instance's SQLite storage exists before the daemon and the launch open it: two processes creating
-    # it at the same moment can both stamp its schema (alembic: "more than one head").
-    instance = dg.DagsterInstance.from_config(str(home))
     data = recorded("binance-spot-2024")
     # One warehouse per command: the two sessions run side by side, each with its own exchange account.
     executed_wh, launched_wh = tmp_path / "wh-execute", tmp_path / "wh-launch"
