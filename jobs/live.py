@@ -19,9 +19,15 @@ class LivePaperConfig(dg.Config):
     timeframe: str = Field("5m", description="Bar timeframe the loop buffers.")
     decision_interval: str = Field("1h", description="Decide at every close of this interval.")
     provider: str = Field(
-        "rules",
-        description="'rules', 'local' (the registered crypto-policy), 'openai' (a chat-completions "
-        "server) or 'swarm' (crypto-policy and the rules, voting).",
+        "auto",
+        description="'auto' (the default): crypto-policy@champion; without a champion the rules, with the "
+        "newest challenger in shadow. 'rules', 'local' (crypto-policy at model_alias), 'openai' (a "
+        "chat-completions server) or 'swarm' (crypto-policy and the rules, voting).",
+    )
+    shadows: list[str] | None = Field(
+        None,
+        description="crypto-policy versions or aliases deciding in shadow (no order sent); None: with "
+        "'auto', the newest challenger when it is not the champion; [] for none.",
     )
     model_alias: str = Field("champion", description="crypto-policy alias; no champion: newest challenger.")
     openai_base_url: str | None = Field(None, description="openai: the server's base URL (…/v1).")
@@ -64,6 +70,7 @@ def live_paper_session(
         decision_interval=config.decision_interval,
         provider=config.provider,  # type: ignore[arg-type]
         model_alias=config.model_alias,
+        shadows=tuple(config.shadows) if config.shadows is not None else None,
         openai_base_url=config.openai_base_url,
         openai_model=config.openai_model,
         openai_api_key_env=config.openai_api_key_env,
@@ -86,11 +93,24 @@ def live_paper_session(
     )
     report = run_live(live, settings, exchange_url=config.exchange_url, embedded=embedded)
     context.log.info(report.summary())
-    summary = {k: v for k, v in vars(report).items() if k != "decision_to_order_ms"}
+    # What traded and what ran in shadow, where the run list shows it.
+    context.instance.add_run_tags(
+        context.run_id,
+        {
+            "crypto_pipeline/provider": report.provider,
+            "crypto_pipeline/model": (report.model_version or "none")[:60],
+            "crypto_pipeline/provider_note": report.provider_note[:200],
+            "crypto_pipeline/shadows": ",".join(s.run_id for s in report.shadows)[:200] or "none",
+        },
+    )
+    summary = {k: v for k, v in vars(report).items() if k not in ("decision_to_order_ms", "shadows")}
+    summary["shadows"] = [vars(s) for s in report.shadows]
     if report.decision_to_order_ms:
         p50, p99 = np.percentile(report.decision_to_order_ms, [50, 99])
         summary |= {"decision_to_order_p50_ms": float(p50), "decision_to_order_p99_ms": float(p99)}
-    return dg.Output(summary, metadata={k: v for k, v in summary.items() if v is not None})
+    metadata = {k: v for k, v in summary.items() if v is not None and k != "shadows"}
+    metadata |= {f"shadow {s.run_id}": s.summary() for s in report.shadows}
+    return dg.Output(summary, metadata=metadata)
 
 
 # One op: in process, the run starts trading without a step process importing the definitions again.

@@ -28,6 +28,7 @@ import vectorbt as vbt
 
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.execution import DecisionStep, MarketView, SimulatedVenue, data_age
+from crypto_pipeline.execution.simulated import wide
 from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.llm.decision import TradeDecision
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
@@ -79,15 +80,6 @@ def load_bars(
     if bars.height == 0:
         raise UserInputError(f"no {tf.value} bars for {list(symbols)} in [{first:%Y-%m-%d}, {last:%Y-%m-%d})")
     return bars
-
-
-def wide(bars: pl.DataFrame, column: str) -> pd.DataFrame:
-    """One column of long bars as a time x symbol frame (the shape vectorbt wants)."""
-    frame = bars.select("timestamp", "symbol", column).pivot(on="symbol", index="timestamp", values=column)
-    frame = frame.sort("timestamp").to_pandas().set_index("timestamp")
-    frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC")
-    frame.columns.name = "symbol"
-    return frame
 
 
 def _freq(index: pd.DatetimeIndex) -> pd.Timedelta:

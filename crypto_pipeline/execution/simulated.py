@@ -15,12 +15,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import polars as pl
 
 from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.trading import Account, Fill, OrderIntent, OrderSide, Position, rules
 from crypto_pipeline.trading.enums import Liquidity
 
 log = logging.getLogger(__name__)
+
+
+def wide(bars: pl.DataFrame, column: str) -> pd.DataFrame:
+    """One column of long bars as a time x symbol frame (the shape vectorbt and this venue read)."""
+    frame = bars.select("timestamp", "symbol", column).pivot(on="symbol", index="timestamp", values=column)
+    frame = frame.sort("timestamp").to_pandas().set_index("timestamp")
+    frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC")
+    frame.columns.name = "symbol"
+    return frame
 
 
 @dataclass
@@ -90,6 +100,18 @@ class SimulatedVenue:
         self._marks: dict[str, float] = {}
         self.decided: dict[tuple[datetime, str], str | None] = {}  # a backtest never restarts
 
+    @classmethod
+    def from_bars(cls, bars: pl.DataFrame, **options: Any) -> SimulatedVenue:
+        venue = cls(pd.DataFrame(), pd.DataFrame(), **options)
+        venue.update_bars(bars)
+        return venue
+
+    def update_bars(self, bars: pl.DataFrame) -> None:
+        """The bars orders fill against (a live shadow book refreshes them as the stream brings bars)."""
+        if bars.is_empty():
+            return
+        self.opens, self.volumes = wide(bars, "open"), wide(bars, "volume")
+
     # --- the Venue protocol ---------------------------------------------------------------------------
     def mark(self, marks: dict[str, float]) -> None:
         self._marks = dict(marks)
@@ -141,7 +163,8 @@ class SimulatedVenue:
         """Fill at the open of `bar`, or drop the order (no bar for the symbol, no cash, nothing held)."""
         intent, symbol = p.intent, p.intent.symbol
         opens = self.opens
-        open_price = float(opens.at[bar, symbol]) if symbol in opens.columns else math.nan
+        known = symbol in opens.columns and bar in opens.index
+        open_price = float(opens.at[bar, symbol]) if known else math.nan
         if not np.isfinite(open_price) or open_price <= 0:
             log.info("no open for %s at %s: order dropped", symbol, bar)
             return None

@@ -22,7 +22,7 @@ from crypto_pipeline.state import MarketState
 from crypto_pipeline.warehouse import Warehouse, table_spec
 from crypto_pipeline.warehouse.tables import TIMESTAMP_DTYPE
 
-JOURNAL_TABLES = ("decisions", "risk_verdicts", "orders", "fills", "equity")
+JOURNAL_TABLES = ("sessions", "decisions", "risk_verdicts", "orders", "fills", "equity")
 log = logging.getLogger(__name__)
 
 
@@ -79,6 +79,31 @@ class Journal:
             latency_ms=decision.latency_ms,
             prompt_tokens=decision.prompt_tokens,
             completion_tokens=decision.completion_tokens,
+        )
+
+    def session(
+        self,
+        at: datetime,
+        *,
+        provider: str,
+        model_version: str | None,
+        note: str,
+        role: str = "trading",
+        trading_run_id: str | None = None,
+        venue: str | None = None,
+        symbols: list[str] | None = None,
+    ) -> None:
+        """What this run decides with and why (every fallback said), once per start."""
+        self._add(
+            "sessions",
+            time=at,
+            provider=provider,
+            model_version=model_version,
+            note=note,
+            role=role,
+            trading_run_id=trading_run_id or self.session_id,
+            venue=venue,
+            symbols=symbols,
         )
 
     def recovered(self, at: datetime, symbol: str, order: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.registry import CHAMPION, MODEL_NAME
 
 Venue = Literal["local", "alpaca_paper", "alpaca_live"]
-ProviderName = Literal["rules", "local", "openai", "swarm"]
+ProviderName = Literal["auto", "rules", "local", "openai", "swarm"]
 
 
 class LiveConfig(BaseModel):
@@ -32,7 +32,17 @@ class LiveConfig(BaseModel):
     symbols: tuple[str, ...] = Field(default=DEFAULT_SYMBOLS, min_length=1)
     timeframe: str = "5m"
     decision_interval: str = "1h"
-    provider: ProviderName = "rules"
+    provider: ProviderName = Field(
+        "auto",
+        description=f"'auto': {MODEL_NAME}@{CHAMPION} trades; without one the rules trade and the newest "
+        "challenger runs in shadow (said in the log, the journal's sessions row and the summary). 'local': "
+        "the version at `model_alias`; 'rules'; 'openai'; 'swarm' (the version and the rules, voting).",
+    )
+    shadows: tuple[str, ...] | None = Field(
+        None,
+        description=f"Versions or aliases of {MODEL_NAME} that decide in shadow (no order sent). None: with "
+        "provider 'auto', the newest challenger when it is not the champion; otherwise none.",
+    )
     model_alias: str = Field(
         CHAMPION,
         description=f"Alias of {MODEL_NAME} for providers 'local' and 'swarm' "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,8 +19,17 @@ from crypto_pipeline.live.kill import kill_flag_path
 from crypto_pipeline.live.metrics import LiveMetrics
 from crypto_pipeline.live.orders import OrderDesk
 from crypto_pipeline.live.session import LiveSession, SessionReport
+from crypto_pipeline.live.shadow import Shadow
 from crypto_pipeline.live.venue import Clients, Credentials, resolve_endpoints
-from crypto_pipeline.registry import ProviderChoice, ProviderOptions, alias_version, make_provider
+from crypto_pipeline.registry import (
+    CHALLENGER,
+    CHAMPION,
+    MODEL_NAME,
+    ProviderChoice,
+    ProviderOptions,
+    alias_version,
+    make_provider,
+)
 from crypto_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -70,19 +79,39 @@ def run_live(
     try:
         if monitoring is not None and monitoring.metrics_port is not None:
             metrics.serve(monitoring.metrics_port, monitoring.metrics_host)
-        choice = session_provider(config, settings)
+        choice, shadow_choices = session_providers(config, settings)
         log.info("live session %s decides with %s", config.session_id, choice.note)
+        clients = Clients.connect(endpoints, credentials)
+        warehouse = Warehouse(warehouse_dir)
+        cash = float(clients.trading.get_account()["equity"]) if shadow_choices else 0.0
+        shadows = [
+            Shadow(s.provider, str(s.version), s.note, config.session_id, warehouse, init_cash=cash)
+            for s in shadow_choices
+        ]
+        for shadow in shadows:
+            log.info(
+                "live session %s: %s decides in shadow (%s)",
+                config.session_id,
+                shadow.run_id,
+                shadow.report.note,
+            )
         session = LiveSession(
             config,
-            Clients.connect(endpoints, credentials),
+            clients,
             choice.provider,
-            Warehouse(warehouse_dir),
+            warehouse,
             kill_flag=kill_flag_path(warehouse_dir),
             provider_note=choice.note,
             metrics=metrics,
             alerts=alerts,
+            model_version=choice.version,
+            shadows=shadows,
         )
-        if config.provider in ("local", "swarm") and choice.version is not None:
+        if config.provider == "auto":
+            # A new champion (or a first one, while the rules trade) ends the session: champion_sensor
+            # starts the next one with it.
+            session.stop_when = _champion_moved(settings, CHAMPION, choice.version)
+        elif config.provider in ("local", "swarm") and choice.version is not None:
             session.stop_when = _champion_moved(settings, config.model_alias, choice.version)
         return session.run()
     finally:
@@ -90,6 +119,40 @@ def run_live(
         metrics.close()
         if server is not None:
             server.stop()
+
+
+def session_providers(
+    config: LiveConfig, settings: object, *, load: bool = True
+) -> tuple[ProviderChoice, list[ProviderChoice]]:
+    """What trades and what decides in shadow. Provider 'auto': crypto-policy@champion trades; without a
+    champion the rules trade, saying so, and the newest challenger runs in shadow. `config.shadows`
+    names other versions to shadow (a version that is the trading one is left out)."""
+    uri = settings.mlflow_tracking_uri  # type: ignore[attr-defined]
+    champion, challenger = alias_version(uri, CHAMPION), alias_version(uri, CHALLENGER)
+    if config.provider == "auto":
+        if champion is not None:
+            trading = make_provider(f"llm:{champion}", settings, load=load)  # type: ignore[arg-type]
+            trading = replace(trading, note=f"{MODEL_NAME}@{CHAMPION}: {trading.note}")
+        else:
+            why = f"no {MODEL_NAME}@{CHAMPION} in the registry at {uri}: the rules trade"
+            if challenger is not None and config.shadows is None:
+                why += f", the newest {CHALLENGER} (version {challenger}) decides in shadow"
+            log.warning(why)
+            trading = replace(make_provider("rules", settings), note=why)  # type: ignore[arg-type]
+        default = [challenger] if challenger is not None and challenger != champion else []
+    else:
+        trading = session_provider(config, settings, load=load)
+        default = []
+    refs = list(config.shadows) if config.shadows is not None else default
+    shadows: list[ProviderChoice] = []
+    for ref in refs:
+        shadow = make_provider(f"llm:{ref}", settings, load=load)  # type: ignore[arg-type]
+        if shadow.version is not None and shadow.version not in {
+            trading.version,
+            *(s.version for s in shadows),
+        }:
+            shadows.append(shadow)
+    return trading, shadows
 
 
 def session_provider(config: LiveConfig, settings: object, *, load: bool = True) -> ProviderChoice:

@@ -21,7 +21,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +40,7 @@ from crypto_pipeline.live.kill import kill_reason
 from crypto_pipeline.live.marks import last_closes, recent_returns
 from crypto_pipeline.live.metrics import LiveMetrics
 from crypto_pipeline.live.orders import OrderDesk, describe
+from crypto_pipeline.live.shadow import Shadow, ShadowReport, ShadowRunner
 from crypto_pipeline.live.states import states_at
 from crypto_pipeline.live.streams import StreamThread, parse_stream_bar
 from crypto_pipeline.live.venue import Clients
@@ -56,6 +57,7 @@ class SessionReport:
     session_id: str
     provider: str
     provider_note: str = ""
+    model_version: str | None = None
     decision_batches: int = 0
     decisions: int = 0
     valid_decisions: int = 0
@@ -79,6 +81,7 @@ class SessionReport:
     equity_end: float | None = None
     decision_to_order_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    shadows: list[ShadowReport] = field(default_factory=list)
 
     def summary(self) -> str:
         lat = np.percentile(self.decision_to_order_ms, [50, 99]) if self.decision_to_order_ms else None
@@ -90,6 +93,7 @@ class SessionReport:
             f"{self.stream_bars} stream bars, {self.stream_quotes} quotes, {self.book_messages} book "
             f"messages, {self.gaps_backfilled} gaps backfilled, "
             f"{self.malformed_messages} malformed messages skipped{latency}; stopped: {self.stop_reason}"
+            + "".join(f"\n  {shadow.summary()}" for shadow in self.shadows)
         )
 
 
@@ -108,8 +112,12 @@ class LiveSession:
         provider_note: str = "",
         metrics: LiveMetrics | None = None,
         alerts: Alerter | None = None,
+        model_version: str | None = None,
+        shadows: Sequence[Shadow] = (),
     ) -> None:
         self.config = config
+        # Other versions on the same stream and states, against shadow books (shadow.py).
+        self.shadows = ShadowRunner(shadows)
         self.clients = clients
         self.provider = provider
         self.risk = risk or RiskEngine(RiskConfig(max_spread_bps=config.max_spread_bps))
@@ -130,7 +138,9 @@ class LiveSession:
         self.books = LiveBooks(config.symbols)
         self._data_stream: Any = None
         self.kill_flag = kill_flag
-        self.report = SessionReport(config.session_id, getattr(provider, "name", "provider"), provider_note)
+        self.report = SessionReport(
+            config.session_id, getattr(provider, "name", "provider"), provider_note, model_version
+        )
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.subscribed = threading.Event()
         self._stop = threading.Event()
@@ -155,6 +165,7 @@ class LiveSession:
         now = self._venue_time()
         opened, held = self.desk.reconcile(now)
         self.report.reconciled_open_orders, self.report.reconciled_positions = opened, held
+        self._journal_sessions(now)
         self._load_history(now)
         next_at = self._first_decision_time()
         streams = self._streams = self._start_streams()
@@ -445,6 +456,8 @@ class LiveSession:
         self.desk.poll_open()
         self._snapshot(at)
         self.journal.flush()
+        # The shadows decide on the same states once this session's orders are out, in their thread.
+        self.shadows.submit(at, shown, market, frame)
         self._decided_wall = time.monotonic()
         self.report.decision_batches += 1
         self.report.orders_submitted = self.desk.submitted
@@ -482,6 +495,30 @@ class LiveSession:
             at, equity=equity, cash=float(raw["cash"]), positions_value=value, unrealized=unrealized
         )
 
+    def _journal_sessions(self, now: datetime) -> None:
+        """The `sessions` rows: what trades and why (every fallback in the note), and each shadow."""
+        cfg = self.config
+        common = {"venue": cfg.venue, "symbols": list(cfg.symbols)}
+        self.journal.session(
+            now,
+            provider=self.report.provider,
+            model_version=self.report.model_version,
+            note=self.report.provider_note,
+            **common,
+        )
+        for shadow in self.shadows.shadows:
+            shadow.journal.session(
+                now,
+                provider=shadow.report.note,
+                model_version=shadow.report.version,
+                note=f"shadow of {cfg.session_id}: decides on the same states, no order is sent",
+                role="shadow",
+                trading_run_id=cfg.session_id,
+                **common,
+            )
+            shadow.journal.flush()
+        self.journal.flush()
+
     def _finish(self) -> None:
         try:
             self.desk.poll_open()
@@ -489,6 +526,7 @@ class LiveSession:
         except Exception as exc:  # noqa: BLE001 - the journal is still written below
             log.warning("final account snapshot failed: %s", describe(exc))
         self.journal.flush()
+        self.report.shadows = self.shadows.close(self.buffer.frame())
         self.report.orders_submitted = self.desk.submitted
         self.report.orders_reused = self.desk.reused
         self.report.orders_refused = len(self.desk.refused)

@@ -358,3 +358,23 @@ EQUITY = register_table(
         **_JOURNAL,
     )
 )
+SESSIONS = register_table(
+    TableSpec(
+        "sessions",
+        _schema(
+            time=TIMESTAMP_DTYPE,
+            run_id=pl.Utf8,
+            provider=pl.Utf8,  # what trades: rules, crypto-policy:N, ...
+            model_version=pl.Utf8,
+            note=pl.Utf8,  # how it was chosen, every fallback said
+            role=pl.Utf8,  # "trading" (orders go to the venue) or "shadow" (a shadow book, no order)
+            trading_run_id=pl.Utf8,  # a shadow's session: the run whose stream and states it shares
+            venue=pl.Utf8,
+            symbols=pl.List(pl.Utf8),
+            **_STAMP,
+        ),
+        ("run_id", "time"),
+        description="one row per live session start: what traded, why, and the shadows beside it",
+        **_JOURNAL,
+    )
+)
