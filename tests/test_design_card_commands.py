@@ -2,7 +2,8 @@
 `dagster job execute -m definitions -j live_paper` trades a session in the terminal, and
 `dagster job launch -j live_paper` (which reads workspace.yaml) queues one that `dagster-daemon run` (or
 `dagster dev`) on the same DAGSTER_HOME starts. Neither passes run config: the session's bounds come from
-the environment (CRYPTO_PIPELINE_LIVE_MAX_DECISIONS), and each run journals its decisions under its run id.
+the environment (CRYPTO_PIPELINE_LIVE_MAX_DECISIONS), and each run journals its decisions under its run id,
+with a session row (and run tags) that say what traded and why.
 
 Dagster 1.13's `job execute` finds its code only through -f, -m, --package-name or
 --autoload-defs-module-name (or their environment variables): it reads neither workspace.yaml nor
@@ -78,8 +79,9 @@ def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
-def journaled(warehouse: Path, run_id: str) -> pl.DataFrame:
-    return Warehouse(warehouse).read("decisions").filter(pl.col("run_id") == run_id[:8])
+def journaled(warehouse: Path, run_id: str, table: str) -> pl.DataFrame:
+    """The journal's rows of a run: its session id is the run id's first eight characters."""
+    return Warehouse(warehouse).read(table).filter(pl.col("run_id") == run_id[:8])
 
 
 @pytest.mark.slow
@@ -142,8 +144,13 @@ def test_the_design_card_commands_trade_a_session_each_from_the_repository_root(
     [executed_run] = [run for run in runs if run.run_id in logs["execute"].read_text()]
     [launched_run] = [run for run in runs if run is not executed_run]
     for warehouse, run in ((executed_wh, executed_run), (launched_wh, launched_run)):
-        decisions = journaled(warehouse, run.run_id)
+        decisions = journaled(warehouse, run.run_id, "decisions")
         # Every default symbol decided at each of the two decision times the environment allowed.
         assert decisions["time"].n_unique() == DECISION_TIMES, decisions
         assert sorted(decisions["symbol"].unique()) == sorted(DEFAULT_SYMBOLS)
         assert decisions["provider"].null_count() == 0 and decisions["valid"].all()
+        # No run config: the default provider, which with an empty registry trades the rules and says so
+        # in the journal's session row and in the run's tags.
+        [session] = journaled(warehouse, run.run_id, "sessions").to_dicts()
+        assert session["role"] == "trading" and "the rules trade" in session["note"], session
+        assert "the rules trade" in instance.get_run_by_id(run.run_id).tags["crypto_pipeline/provider_note"]
