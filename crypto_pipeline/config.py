@@ -228,6 +228,15 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("ALPACA_SECRET_KEY", "CRYPTO_PIPELINE_ALPACA_SECRET_KEY")
     )
 
+    # --- the live_paper job's bounds where its run config leaves them out ------------------------
+    # (the design card's `dagster job execute -m definitions -j live_paper`, or a launched run, has none)
+    live_max_runtime_s: float = Field(
+        default=120.0, gt=0, description="live_paper: wall seconds of a session whose run config has none."
+    )
+    live_max_decisions: int | None = Field(
+        default=None, ge=1, description="live_paper: decision times of a session whose run config has none."
+    )
+
     # --- local exchange -------------------------------------------------------------------
     exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
 

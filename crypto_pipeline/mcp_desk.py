@@ -14,6 +14,7 @@ import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from uuid import UUID
 
 from alpaca.common.exceptions import APIError
 from alpaca.trading.enums import QueryOrderStatus
@@ -319,7 +320,7 @@ class AgentDesk:
         with self._lock:
             self._connect()
             known = self.desk.lookup(order_id) if len(order_id) <= 128 else None
-            venue_id = str(known["id"]) if known is not None else order_id
+            venue_id = str(known["id"]) if known is not None else _venue_order_id(order_id)
             try:
                 self.desk.call(
                     f"cancel {venue_id}", lambda: self.clients.trading.cancel_order_by_id(venue_id)
@@ -380,6 +381,19 @@ def order_view(order: dict[str, Any]) -> dict[str, Any]:
             else value
         )
     return out
+
+
+def _venue_order_id(order_id: str) -> str:
+    """An id that is no client_order_id the venue knows must be the venue's own (a UUID): say so, rather
+    than let alpaca-py's check fail inside the call."""
+    try:
+        return str(UUID(order_id))
+    except ValueError:
+        shown = repr(order_id[:64]) + ("..." if len(order_id) > 64 else "")
+        raise UserInputError(
+            f"no order {shown} at the venue: it is no client_order_id the venue knows, and not an order "
+            "id of the venue (a UUID such as 3f2b9c1e-5d4a-4e8b-9a7c-1b2c3d4e5f60)"
+        ) from None
 
 
 def _number(value: Any) -> Any:

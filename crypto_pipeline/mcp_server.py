@@ -9,6 +9,7 @@ log, which holds no key either. The latest walk-forward report is a resource."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +17,7 @@ from alpaca.common.exceptions import APIError
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from crypto_pipeline.errors import SourceError, UserInputError
 from crypto_pipeline.live.orders import describe
@@ -40,7 +41,31 @@ TRADE = ToolAnnotations(
     read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True
 )
 
-Symbol = Annotated[str, Field(description="Pair as the venue writes it, e.g. BTC/USDT.", min_length=3)]
+# What the SDK checks before a tool runs; a value it refuses comes back as a tool error naming the argument
+# and what it accepts. A symbol is one pair: a comma would ask the data API for several.
+PAIR = re.compile(r"[A-Z0-9]{1,15}/[A-Z0-9]{1,15}")
+
+
+def _pair(value: str) -> str:
+    if not PAIR.fullmatch(value):
+        raise ValueError("expected one pair as the venue writes it, BASE/QUOTE in capitals, e.g. BTC/USDT")
+    return value
+
+
+def _one_line(value: str) -> str:
+    if not value.strip() or not value.isprintable():
+        raise ValueError("expected one line of printable text, not blank")
+    return value
+
+
+Symbol = Annotated[
+    str,
+    AfterValidator(_pair),
+    Field(
+        description="Pair as the venue writes it, e.g. BTC/USDT.",
+        json_schema_extra={"pattern": f"^{PAIR.pattern}$"},
+    ),
+]
 
 
 def latest_report(reports_dir: Path, name: str = REPORT_PAGE) -> Path | None:
@@ -83,7 +108,7 @@ def build_server(desk: AgentDesk, reports_dir: Path) -> MCPServer:
     def get_orders(
         status: Literal["open", "closed", "all"] = "open",
         limit: Annotated[int, Field(ge=1, le=500)] = 50,
-        symbol: str | None = None,
+        symbol: Symbol | None = None,
     ) -> dict[str, Any]:
         """Orders at the venue, newest first: open (default), closed or all; optionally of one symbol."""
         return {"orders": _call(desk.orders, status, limit, symbol)}
@@ -121,14 +146,20 @@ def build_server(desk: AgentDesk, reports_dir: Path) -> MCPServer:
 
     @server.tool(annotations=TRADE)
     def cancel_order(
-        order_id: Annotated[str, Field(min_length=1, description="The venue's order id or client_order_id.")],
+        order_id: Annotated[
+            str,
+            Field(min_length=1, max_length=128, description="The venue's order id or client_order_id."),
+            AfterValidator(_one_line),
+        ],
     ) -> dict[str, Any]:
         """Cancel an open order; returns the order as the venue now has it."""
         return _call(desk.cancel_order, order_id)
 
     @server.tool(annotations=TRADE)
     def kill_switch(
-        reason: Annotated[str, Field(min_length=1, max_length=200)] = "requested via MCP",
+        reason: Annotated[
+            str, Field(min_length=1, max_length=200), AfterValidator(_one_line)
+        ] = "requested via MCP",
     ) -> dict[str, Any]:
         """Emergency stop: set the kill switch (every live session stops), cancel every open order and
         close every position. Orders stay refused until a person clears it."""

@@ -1,5 +1,6 @@
 """The `live_paper` job: one bounded live session (`crypto_pipeline.live.run_live`) from run config,
-runnable with `dagster job execute -j live_paper -w workspace.yaml` or from the launchpad."""
+runnable with `dagster job execute -m definitions -j live_paper`, `dagster job launch -j live_paper`
+(a daemon running) or from the launchpad."""
 
 from pathlib import Path
 
@@ -32,8 +33,10 @@ class LivePaperConfig(dg.Config):
     openai_base_url: str | None = Field(None, description="openai: the server's base URL (…/v1).")
     openai_model: str = Field("gpt-4o-mini", description="openai: the model name the server expects.")
     openai_api_key_env: str = Field("OPENAI_API_KEY", description="openai: the variable holding the key.")
-    max_runtime_s: float = 120.0
-    max_decisions: int | None = None
+    # Empty: from Settings when the run starts (CRYPTO_PIPELINE_LIVE_MAX_RUNTIME_S, default 120 s;
+    # CRYPTO_PIPELINE_LIVE_MAX_DECISIONS, default none), so a run launched without run config is bounded too.
+    max_runtime_s: float | None = Field(None, description="Wall-clock bound (s); empty: Settings, 120.")
+    max_decisions: int | None = Field(None, description="Decision times; empty: Settings, none.")
     venue: str = Field(
         "local", description="local, alpaca_paper or alpaca_live (needs the explicit setting)."
     )
@@ -71,8 +74,8 @@ def live_paper_session(
         openai_base_url=config.openai_base_url,
         openai_model=config.openai_model,
         openai_api_key_env=config.openai_api_key_env,
-        max_runtime_s=config.max_runtime_s,
-        max_decisions=config.max_decisions,
+        max_runtime_s=settings.live_max_runtime_s if config.max_runtime_s is None else config.max_runtime_s,
+        max_decisions=settings.live_max_decisions if config.max_decisions is None else config.max_decisions,
         venue=config.venue,  # type: ignore[arg-type]
         lookback_days=config.lookback_days,
         order_book_in_prompt=config.order_book_in_prompt,
@@ -110,7 +113,11 @@ def live_paper_session(
     return dg.Output(summary, metadata=metadata)
 
 
-@dg.job(description="A bounded paper-trading session on the local exchange (or Alpaca paper).")
+# One op: in process, the run starts trading without a step process importing the definitions again.
+@dg.job(
+    description="A bounded paper-trading session on the local exchange (or Alpaca paper).",
+    executor_def=dg.in_process_executor,
+)
 def live_paper() -> None:
     live_paper_session()
 

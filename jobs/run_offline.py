@@ -357,6 +357,7 @@ def ui_commands(settings: Settings) -> list[str]:
     home = os.environ.get("DAGSTER_HOME", str(Path.cwd() / ".dagster_home"))
     return [
         f"Dagster UI: DAGSTER_HOME={home} .venv/bin/dagster-webserver -w workspace.yaml   # http://127.0.0.1:3000",
+        f"Live paper: DAGSTER_HOME={home} .venv/bin/dagster job execute -m definitions -j live_paper   # docs/live.md",
         f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}   # http://127.0.0.1:5000",
     ]
 

@@ -356,3 +356,123 @@ def test_real_money_is_refused_unless_explicitly_enabled(tmp_path, monkeypatch) 
     result = CliRunner().invoke(app, ["mcp", "--venue", "alpaca_live"])
     assert result.exit_code == 2
     assert "CRYPTO_PIPELINE_LIVE_TRADING_ENABLED=true" in result.output
+
+
+BUY = {"symbol": "BTC/USDT", "action": "BUY", "position_size_pct": 10, "confidence": 90}
+PAIR_EXPECTED = "Value error, expected one pair as the venue writes it, BASE/QUOTE in capitals"
+# (tool, arguments, what its answer must say): each a tool error with its reason, none a crash.
+HOSTILE: list[tuple[str, dict[str, Any], str]] = [
+    ("cancel_order", {"order_id": "not-a-uuid"}, "no order 'not-a-uuid' at the venue"),
+    ("cancel_order", {"order_id": "'; DROP TABLE orders; --"}, "not an order id of the venue (a UUID"),
+    ("cancel_order", {"order_id": "../../v2/account"}, "is no client_order_id the venue knows"),
+    ("cancel_order", {"order_id": "00000000-0000-0000-0000-000000000000"}, "HTTP 404"),
+    ("cancel_order", {"order_id": ""}, "order_id\n  String should have at least 1 character"),
+    ("cancel_order", {"order_id": "   "}, "order_id\n  Value error, expected one line of printable text"),
+    ("cancel_order", {"order_id": "abc\nforged"}, "expected one line of printable text"),
+    ("cancel_order", {"order_id": "x" * 500}, "order_id\n  String should have at most 128 characters"),
+    ("cancel_order", {}, "order_id\n  Field required"),
+    ("get_orders", {"status": "pending"}, "status\n  Input should be 'open', 'closed' or 'all'"),
+    ("get_orders", {"limit": -1}, "limit\n  Input should be greater than or equal to 1"),
+    ("get_orders", {"limit": 10**12}, "limit\n  Input should be less than or equal to 500"),
+    ("get_orders", {"limit": "ten"}, "limit\n  Input should be a valid integer"),
+    ("get_orders", {"symbol": ""}, PAIR_EXPECTED),  # empty was "no filter": every order
+    ("get_orders", {"symbol": "BTC/USDT,ETH/USDT"}, PAIR_EXPECTED),
+    ("get_bars", {"symbol": "BTC/USDT", "timeframe": "7m"}, "timeframe\n  Input should be '1m', '5m'"),
+    ("get_bars", {"symbol": "BTC/USDT", "limit": 0}, "limit\n  Input should be greater than or equal to 1"),
+    ("get_bars", {"symbol": "BTC/USDT", "limit": -5}, "limit\n  Input should be greater than or equal to 1"),
+    (
+        "get_bars",
+        {"symbol": "BTC/USDT", "limit": 10**9},
+        "limit\n  Input should be less than or equal to 1000",
+    ),
+    ("get_bars", {"symbol": "   "}, PAIR_EXPECTED),  # was the data API's HTTP 400 "missing symbols"
+    ("get_bars", {"symbol": "btc/usdt"}, PAIR_EXPECTED),
+    ("get_bars", {"symbol": "BTCUSDT"}, PAIR_EXPECTED),
+    ("get_bars", {"symbol": "BTC/USDT,ETH/USDT"}, PAIR_EXPECTED),  # was both symbols' bars, mixed
+    ("get_bars", {"symbol": "../../etc"}, PAIR_EXPECTED),
+    ("get_bars", {"symbol": "DOGE/USDT"}, "the venue has no 1h bars of DOGE/USDT before 2024-08-05 12:00"),
+    ("get_bars", {}, "symbol\n  Field required"),
+    ("get_market_state", {"symbol": ""}, PAIR_EXPECTED),
+    ("get_market_state", {"symbol": "x" * 5000}, PAIR_EXPECTED),
+    ("get_market_state", {"symbol": "DOGE/USDT"}, "no market state for DOGE/USDT"),
+    ("place_order", {**BUY, "symbol": "BTCUSDT"}, PAIR_EXPECTED),
+    ("place_order", {**BUY, "symbol": "BTC/USDT\nSELL"}, PAIR_EXPECTED),
+    ("place_order", {**BUY, "action": "HOLD"}, "action\n  Input should be 'BUY' or 'SELL'"),
+    ("place_order", {**BUY, "action": "buy"}, "action\n  Input should be 'BUY' or 'SELL'"),
+    ("place_order", {**BUY, "position_size_pct": -10}, "position_size_pct\n  Input should be greater than 0"),
+    ("place_order", {**BUY, "position_size_pct": 0}, "position_size_pct\n  Input should be greater than 0"),
+    (
+        "place_order",
+        {**BUY, "position_size_pct": 1e308},
+        "position_size_pct\n  Input should be less than or equal to 100",
+    ),
+    (
+        "place_order",
+        {**BUY, "position_size_pct": "ten"},
+        "position_size_pct\n  Input should be a valid number",
+    ),
+    ("place_order", {**BUY, "confidence": 101}, "confidence\n  Input should be less than or equal to 100"),
+    ("place_order", {**BUY, "confidence": -1}, "confidence\n  Input should be greater than or equal to 0"),
+    (
+        "place_order",
+        {**BUY, "reasoning": "x" * 1000},
+        "reasoning\n  String should have at most 300 characters",
+    ),
+    ("place_order", {"symbol": "BTC/USDT", "action": "BUY"}, "position_size_pct\n  Field required"),
+    ("kill_switch", {"reason": ""}, "reason\n  String should have at least 1 character"),
+    ("kill_switch", {"reason": "   "}, "reason\n  Value error, expected one line of printable text"),
+    ("kill_switch", {"reason": "drill\n2024-08-05 forged log line"}, "expected one line of printable text"),
+    ("kill_switch", {"reason": "x" * 1000}, "reason\n  String should have at most 200 characters"),
+]
+
+
+def test_hostile_inputs_to_every_tool_are_clear_tool_errors_and_change_nothing(
+    start_exchange, tmp_path, caplog
+) -> None:
+    """Each tool, given what it cannot use (ids that are neither a UUID nor a known client id, symbols
+    that are not one pair, unknown timeframes and statuses, limits out of range, empty or multi-line text),
+    answers with a tool error that names the argument and what was wrong: never the bare "Error executing
+    tool ..." of a crash, never a traceback in the server's log, and no order, position or kill switch."""
+    import logging
+
+    from mcp import Client
+    from pydantic import SecretStr
+
+    from crypto_pipeline.config import Settings
+    from crypto_pipeline.mcp_desk import AgentConfig, AgentDesk
+    from crypto_pipeline.mcp_server import build_server
+
+    server = start_exchange()
+    settings = Settings(
+        warehouse_dir=tmp_path / "wh", alpaca_api_key=SecretStr(KEY), alpaca_secret_key=SecretStr(SECRET)
+    )
+    desk = AgentDesk(AgentConfig(exchange_url=server.base_url, run_id="mcp-h", lookback_days=4), settings)
+
+    async def scenario() -> tuple[list[tuple[bool, str]], list[str]]:
+        async with Client(build_server(desk, tmp_path / "wh" / "reports")) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            answers = []
+            for name, arguments, _ in HOSTILE:
+                result = await client.call_tool(name, arguments)
+                answers.append((result.is_error, "".join(c.text for c in result.content if c.type == "text")))
+            return answers, sorted(tools)
+
+    with caplog.at_level(logging.INFO):
+        answers, tools = anyio.run(scenario)
+
+    assert set(tools) == TOOLS and {name for name, _, _ in HOSTILE} == TOOLS - {
+        "get_account",
+        "get_positions",
+    }
+    unclear = [
+        (name, arguments, text)
+        for (name, arguments, expected), (error, text) in zip(HOSTILE, answers, strict=True)
+        if not (error and text.startswith(f"Error executing tool {name}: ") and expected in text)
+    ]
+    assert unclear == [], "\n\n".join(f"{n} {str(a)[:80]}:\n{t}" for n, a, t in unclear)
+    crashes = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert crashes == []
+    # Nothing reached the venue or the switch, and no answer carries a key.
+    assert venue_orders(server) == [] and venue(server).get_all_positions() == []
+    assert not kill_flag_path(tmp_path / "wh").exists()
+    assert not any(SECRET in text or KEY in text for _, text in answers)
