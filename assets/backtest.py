@@ -27,6 +27,7 @@ from crypto_pipeline.backtest.walkforward import (
 )
 from crypto_pipeline.config import Settings, get_settings
 from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.journal.summary import paper_record
 from crypto_pipeline.plots import png_markdown
 from crypto_pipeline.registry import CHALLENGER, CHAMPION, MODEL_NAME, RegisteredModel, make_provider, resolve
 from crypto_pipeline.warehouse import Warehouse
@@ -244,6 +245,7 @@ def promotion(config: BacktestConfig, mlflow: MlflowResource) -> dg.MaterializeR
         ours,
         champion=llm_policy_name(champion.version) if champion else None,
         audits=report.audits(ours),
+        paper=paper_record(Warehouse(settings.warehouse_dir), challenger.version),
     )
     out = record_in_mlflow(mlflow.get_client(), MODEL_NAME, challenger.version, decision)
     return dg.MaterializeResult(

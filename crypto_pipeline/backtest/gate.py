@@ -24,6 +24,7 @@ from crypto_pipeline.backtest.walkforward import (
 )
 from crypto_pipeline.config import get_settings
 from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.journal.summary import PaperRecord, paper_record
 from crypto_pipeline.llm.rule_based import RuleBased
 from crypto_pipeline.registry import CHALLENGER, CHAMPION, MODEL_NAME, client, make_provider, resolve
 from crypto_pipeline.warehouse import Warehouse
@@ -37,6 +38,8 @@ class GateConfig:
     max_invalid_rate: float = 0.001
     max_drawdown: float = 0.20  # the risk engine's default kill-switch level
     reps: int = 500
+    # Forward evidence counts once a version has decided this often on paper (trading or in shadow).
+    min_paper_decisions: int = 200
 
 
 @dataclass
@@ -68,6 +71,7 @@ def decide_promotion(
     champion: str | None = None,
     audits: Sequence[AuditResult] = (),
     config: GateConfig = GateConfig(),
+    paper: PaperRecord | None = None,
 ) -> GateDecision:
     """Judge `challenger` (a policy name in `report`) against the best baseline and `champion`, on the
     folds the challenger ran. Every rival must have run on exactly the challenger's bars (the same
@@ -146,7 +150,28 @@ def decide_promotion(
         ok &= audit.passed
         reasons.append(f"audit {audit.name}: {'pass' if audit.passed else 'FAIL'} ({audit.detail})")
     figures.update(invalid_rate=invalid, max_drawdown=mdd)
+    if paper is not None:
+        ok &= _judge_paper(paper, config, reasons, figures)
     return GateDecision(ok, challenger, reasons, figures)
+
+
+def _judge_paper(
+    paper: PaperRecord, config: GateConfig, reasons: list[str], figures: dict[str, float]
+) -> bool:
+    """The forward record from live sessions (shadow books included): said always; once there is enough
+    of it, the version must not trail buy-and-hold there."""
+    figures["paper_decisions"] = paper.decisions
+    if paper.decisions < config.min_paper_decisions:
+        reasons.append(
+            f"{paper.describe()}: fewer than {config.min_paper_decisions} decisions, not enough to count"
+        )
+        return True
+    if paper.compounded_return is None or paper.compounded_buy_and_hold is None:
+        reasons.append(f"{paper.describe()}: no equity or prices to judge it by, not counted")
+        return True
+    beats = paper.compounded_return >= paper.compounded_buy_and_hold
+    reasons.append(f"{paper.describe()}: {'pass' if beats else 'fail'} (must not trail buy-and-hold)")
+    return beats
 
 
 def record_in_mlflow(
@@ -226,7 +251,10 @@ def promote(
         audited=(ours,),
         audit_samples=audit_samples,
     )
-    decision = decide_promotion(report, ours, champion=theirs, audits=report.audits(ours), config=gate)
+    paper = paper_record(Warehouse(settings.warehouse_dir), found.version)
+    decision = decide_promotion(
+        report, ours, champion=theirs, audits=report.audits(ours), config=gate, paper=paper
+    )
     out = record_in_mlflow(mlflow_client, MODEL_NAME, found.version, decision)
     out["table"] = report.table().to_dicts()
     return out

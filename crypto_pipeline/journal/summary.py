@@ -135,3 +135,44 @@ def _buy_and_hold(decisions: pl.DataFrame) -> float | None:
             prices.setdefault(symbol, []).append(float(price))
     returns = [p[-1] / p[0] - 1 for p in prices.values() if len(p) >= 2]
     return float(np.mean(returns)) if returns else None
+
+
+@dataclass(frozen=True)
+class PaperRecord:
+    """A registered version's forward record: every live run that decided with it, trading or in shadow."""
+
+    version: str
+    runs: list[str]
+    decisions: int
+    compounded_return: float | None  # the runs' returns, one after the other
+    compounded_buy_and_hold: float | None
+
+    def describe(self) -> str:
+        if not self.runs:
+            return f"no forward (paper) record of version {self.version} yet"
+        ret = f"{self.compounded_return:+.2%}" if self.compounded_return is not None else "n/a"
+        hold = f"{self.compounded_buy_and_hold:+.2%}" if self.compounded_buy_and_hold is not None else "n/a"
+        return (
+            f"forward (paper) record of version {self.version}: {self.decisions} decisions in "
+            f"{len(self.runs)} live run(s) (trading or in shadow), return {ret} vs buy-and-hold {hold}"
+        )
+
+
+def paper_record(warehouse: Warehouse, version: str) -> PaperRecord:
+    """What live sessions journaled of `version`, from the `sessions` rows that name it."""
+    sessions = warehouse.read("sessions")
+    runs = (
+        sorted(set(sessions.filter(pl.col("model_version") == version)["run_id"].to_list()))
+        if not sessions.is_empty()
+        else []
+    )
+    summaries = [summarize_journal(warehouse, run_id) for run_id in runs]
+    returns = [s.session_return for s in summaries if s.session_return is not None]
+    holds = [s.buy_and_hold_return for s in summaries if s.buy_and_hold_return is not None]
+    return PaperRecord(
+        version=version,
+        runs=runs,
+        decisions=sum(s.decisions for s in summaries),
+        compounded_return=float(np.prod([1 + r for r in returns]) - 1) if returns else None,
+        compounded_buy_and_hold=float(np.prod([1 + r for r in holds]) - 1) if holds else None,
+    )

@@ -101,3 +101,22 @@ def test_rivals_are_judged_on_exactly_the_challengers_bars() -> None:
     refused = decide_promotion(mixed, "challenger", audits=PASSING, config=GateConfig(sharpe_margin=-1e6))
     assert not refused.promoted
     assert any("not the same ground, fail" in r and "(20 bars differ)" in r for r in refused.reasons)
+
+
+def test_the_forward_paper_record_counts_once_there_is_enough_of_it(report) -> None:  # noqa: ANN001
+    from crypto_pipeline.journal.summary import PaperRecord
+
+    without = decide_promotion(report, "challenger", audits=PASSING).promoted
+    few = PaperRecord("3", ["s1-shadow-v3"], 40, -0.10, 0.05)
+    verdict = decide_promotion(report, "challenger", audits=PASSING, paper=few)
+    assert verdict.promoted == without  # 40 decisions say little: said, not counted
+    assert any("40 decisions in 1 live run(s)" in r and "not enough to count" in r for r in verdict.reasons)
+    trailing = PaperRecord("3", ["s1-shadow-v3", "s2-shadow-v3"], 400, -0.10, 0.05)
+    refused = decide_promotion(report, "challenger", audits=PASSING, paper=trailing)
+    assert not refused.promoted
+    assert any("return -10.00% vs buy-and-hold +5.00%: fail" in r for r in refused.reasons)
+    ahead = PaperRecord("3", ["s1"], 400, 0.08, 0.05)
+    passed = decide_promotion(report, "challenger", audits=PASSING, paper=ahead)
+    assert passed.promoted == without and any(
+        "+8.00% vs buy-and-hold +5.00%: pass" in r for r in passed.reasons
+    )

@@ -16,6 +16,7 @@ from assets.resources import WarehouseResource
 from assets.training import MlflowResource
 from crypto_pipeline.backtest.gate import GateDecision, record_in_mlflow
 from crypto_pipeline.config import Settings, get_settings
+from crypto_pipeline.journal.summary import paper_record
 from crypto_pipeline.registry import MODEL_NAME, client
 from crypto_pipeline.warehouse import Warehouse
 from definitions import make_definitions
@@ -110,6 +111,9 @@ def test_a_challenger_without_a_champion_decides_in_shadow_beside_the_rules(
     tags = client(settings.mlflow_tracking_uri).get_model_version(MODEL_NAME, version).tags
     assert tags[f"paper.{summary['session_id']}.role"] == "shadow"
     assert int(tags[f"paper.{summary['session_id']}.decisions"]) == theirs.height
+    # The gate's forward evidence for that version reads the same rows.
+    record = paper_record(wh, version)
+    assert record.runs == [shadow_run] and record.decisions == theirs.height
 
 
 def test_the_gate_promotes_the_sensor_starts_live_paper_and_the_champion_places_orders(
