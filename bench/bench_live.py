@@ -43,6 +43,7 @@ from crypto_pipeline.exchange import ExchangeConfig, ExchangeServer  # noqa: E40
 from crypto_pipeline.journal.summary import summarize_journal  # noqa: E402
 from crypto_pipeline.live.config import LiveConfig  # noqa: E402
 from crypto_pipeline.live.session import LiveSession, SessionReport  # noqa: E402
+from crypto_pipeline.live.shadow import Shadow  # noqa: E402
 from crypto_pipeline.live.venue import Clients, Credentials, Endpoints  # noqa: E402
 from crypto_pipeline.warehouse import Warehouse  # noqa: E402
 
@@ -70,13 +71,39 @@ def _exchange(workdir: Path, name: str, **overrides: object) -> ExchangeServer:
     return ExchangeServer(ExchangeConfig(**values)).start()
 
 
-def _session(server: ExchangeServer, workdir: Path, provider: object, **config: object) -> LiveSession:
+def _session(
+    server: ExchangeServer, workdir: Path, provider: object, shadows: list | None = None, **config: object
+) -> LiveSession:
     clients = Clients.connect(
         Endpoints.local(server.base_url), Credentials(SecretStr(KEY), SecretStr(SECRET))
     )
     values: dict[str, object] = {"session_id": "bench", "grace_s": 0.5, "lookback_days": 30}
     values.update(config)
-    return LiveSession(LiveConfig(**values), clients, provider, Warehouse(workdir / "warehouse"))
+    warehouse = Warehouse(workdir / "warehouse")
+    session_id = str(values["session_id"])
+    made = [
+        Shadow(p, str(i + 1), getattr(p, "name", "shadow"), session_id, warehouse, init_cash=10_000.0)
+        for i, p in enumerate(shadows or [])
+    ]
+    return LiveSession(LiveConfig(**values), clients, provider, warehouse, shadows=made)
+
+
+class SlowFailingShadow:
+    """A shadow model that takes `delay_s` per decision time and raises at every other one."""
+
+    name = "slow-failing-shadow"
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s, self.calls = delay_s, 0
+
+    def decide(self, states: list) -> list:
+        from crypto_pipeline.llm.rule_based import RuleBased
+
+        self.calls += 1
+        time.sleep(self.delay_s)
+        if self.calls % 2 == 0:
+            raise RuntimeError("a shadow that fails")
+        return RuleBased().decide(states)
 
 
 class _Background:
@@ -136,7 +163,7 @@ def http_round_trip_ms(base_url: str, n: int = 300) -> np.ndarray:
 
 
 def stepped_latency(
-    provider: object, symbols: list[str], hours: int, workdir: Path, name: str
+    provider: object, symbols: list[str], hours: int, workdir: Path, name: str, shadows: list | None = None
 ) -> tuple[SessionReport, np.ndarray, Path]:
     """A session stepped `hours` hours; its report and the bare HTTP round trips measured right after."""
     with contextlib.ExitStack() as stack:
@@ -146,6 +173,7 @@ def stepped_latency(
             server,
             workdir,
             provider,
+            shadows,
             session_id=name,
             symbols=tuple(symbols),
             timeframe="1h",
@@ -203,6 +231,26 @@ def latency_results(quick: bool, workdir: Path) -> list[BenchResult]:
             note=note,
         ),
     ]
+    # The same session with a shadow that needs 1 s per decision time and fails at every other one: the
+    # session's orders must not wait for it (shadows run in their own thread, after the orders).
+    shadowed, _, _ = stepped_latency(
+        RuleBased(), symbols, hours, workdir, "rules-shadowed", shadows=[SlowFailingShadow(1.0)]
+    )
+    lat_s = np.asarray(shadowed.decision_to_order_ms)
+    shadow = shadowed.shadows[0]
+    results.append(
+        BenchResult(
+            "decision->order p99, rules, beside a slow failing shadow",
+            float(np.percentile(lat_s, 99)),
+            "ms",
+            "the same session without the shadow, p99",
+            p99,
+            "~1x (the shadow never delays orders)",
+            higher_is_better=False,
+            note=f"{lat_s.size} orders; the shadow (1 s a decision time, raising every other time) decided "
+            f"{shadow.decision_times} times, skipped {shadow.skipped}, failed {shadow.failed}; {_load()}",
+        )
+    )
     return results
 
 

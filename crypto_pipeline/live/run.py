@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from crypto_pipeline.journal.summary import summarize_journal
 from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.live.alerts import Alerter
 from crypto_pipeline.live.config import LiveConfig
@@ -176,8 +177,6 @@ def record_paper_results(settings: object, report: SessionReport, warehouse: War
     """Each registered version's forward record of this session on its model version in MLflow (tags
     `paper.<session>.*`): the trading version's and every shadow's side by side, as MLflow's model
     comparison shows them. The journal holds the rows; these are the figures."""
-    from crypto_pipeline.journal.summary import summarize_journal
-
     runs = [(report.session_id, report.model_version, "trading")]
     runs += [(s.run_id, s.version, "shadow") for s in report.shadows]
     runs = [(run_id, version, role) for run_id, version, role in runs if version]
