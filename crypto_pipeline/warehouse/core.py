@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timedelta
@@ -34,6 +35,15 @@ from crypto_pipeline.warehouse.write import (
 )
 
 log = logging.getLogger(__name__)
+_WRITE_LOCKS: dict[Path, threading.RLock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(table_dir: Path) -> threading.RLock:
+    """The one lock of a table folder in this process, whichever `Warehouse` object writes it."""
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(Path(table_dir).resolve(), threading.RLock())
+
 
 _DURATIONS = {tf.value: tf.duration for tf in Timeframe}
 _WIDENING = pl.ScanCastOptions(integer_cast=["upcast", "allow-float"], float_cast="upcast")
@@ -95,15 +105,18 @@ class Warehouse:
         self, spec: TableSpec, jobs: list[Job], merge: Merge, progress: Callable[[int], None] | None
     ) -> WriteReport:
         base = self.table_dir(spec.name)
-        return run_jobs(
-            spec.name,
-            jobs,
-            lambda job: _partition_path(base, spec, job.timeframe, job.day),
-            base,
-            merge,
-            progress,
-            self.max_workers,
-        )
+        # A partition is read, merged and rewritten: two threads of one process writing the same table
+        # (a live session and its shadow books, the MCP server's tool threads) take turns.
+        with _write_lock(base):
+            return run_jobs(
+                spec.name,
+                jobs,
+                lambda job: _partition_path(base, spec, job.timeframe, job.day),
+                base,
+                merge,
+                progress,
+                self.max_workers,
+            )
 
     def upsert(
         self,

@@ -274,3 +274,30 @@ def test_a_module_can_register_its_own_table(tmp_path: Path, clean_registry: Non
         wh.upsert("alerts", pl.DataFrame({"time": [DAY1], "run_id": ["r"], "level": ["warn"]}))
     with wh.connect() as con:
         assert con.execute("SELECT message FROM alerts").fetchall() == [("drawdown 5%",)]
+
+
+def test_two_threads_journaling_the_same_table_lose_no_row(tmp_path) -> None:
+    """A live session and its shadow books write the same journal partitions from two threads."""
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    import polars as pl
+
+    from crypto_pipeline.warehouse import Warehouse
+
+    start = datetime(2024, 8, 5, tzinfo=UTC)
+
+    def write(run_id: str) -> None:
+        warehouse = Warehouse(tmp_path)  # each thread its own object, as each journal has
+        for i in range(15):
+            rows = pl.DataFrame(
+                {"time": [start + timedelta(minutes=i)], "run_id": [run_id], "equity": [1.0], "cash": [1.0]}
+            ).with_columns(pl.col("time").cast(pl.Datetime("us", "UTC")))
+            warehouse.upsert("equity", rows, views=False)
+
+    threads = [threading.Thread(target=write, args=(f"run-{n}",)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Warehouse(tmp_path).read("equity").height == 45
