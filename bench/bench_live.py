@@ -247,7 +247,7 @@ def latency_results(quick: bool, workdir: Path) -> list[BenchResult]:
             p99,
             "~1x (the shadow never delays orders)",
             higher_is_better=False,
-            note=f"{lat_s.size} orders; the shadow (1 s a decision time, raising every other time) decided "
+            note=f"{lat_s.size} orders; the shadow (1 s a decision time, raising every other time: journaled as invalid HOLDs) decided "
             f"{shadow.decision_times} times, skipped {shadow.skipped}, failed {shadow.failed}; {_load()}",
         )
     )
