@@ -31,11 +31,11 @@ from crypto_pipeline.execution import DecisionStep, MarketView, SimulatedVenue, 
 from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.llm.decision import TradeDecision
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
+from crypto_pipeline.market.recorded import folder_bars
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.risk import RiskEngine, RiskResult
 from crypto_pipeline.state import MarketState
 from crypto_pipeline.state.build import state_from_row
-from crypto_pipeline.timeutil import as_utc
 from crypto_pipeline.trading import Fill, OrderSide, rules
 
 log = logging.getLogger(__name__)
@@ -54,31 +54,10 @@ def load_bars(
     end: datetime | str,
     data_dir: Path | str,
 ) -> pl.DataFrame:
-    """Recorded bars of `symbols` with open times in [start, end). Clear errors for bad input."""
-    tf = Timeframe.parse(timeframe)
-    first, last = as_utc(start), as_utc(end)
-    if first >= last:
-        raise UserInputError(f"start {first:%Y-%m-%d %H:%M} must be before end {last:%Y-%m-%d %H:%M}")
-    path = Path(data_dir) / f"bars_{tf.value}.parquet"
-    if not path.exists():
-        raise UserInputError(f"no recorded {tf.value} bars in {data_dir}")
-    if not symbols:
-        raise UserInputError("no symbols given")
-    known = set(pl.scan_parquet(path).select("symbol").unique().collect()["symbol"].to_list())
-    unknown = [s for s in symbols if s not in known]
-    if unknown:
-        raise UserInputError(f"unknown symbol(s) {unknown}; e.g. {sorted(known)[:5]}")
-    bars = (
-        pl.scan_parquet(path)
-        .with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
-        .filter(pl.col("symbol").is_in(list(symbols)))
-        .filter((pl.col("timestamp") >= first) & (pl.col("timestamp") < last))
-        .sort("symbol", "timestamp")
-        .collect()
-    )
-    if bars.height == 0:
-        raise UserInputError(f"no {tf.value} bars for {list(symbols)} in [{first:%Y-%m-%d}, {last:%Y-%m-%d})")
-    return bars
+    """Recorded bars of `symbols` with open times in [start, end) from any recorded folder (Parquet or
+    Alpaca CSVs; a missing coarser timeframe derived from a finer one): `market.recorded.folder_bars`.
+    Clear errors for bad input, naming the folder, the symbols and the range it holds."""
+    return folder_bars(data_dir, symbols, timeframe, start, end)
 
 
 def wide(bars: pl.DataFrame, column: str) -> pd.DataFrame:

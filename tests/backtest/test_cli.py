@@ -46,7 +46,7 @@ def test_ema_cross_prints_one_json_object() -> None:
         (["--policy", "rules", "--symbols", "BTC/USDT,NOPE/USDT"], "unknown symbol"),
         (["--policy", "llm", "--symbols", "NOPE/USDT"], "unknown symbol"),
         (["--policy", "rules", "--start", "2030-01-01", "--end", "2030-02-01"], "no 1h bars"),
-        (["--policy", "llm", "--start", "2024-04-01", "--end", "2024-04-01"], "before end"),
+        (["--policy", "llm", "--start", "2024-04-02", "--end", "2024-04-01"], "before end"),
         (["--policy", "lgbm", "--start", "2024-05-01", "--end", "2024-04-01"], "before end"),
         (["--symbols", ""], "no symbols given"),
         (["--fast", "21", "--slow", "9"], "must be below --slow"),
