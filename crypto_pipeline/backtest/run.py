@@ -75,7 +75,12 @@ def choose_policy(policy: str, settings: Any = None) -> PolicyChoice:
         choice = make_provider("llm", settings)
         return PolicyChoice("llm:base", choice.provider, choice.note)
     if policy == "llm":
-        choice = make_provider("llm", settings, ref=CHAMPION, fallback=True)
+        try:
+            choice = make_provider("llm", settings, ref=CHAMPION, fallback=True)
+        except UserInputError as error:
+            raise UserInputError(
+                f"--policy llm: {error}; --policy llm:base is the embedded base model"
+            ) from None
     else:
         choice = make_provider(policy, settings)
     return PolicyChoice(llm_policy_name(str(choice.version)), choice.provider, choice.note.strip())
