@@ -93,8 +93,9 @@ def backtest_long_signals(
         symbols = held.columns.get_level_values("symbol")
         open_b = open_.reindex(columns=symbols).set_axis(held.columns, axis=1)
         close_b = close.reindex(columns=symbols).set_axis(held.columns, axis=1)
-    # A missing open (a gap) cannot trade: carry the close so that vectorbt values the position.
-    price = open_b.fillna(close_b.ffill())
+    # A symbol without a bar cannot trade then (as at the venue): a NaN price makes vectorbt skip the
+    # order, which the still-wanted state places again at the symbol's next bar. Valued at the last close.
+    price = open_b
     return vbt.Portfolio.from_signals(
         close_b.ffill(),
         entries=held,
@@ -183,7 +184,14 @@ def run_policy(
     base = Timeframe.parse(_tf_of(closes))
     journal = Journal(None, run_id)
     venue = SimulatedVenue(
-        opens, volumes, init_cash=init_cash, fee_bps=fee_bps, slippage_bps=slippage_bps, journal=journal
+        opens,
+        volumes,
+        init_cash=init_cash,
+        fee_bps=fee_bps,
+        slippage_bps=slippage_bps,
+        journal=journal,
+        highs=wide(bars, "high"),
+        lows=wide(bars, "low"),
     )
     step = DecisionStep(provider, risk, venue, journal, session_id=run_id, decide=decide)
     decisions: list[TradeDecision] = []
