@@ -461,16 +461,25 @@ def backtest_command(
 
     from rich.console import Console
 
-    from crypto_pipeline.backtest.run import backtest, config_from_options
+    from crypto_pipeline.backtest.inputs import check_inputs
     from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
 
     errors = Console(stderr=True)
     settings = Settings()
+    chosen = tuple(s.strip() for s in symbols.split(",") if s.strip())
+    folder = Path(data_dir) if data_dir else settings.market_data_dir
     try:
         first, last = _range(start, end)
+        # Bad input fails here, before vectorbt, numba or a model is imported.
+        check_inputs(
+            policy=policy, symbols=chosen, timeframe=timeframe, start=first, end=last, data_dir=folder,
+            fast=fast, slow=slow,
+        )  # fmt: skip
+        from crypto_pipeline.backtest.run import backtest, config_from_options
+
         config = config_from_options(
-            symbols=tuple(s.strip() for s in symbols.split(",") if s.strip()),
+            symbols=chosen,
             timeframe=timeframe,
             start=first,
             end=last,
@@ -479,7 +488,7 @@ def backtest_command(
             fee_bps=fee_bps,
             slippage_bps=slippage_bps,
             decision_every_hours=decision_every,
-            data_dir=Path(data_dir) if data_dir else settings.market_data_dir,
+            data_dir=folder,
         )
         from crypto_pipeline.warehouse import Warehouse
 
@@ -527,8 +536,13 @@ def promote_command(
 
     settings = Settings()
     chosen = tuple(s.strip() for s in symbols.split(",") if s.strip()) or tuple(settings.symbols)
+    folder = Path(data_dir) if data_dir else settings.market_data_dir
     try:
         first, last = _range(start or settings.start, end or settings.end)
+        from crypto_pipeline.backtest.inputs import check_inputs
+
+        # Bad input fails here, before vectorbt, MLflow or a model is imported, and records nothing.
+        check_inputs(symbols=chosen, timeframe="1h", start=first, end=last, data_dir=folder)
         from crypto_pipeline.backtest.gate import promote
         from crypto_pipeline.backtest.walkforward import WalkForwardConfig
 
@@ -539,7 +553,7 @@ def promote_command(
             n_folds=folds,
             test_days=test_days,
             decision_every_hours=decision_every,
-            data_dir=Path(data_dir) if data_dir else settings.market_data_dir,
+            data_dir=folder,
         )
         result = promote(challenger, settings=settings, config=config, audit_samples=audit_samples)
     except UserInputError as error:

@@ -121,6 +121,8 @@ def lgbm_long(
     import lightgbm as lgb
 
     train, test, columns = lgbm_training_set(bars, fold, timeframe)
+    if test.is_empty():  # a test window past the data: nothing to predict, so never long
+        return pd.DataFrame(dtype=bool)
     y = train["action"].replace_strict({c: i for i, c in enumerate(LGBM_CLASSES)}, return_dtype=pl.Int8)
     y = y.to_numpy()
     model = lgb.LGBMClassifier(

@@ -20,6 +20,7 @@ import polars as pl
 from crypto_pipeline.backtest.cache import DecisionCache
 from crypto_pipeline.backtest.engine import decision_times
 from crypto_pipeline.backtest.folds import Fold
+from crypto_pipeline.backtest.inputs import POLICIES, check_policy  # noqa: F401 - their old home
 from crypto_pipeline.backtest.walkforward import (
     MarketData,
     WalkForwardConfig,
@@ -31,20 +32,11 @@ from crypto_pipeline.llm.provider import DecisionProvider
 from crypto_pipeline.registry import CHAMPION, make_provider
 from crypto_pipeline.timeutil import as_utc
 
-POLICIES = ("ema_cross", "rsi", "buy_hold", "rules", "lgbm", "llm")
-
 
 def llm_policy_name(version: str) -> str:
     """The policy name of a registered version in reports and fold results (never an alias: an alias
     moves, a version does not)."""
     return f"llm:{version}"
-
-
-def check_policy(policy: str) -> str:
-    base = policy.split(":", 1)[0]
-    if base not in POLICIES or (":" in policy and base != "llm"):
-        raise UserInputError(f"unknown policy {policy!r}; expected one of {', '.join(POLICIES)} or llm:ALIAS")
-    return base
 
 
 SIGNALS = ("ema_cross", "rsi", "buy_hold")

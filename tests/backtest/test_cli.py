@@ -91,3 +91,31 @@ def test_promote_bad_symbols_are_a_clear_error_and_record_nothing(tmp_path, monk
     assert not (tmp_path / "wh").exists()
     missing = runner.invoke(app, ["promote", "--challenger", "9"])
     assert missing.exit_code == 2 and "no version '9' of crypto-policy" in missing.output.replace("\n", " ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["backtest", "--policy", "nope"],
+        ["backtest", "--symbols", "NOPE/USDT"],
+        ["backtest", "--start", "2030-01-01", "--end", "2030-01-31"],
+        ["backtest", "--data-dir", "/nonexistent/folder"],
+        ["promote", "--symbols", "NOPE/USDT"],
+    ],
+)
+def test_bad_input_is_refused_before_the_heavy_imports(args: list[str]) -> None:
+    """Checked with polars alone: neither vectorbt, numba's kernels, MLflow nor torch is imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from crypto_pipeline.cli import app\n"
+        f"result = CliRunner().invoke(app, {args!r})\n"
+        "assert result.exit_code == 2, result.output\n"
+        "heavy = sorted(m for m in ('vectorbt', 'torch', 'mlflow', 'arch', 'lightgbm') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
