@@ -153,7 +153,8 @@ def backtest(
         from crypto_pipeline.backtest.report import write_report
 
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        stem = f"{chosen.label.replace(':', '-')}_{fold.test_start:%Y%m%d}-{fold.test_end:%Y%m%d}_{stamp}"
+        last_day = fold.test_end - timedelta(microseconds=1)  # the span's last day, as the user wrote it
+        stem = f"{chosen.label.replace(':', '-')}_{fold.test_start:%Y%m%d}-{last_day:%Y%m%d}_{stamp}"
         extra = ", ".join(f"{k} {v}" for k, v in summary.items() if k in _DESCRIBE)
         paths = write_report(report, out_dir, extra=extra, stem=stem)
         summary["report"] = str(paths["html"])
