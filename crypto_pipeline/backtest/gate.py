@@ -203,8 +203,15 @@ def promote(
     cutoffs = [m.training_cutoff for m in (found, champion) if m is not None and m.training_cutoff]
     cutoff = max(cutoffs) if cutoffs else None
     every = config.folds()  # folds that do not fit the range: a UserInputError, nothing recorded
-    folds = config.folds(training_cutoff=cutoff)
+    after = config.folds(training_cutoff=cutoff)
+    held = data.bars["timestamp"]
+    folds = [f for f in after if not held.filter((held >= f.test_start) & (held < f.test_end)).is_empty()]
     ours = llm_policy_name(found.version)
+    if after and not folds:  # test windows past the data's end: nothing recorded, the span is wrong
+        raise UserInputError(
+            f"no test window of {as_utc(config.start):%Y-%m-%d}..{as_utc(config.end):%Y-%m-%d} after the training "
+            f"cutoff holds bars in {config.data_dir}: end the span inside the data"
+        )
     if not folds:
         gap = timedelta(hours=config.purge_hours + config.embargo_hours)
         whose = "the challenger's" if cutoff == found.training_cutoff else "the champion's"

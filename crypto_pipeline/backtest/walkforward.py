@@ -158,12 +158,14 @@ class MarketData:
     def states(self, config: WalkForwardConfig, times: Sequence[datetime]) -> pl.DataFrame:
         """`market_state_table` rows for every symbol at `times`, each from the newest `lookback_days` of
         bars closed by then (`live.states.rolling_state_table`: the live session's own window and code)."""
+        none = pl.DataFrame(schema={"symbol": pl.String, "at": pl.Datetime("us", "UTC"), "price": pl.Float64})
         if not times:
-            return pl.DataFrame()
+            return none
         base = Timeframe.parse(config.timeframe)
         oldest = min(times) - timedelta(days=self.lookback_days) - base.duration
         bars = self.bars.filter((pl.col("timestamp") >= oldest) & (pl.col("timestamp") < max(times)))
-        return rolling_state_table(bars, base, config.symbols, list(times), self.lookback_days)
+        table = rolling_state_table(bars, base, config.symbols, list(times), self.lookback_days)
+        return table if table.height else none
 
 
 @dataclass
@@ -227,9 +229,8 @@ def run_provider_fold(
         schema={"symbol": pl.String, "at": pl.Datetime("us", "UTC")},
         orient="row",
     )
-    states = data.states(config, times)
-    if states.height:
-        states = states.join(points, on=["symbol", "at"], how="semi").filter(pl.col("price").is_not_null())
+    states = data.states(config, times).join(points, on=["symbol", "at"], how="semi")
+    states = states.filter(pl.col("price").is_not_null())
     cache = cache or DecisionCache()
     hits, misses = cache.hits, cache.misses
     run = run_policy(
@@ -347,6 +348,17 @@ def walk_forward(
     data = data or MarketData.load(config)
     folds = list(folds or config.folds())
     results: list[FoldResult] = []
+    held = data.bars["timestamp"]
+    empty = [f for f in folds if held.filter((held >= f.test_start) & (held < f.test_end)).is_empty()]
+    for fold in empty:  # a test window past the data (an --end after it): nothing to trade or judge
+        log.warning(
+            "%s: no %s bars in its test window %s..%s: left out",
+            fold.key,
+            config.timeframe,
+            fold.test_start,
+            fold.test_end,
+        )
+    folds = [f for f in folds if f not in empty]
     for fold in folds:
         for name in signal_policies:
             results.append(run_signal_fold(name, data, fold, config))
