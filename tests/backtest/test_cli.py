@@ -119,3 +119,13 @@ def test_bad_input_is_refused_before_the_heavy_imports(args: list[str]) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_help_shows_the_data_window_and_cap_options() -> None:
+    backtest = " ".join(runner.invoke(app, ["backtest", "--help"], env={"COLUMNS": "200"}).output.split())
+    for option in ("--data-dir", "--start", "--end", "--max-decisions", "--train-days", "llm:base"):
+        assert option in backtest
+    assert "Last UTC day, included" in backtest and "CRYPTO_PIPELINE_MARKET_DATA_DIR" in backtest
+    promote = " ".join(runner.invoke(app, ["promote", "--help"], env={"COLUMNS": "200"}).output.split())
+    for option in ("--data-dir", "--start", "--end", "--symbols", "--folds", "CRYPTO_PIPELINE_START"):
+        assert option in promote
