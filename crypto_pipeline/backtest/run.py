@@ -194,6 +194,20 @@ def summary_of(
     for key in DECISION_FIGURES:
         if key in result.llm:
             summary[key] = result.llm[key]
+    if result.run is not None:
+        killed = [
+            (d.at, o.reason)
+            for d, o in zip(result.run.decisions, result.run.outcomes, strict=True)
+            if o.reason and o.reason.startswith("kill switch")
+        ]
+        if killed:
+            first, reason = killed[0]
+            summary["kill_switch"] = (
+                f"the drawdown kill switch fired by {first:%Y-%m-%d %H:%M} ({reason.split(';')[0]}): positions "
+                f"were closed and the {len(killed)} later decision(s) rejected: the switch waits for a person "
+                "(RiskEngine.reset_kill_switch), and nobody resets it in a backtest, so the run is over for this "
+                "policy from then on"
+            )
     return summary
 
 

@@ -158,3 +158,20 @@ def test_promote_on_another_market_refuses_honestly_or_gives_a_verdict(
         "buy_hold",
         "lgbm",
     }
+
+
+@pytest.mark.requires_data("binance-spot-2021")
+def test_a_fired_kill_switch_is_said_to_end_the_run_for_that_policy() -> None:
+    from dataclasses import replace
+
+    from crypto_pipeline.backtest.run import backtest, config_from_options
+    from crypto_pipeline.risk import RiskConfig
+
+    config = config_from_options(
+        symbols=("BTC/USDT",),
+        start="2021-05-10",
+        end="2021-05-20",
+        data_dir=SHARED_MARKET_DATA / "binance-spot-2021",
+    )
+    summary, _ = backtest("rules", replace(config, risk=RiskConfig(max_drawdown_pct=1.0)))
+    assert "the run is over for this policy" in summary["kill_switch"]
