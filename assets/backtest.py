@@ -76,7 +76,7 @@ def walk_forward_config(config: BacktestConfig, every: float) -> WalkForwardConf
 def _table_md(report) -> str:  # noqa: ANN001 - a WalkForwardReport
     return (
         report.per_fold()
-        .drop([c for c in report.per_fold().columns if c.startswith("llm_")])
+        .drop([c for c in report.per_fold().columns if c.startswith("decision_")])
         .to_pandas()
         .to_markdown(index=False, floatfmt=".4g")
     )

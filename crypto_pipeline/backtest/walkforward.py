@@ -292,8 +292,15 @@ class WalkForwardReport:
         return pd.concat(parts).sort_index() if parts else pd.Series(dtype=float)
 
     def per_fold(self) -> pl.DataFrame:
+        """One row per (policy, fold): the metrics and, for providers (rules and LLMs alike), the decision
+        figures as `decision_*` columns (stored fold results keep their older `llm_*` names)."""
         rows = [
-            {"policy": r.policy, "fold": r.fold, **r.metrics, **{f"llm_{k}": v for k, v in r.llm.items()}}
+            {
+                "policy": r.policy,
+                "fold": r.fold,
+                **r.metrics,
+                **{f"decision_{k}": v for k, v in r.llm.items()},
+            }
             for r in self.results
         ]
         return pl.DataFrame(rows, infer_schema_length=None)
