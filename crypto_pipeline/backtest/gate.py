@@ -224,7 +224,6 @@ def promote(
                 f"latest test window starts {every[-1].test_start:%Y-%m-%d %H:%M}, the earliest allowed is "
                 f"{cutoff + gap:%Y-%m-%d %H:%M}; nothing out of sample to judge: not promoted"
             ],
-            {"training_cutoff": cutoff.isoformat(), "earliest_test_start": (cutoff + gap).isoformat()},
         )
         out = record_in_mlflow(mlflow_client, MODEL_NAME, found.version, decision)
         out["refused"] = True
