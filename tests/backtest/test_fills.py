@@ -63,3 +63,15 @@ def test_a_signal_in_a_gap_fills_at_the_next_bar_of_that_symbol() -> None:
     pf = backtest_long_signals(open_, close, long, fee_bps=0)
     [order] = pf.orders.records_readable.to_dict("records")
     assert order["Timestamp"] == IDX[3] and order["Price"] == 12.5  # not at 12:00, which has no bar
+
+
+def test_the_exchange_fills_a_working_order_inside_its_bar_too() -> None:
+    from crypto_pipeline.exchange.bars import NS_PER_S
+    from crypto_pipeline.exchange.book import BarView
+    from crypto_pipeline.exchange.matching import fill_against_bar
+    from crypto_pipeline.trading.rules import SlippageModel
+
+    # Opens at its high (100); a remainder of 5 against a volume of 50 would pay 1% impact plus the spread.
+    bar = BarView("ETH/USDT", 0, 0, 3600 * NS_PER_S, 100.0, 100.0, 95.0, 99.0, 50.0, None, None)
+    terms = SlippageModel(impact_coefficient=0.1, max_participation=0.1)
+    assert fill_against_bar(OrderSide.BUY, 5.0, None, 0.001, bar, terms).price == 100.0
