@@ -77,7 +77,7 @@ def walk_forward_config(config: BacktestConfig, every: float) -> WalkForwardConf
 def _table_md(report) -> str:  # noqa: ANN001 - a WalkForwardReport
     return (
         report.per_fold()
-        .drop([c for c in report.per_fold().columns if c.startswith("llm_")])
+        .drop([c for c in report.per_fold().columns if c.startswith("decision_")])
         .to_pandas()
         .to_markdown(index=False, floatfmt=".4g")
     )
@@ -204,7 +204,9 @@ def walk_forward_report(context: dg.AssetExecutionContext, config: BacktestConfi
     report = load_fold_results(results_dir(), wf.folds())
     data = MarketData.load(wf)
     samples = [(s, f.test_start) for f in report.folds for s in wf.symbols][:6]
-    audits = [truncation_audit(lambda _: RuleBased(), data.bars_by_tf, samples)]
+    audits = [
+        truncation_audit(lambda _: RuleBased(), data.bars_by_tf, samples, lookback_days=data.lookback_days)
+    ]
     llm_audits = [replace(a, name=f"{r.policy} {r.fold} {a.name}") for r in report.results for a in r.audits]
     llm = LLMWalkForward(
         tuple(config.llm_symbols or config.symbols), config.llm_decision_every_hours, config.audit_samples

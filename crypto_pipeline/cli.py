@@ -400,15 +400,35 @@ def decide_command(
 
 
 # --- backtest: one policy over one range, one JSON object ------------------------------------------
+_DATA_DIR_HELP = (
+    "Folder of recorded bars: bars_<tf>.parquet files or Alpaca CSVs (<BASE>-<QUOTE>_HOUR.csv ...), as "
+    "`ingest --data-dir` reads; a missing 4h/1d is resampled from a finer timeframe "
+    "(default: CRYPTO_PIPELINE_MARKET_DATA_DIR, else ../shared/market-data/binance-spot-2024)."
+)
+_START_HELP = "First UTC day, included (YYYY-MM-DD), or an ISO datetime."
+_END_HELP = "Last UTC day, included (YYYY-MM-DD), or an ISO datetime, excluded."
+
+
+def _range(start: str, end: str) -> tuple[str, str]:
+    """The CLI's range as the half-open instants the library takes (`timeutil.day_range`: days included)."""
+    from crypto_pipeline.timeutil import day_range
+
+    first, last = day_range(start, end)
+    return first.isoformat(), last.isoformat()
+
+
 @app.command("backtest")
 def backtest_command(
     policy: str = typer.Option(
-        "ema_cross", help="ema_cross | rsi | buy_hold | rules | lgbm | llm[:ALIAS_OR_VERSION]."
+        "ema_cross",
+        help="ema_cross | rsi | buy_hold | rules | lgbm | llm (crypto-policy@champion, else @challenger) | "
+        "llm:ALIAS_OR_VERSION | llm:base (the embedded base model).",
     ),
     symbols: str = typer.Option("BTC/USDT", help="Comma-separated symbols of the recorded data."),
     timeframe: str = typer.Option("1h", help="Bar timeframe the orders fill on."),
-    start: str = typer.Option("2024-01-01", help="First UTC day (YYYY-MM-DD) or ISO datetime."),
-    end: str = typer.Option("2024-09-07", help="End, excluded (YYYY-MM-DD) or ISO datetime."),
+    start: str = typer.Option("2024-01-01", help=_START_HELP),
+    end: str = typer.Option("2024-09-06", help=_END_HELP),
+    data_dir: str = typer.Option("", "--data-dir", help=_DATA_DIR_HELP),
     fast: int = typer.Option(9, help="ema_cross: fast EMA span."),
     slow: int = typer.Option(21, help="ema_cross: slow EMA span."),
     fee_bps: float = typer.Option(
@@ -420,36 +440,68 @@ def backtest_command(
         help="Flat slippage in bps (default: 0 for signals, the exchange's impact model for rules/llm).",
     ),
     decision_every: float = typer.Option(4.0, "--decision-every", help="rules/llm: hours between decisions."),
-    out: str = typer.Option("warehouse/reports/backtest", help="Folder for the report (rules, lgbm, llm)."),
+    max_decisions: int | None = typer.Option(
+        None,
+        "--max-decisions",
+        help="rules/llm: at most this many decisions (symbols x times); the span ends before the one "
+        "that would exceed it, and the summary says where. Decisions are cached as they are made.",
+    ),
+    train_days: float = typer.Option(
+        120.0, "--train-days", help="lgbm: days of training before --start (less 48 h purge and embargo)."
+    ),
+    out: str = typer.Option(
+        "", help="Folder for the report, one file per run (default: <warehouse>/reports/backtest)."
+    ),
 ) -> None:
-    """Backtest one policy; print one JSON object with final_equity, trades and the metrics."""
+    """Backtest one policy on --start..--end (both days included); print one JSON object: what ran, the
+    metrics with Sharpe's interval, and for rules/llm the decisions' action shares, mean confidence and
+    invalid rate. Every policy is measured on that span; lgbm trains on the --train-days before it."""
     import json
     from pathlib import Path
 
     from rich.console import Console
 
-    from crypto_pipeline.backtest.run import backtest, config_from_options
+    from crypto_pipeline.backtest.inputs import check_inputs
     from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
 
     errors = Console(stderr=True)
     settings = Settings()
+    chosen = tuple(s.strip() for s in symbols.split(",") if s.strip())
+    folder = Path(data_dir) if data_dir else settings.market_data_dir
     try:
+        first, last = _range(start, end)
+        # Bad input fails here, before vectorbt, numba or a model is imported.
+        check_inputs(
+            policy=policy, symbols=chosen, timeframe=timeframe, start=first, end=last, data_dir=folder,
+            fast=fast, slow=slow,
+        )  # fmt: skip
+        from crypto_pipeline.backtest.run import backtest, config_from_options
+
         config = config_from_options(
-            symbols=tuple(s.strip() for s in symbols.split(",") if s.strip()),
+            symbols=chosen,
             timeframe=timeframe,
-            start=start,
-            end=end,
+            start=first,
+            end=last,
             fast=fast,
             slow=slow,
             fee_bps=fee_bps,
             slippage_bps=slippage_bps,
             decision_every_hours=decision_every,
-            data_dir=settings.market_data_dir,
+            data_dir=folder,
         )
         from crypto_pipeline.warehouse import Warehouse
 
-        summary, _ = backtest(policy, config, out_dir=Path(out), warehouse=Warehouse(settings.warehouse_dir))
+        out_dir = Path(out) if out else settings.warehouse_dir / "reports" / "backtest"
+        summary, _ = backtest(
+            policy,
+            config,
+            out_dir=out_dir,
+            warehouse=Warehouse(settings.warehouse_dir),
+            max_decisions=max_decisions,
+            train_days=train_days,
+            settings=settings,
+        )
     except (UserInputError, ValueError) as error:
         errors.print(f"[red]backtest:[/red] {error}", markup=True, highlight=False)
         raise typer.Exit(2) from None
@@ -460,33 +512,49 @@ def backtest_command(
 def promote_command(
     challenger: str = typer.Option(CHALLENGER, help=f"Registered version number or alias of {MODEL_NAME}."),
     symbols: str = typer.Option("", help="Comma-separated symbols to judge on (default: the settings')."),
+    start: str = typer.Option(
+        "", help=f"{_START_HELP} Default: CRYPTO_PIPELINE_START (the settings' start)."
+    ),
+    end: str = typer.Option("", help=f"{_END_HELP} Default: CRYPTO_PIPELINE_END (the settings' end)."),
+    data_dir: str = typer.Option("", "--data-dir", help=_DATA_DIR_HELP),
     folds: int = typer.Option(
-        3, min=1, help="Walk-forward folds (those after the training cutoff are used)."
+        3, min=1, help="Walk-forward folds ending at --end (those after the training cutoff are used)."
     ),
     test_days: float = typer.Option(7.0, min=0.5, help="Length of each fold's test window."),
     decision_every: float = typer.Option(12.0, min=1.0, help="Hours between the LLM's decisions."),
     audit_samples: int = typer.Option(2, min=1, help="Decisions re-made per fold by the leakage audits."),
 ) -> None:
-    """Run the promotion gate on a registered version; print one JSON object with the verdict and reasons."""
+    """Run the promotion gate on a registered version over --start..--end; print one JSON object with the
+    verdict and reasons. A window with no fold after the training cutoff is a refusal with its reason."""
     import json
+    from pathlib import Path
 
     from rich.console import Console
 
-    from crypto_pipeline.backtest.gate import promote
-    from crypto_pipeline.backtest.walkforward import WalkForwardConfig
     from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
 
     settings = Settings()
     chosen = tuple(s.strip() for s in symbols.split(",") if s.strip()) or tuple(settings.symbols)
-    config = WalkForwardConfig(
-        symbols=chosen,
-        n_folds=folds,
-        test_days=test_days,
-        decision_every_hours=decision_every,
-        data_dir=settings.market_data_dir,
-    )
+    folder = Path(data_dir) if data_dir else settings.market_data_dir
     try:
+        first, last = _range(start or settings.start, end or settings.end)
+        from crypto_pipeline.backtest.inputs import check_inputs
+
+        # Bad input fails here, before vectorbt, MLflow or a model is imported, and records nothing.
+        check_inputs(symbols=chosen, timeframe="1h", start=first, end=last, data_dir=folder)
+        from crypto_pipeline.backtest.gate import promote
+        from crypto_pipeline.backtest.walkforward import WalkForwardConfig
+
+        config = WalkForwardConfig(
+            symbols=chosen,
+            start=first,
+            end=last,
+            n_folds=folds,
+            test_days=test_days,
+            decision_every_hours=decision_every,
+            data_dir=folder,
+        )
         result = promote(challenger, settings=settings, config=config, audit_samples=audit_samples)
     except UserInputError as error:
         Console(stderr=True).print(f"[red]promote:[/red] {error}", highlight=False)

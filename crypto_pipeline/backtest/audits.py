@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from crypto_pipeline.features import compute_features
+from crypto_pipeline.live.states import rolling_state_table
 from crypto_pipeline.llm.decision import TradeDecision
 from crypto_pipeline.llm.prompts import anonymized, build_user_prompt
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
@@ -43,7 +44,16 @@ def _same(a: TradeDecision, b: TradeDecision) -> bool:
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
-def _states(bars_by_tf: dict[str, pl.DataFrame], symbol: str, at: datetime) -> MarketState:
+def _states(
+    bars_by_tf: dict[str, pl.DataFrame], symbol: str, at: datetime, lookback_days: int | None = None
+) -> MarketState:
+    """The state of `symbol` at `at` from `bars_by_tf`: from every timeframe's bars as given, or, with
+    `lookback_days`, the way a backtest and a live session build it (the newest `lookback_days` of the
+    finest timeframe's bars closed by `at`, coarser ones resampled from them)."""
+    if lookback_days is not None:
+        base = min(bars_by_tf, key=lambda tf: Timeframe.parse(tf).duration)
+        table = rolling_state_table(bars_by_tf[base], Timeframe.parse(base), [symbol], [at], lookback_days)
+        return states_from_table(table.filter(pl.col("symbol") == symbol))[0]
     frames = [
         compute_features(b.filter(pl.col("symbol") == symbol), tf).with_columns(pl.lit(tf).alias("timeframe"))
         for tf, b in bars_by_tf.items()
@@ -84,6 +94,7 @@ def truncation_audit(
     shuffle_future: bool = False,
     seed: int = 0,
     decide: Decide = decide_safely,
+    lookback_days: int | None = None,
 ) -> AuditResult:
     """Re-make each sampled (symbol, decision time) from cut data; every prompt and decision must match.
     `make_provider` builds the policy from the bars it may use (policies that hold data get the cut data;
@@ -93,9 +104,9 @@ def truncation_audit(
     full_provider = make_provider(bars_by_tf)
     mismatches = []
     for symbol, at in samples:
-        full_state = _states(bars_by_tf, symbol, at)
+        full_state = _states(bars_by_tf, symbol, at, lookback_days)
         cut = _cut(bars_by_tf, at, shuffle=shuffle_future, seed=seed)
-        cut_state = _states(cut, symbol, at)
+        cut_state = _states(cut, symbol, at, lookback_days)
         same_prompt = build_user_prompt(full_state) == build_user_prompt(cut_state)
         full = decide(full_provider, [full_state])[0]
         again = decide_safely(make_provider(cut), [cut_state])[0]
@@ -216,6 +227,7 @@ def run_llm_audits(
     decide: Decide = decide_safely,
     samples: int = 2,
     periods_per_year: float | None = None,
+    lookback_days: int | None = None,
 ) -> list[AuditResult]:
     """The three audits of one policy run on one fold (`result`: a walk-forward `FoldResult` with its
     `run`): truncation on `samples` of its decisions, anonymized vs plain prompts on the same states,
@@ -225,8 +237,10 @@ def run_llm_audits(
 
     made = [d for d in (result.run.decisions if result.run else []) if d.symbol and d.at]
     points = _spread([(d.symbol, d.at) for d in made], samples)
-    truncation = truncation_audit(make_provider, bars_by_tf, points, decide=decide)
-    states = [_states(bars_by_tf, s, at) for s, at in points]
+    truncation = truncation_audit(
+        make_provider, bars_by_tf, points, decide=decide, lookback_days=lookback_days
+    )
+    states = [_states(bars_by_tf, s, at, lookback_days) for s, at in points]
     anonymized = anonymized_audit(make_provider(bars_by_tf), states, decide=decide)
     ppy = periods_per_year or m.periods_per_year(result.returns.index)
     lagged = run_lagged(ReplayDecisions.of(made))

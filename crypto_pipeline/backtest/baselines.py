@@ -97,7 +97,11 @@ def lgbm_training_set(
         & pl.col("score").is_finite()
     )
     if train.height < 100:
-        raise ValueError(f"{fold.key}: {train.height} training rows, too few for LightGBM")
+        raise ValueError(
+            f"lgbm {fold.key}: {train.height} training rows with labels in [{fold.train_start:%Y-%m-%d %H:%M}, "
+            f"{fold.train_end:%Y-%m-%d %H:%M}), too few for LightGBM (at least 100): a longer training span "
+            "(backtest --train-days, or an earlier start)"
+        )
     thresholds = fit_thresholds(train["score"], labels.sell_share, labels.buy_share)
     train = train.with_columns(action_expr(pl.col("score"), thresholds).alias("action"))
     test = table.filter((pl.col("timestamp") >= fold.test_start) & (pl.col("timestamp") < fold.test_end))
@@ -117,6 +121,8 @@ def lgbm_long(
     import lightgbm as lgb
 
     train, test, columns = lgbm_training_set(bars, fold, timeframe)
+    if test.is_empty():  # a test window past the data: nothing to predict, so never long
+        return pd.DataFrame(dtype=bool)
     y = train["action"].replace_strict({c: i for i, c in enumerate(LGBM_CLASSES)}, return_dtype=pl.Int8)
     y = y.to_numpy()
     model = lgb.LGBMClassifier(

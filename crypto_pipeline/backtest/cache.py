@@ -8,6 +8,7 @@ writers here. Without a warehouse the cache lives in memory for one run."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,10 @@ class DecisionCache:
     fresh: dict[Key, TradeDecision] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
+    # Decisions are written to the warehouse as they are made, at most this many seconds apart, so a run
+    # cut off (a timeout, a kill) keeps what it decided; a fast provider (the rules) is not written per call.
+    flush_every_s: float = 5.0
+    _flushed_at: float = field(default_factory=time.monotonic, repr=False)
 
     def __post_init__(self) -> None:
         if self.warehouse is not None:
@@ -97,6 +102,8 @@ class DecisionCache:
                 if decision.valid or decision.raw_text is not None:
                     self.rows[keys[i]] = decision.model_dump_json()
                     self.fresh[keys[i]] = decision
+            if time.monotonic() - self._flushed_at >= self.flush_every_s:
+                self.save()
         return [d for d in out if d is not None]
 
     def save(self) -> None:
@@ -104,3 +111,4 @@ class DecisionCache:
         if self.warehouse is not None:
             save_decisions(self.warehouse, self.fresh)
         self.fresh = {}
+        self._flushed_at = time.monotonic()

@@ -32,11 +32,11 @@ from crypto_pipeline.execution.simulated import wide
 from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.llm.decision import TradeDecision
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
+from crypto_pipeline.market.recorded import folder_bars
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.risk import RiskEngine, RiskResult
 from crypto_pipeline.state import MarketState
 from crypto_pipeline.state.build import state_from_row
-from crypto_pipeline.timeutil import as_utc
 from crypto_pipeline.trading import Fill, OrderSide, rules
 
 log = logging.getLogger(__name__)
@@ -55,31 +55,10 @@ def load_bars(
     end: datetime | str,
     data_dir: Path | str,
 ) -> pl.DataFrame:
-    """Recorded bars of `symbols` with open times in [start, end). Clear errors for bad input."""
-    tf = Timeframe.parse(timeframe)
-    first, last = as_utc(start), as_utc(end)
-    if first >= last:
-        raise UserInputError(f"start {first:%Y-%m-%d %H:%M} must be before end {last:%Y-%m-%d %H:%M}")
-    path = Path(data_dir) / f"bars_{tf.value}.parquet"
-    if not path.exists():
-        raise UserInputError(f"no recorded {tf.value} bars in {data_dir}")
-    if not symbols:
-        raise UserInputError("no symbols given")
-    known = set(pl.scan_parquet(path).select("symbol").unique().collect()["symbol"].to_list())
-    unknown = [s for s in symbols if s not in known]
-    if unknown:
-        raise UserInputError(f"unknown symbol(s) {unknown}; e.g. {sorted(known)[:5]}")
-    bars = (
-        pl.scan_parquet(path)
-        .with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
-        .filter(pl.col("symbol").is_in(list(symbols)))
-        .filter((pl.col("timestamp") >= first) & (pl.col("timestamp") < last))
-        .sort("symbol", "timestamp")
-        .collect()
-    )
-    if bars.height == 0:
-        raise UserInputError(f"no {tf.value} bars for {list(symbols)} in [{first:%Y-%m-%d}, {last:%Y-%m-%d})")
-    return bars
+    """Recorded bars of `symbols` with open times in [start, end) from any recorded folder (Parquet or
+    Alpaca CSVs; a missing coarser timeframe derived from a finer one): `market.recorded.folder_bars`.
+    Clear errors for bad input, naming the folder, the symbols and the range it holds."""
+    return folder_bars(data_dir, symbols, timeframe, start, end)
 
 
 def _freq(index: pd.DatetimeIndex) -> pd.Timedelta:
@@ -106,8 +85,9 @@ def backtest_long_signals(
         symbols = held.columns.get_level_values("symbol")
         open_b = open_.reindex(columns=symbols).set_axis(held.columns, axis=1)
         close_b = close.reindex(columns=symbols).set_axis(held.columns, axis=1)
-    # A missing open (a gap) cannot trade: carry the close so that vectorbt values the position.
-    price = open_b.fillna(close_b.ffill())
+    # A symbol without a bar cannot trade then (as at the venue): a NaN price makes vectorbt skip the
+    # order, which the still-wanted state places again at the symbol's next bar. Valued at the last close.
+    price = open_b
     return vbt.Portfolio.from_signals(
         close_b.ffill(),
         entries=held,
@@ -196,7 +176,14 @@ def run_policy(
     base = Timeframe.parse(_tf_of(closes))
     journal = Journal(None, run_id)
     venue = SimulatedVenue(
-        opens, volumes, init_cash=init_cash, fee_bps=fee_bps, slippage_bps=slippage_bps, journal=journal
+        opens,
+        volumes,
+        init_cash=init_cash,
+        fee_bps=fee_bps,
+        slippage_bps=slippage_bps,
+        journal=journal,
+        highs=wide(bars, "high"),
+        lows=wide(bars, "low"),
     )
     step = DecisionStep(provider, risk, venue, journal, session_id=run_id, decide=decide)
     decisions: list[TradeDecision] = []

@@ -54,7 +54,8 @@ def walk_forward_folds(
     `test_window` defaults to an equal split of the last half of [start, end). `train_window` None means
     expanding windows (training from `start`); a duration means rolling windows of that length.
     `training_cutoff` (a fine-tuned model's last training time) drops every fold whose test window starts
-    before `cutoff + purge + embargo`, so a model is never judged on data it was trained on.
+    before `cutoff + purge + embargo`, so a model is never judged on data it was trained on; when that
+    drops every fold the list is empty (the promotion gate's honest refusal, not an error).
     Raises ValueError for an empty range or folds that leave no training data.
     """
     first, last = as_utc(start), as_utc(end)
@@ -78,8 +79,6 @@ def walk_forward_folds(
     if training_cutoff is not None:
         earliest = as_utc(training_cutoff) + gap
         folds = [f for f in folds if f.test_start >= earliest]
-        if not folds:
-            raise ValueError(f"no test window starts after the training cutoff {training_cutoff} + {gap}")
     return folds
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.journal.summary import PaperRecord, paper_record
 from crypto_pipeline.llm.rule_based import RuleBased
 from crypto_pipeline.registry import CHALLENGER, CHAMPION, MODEL_NAME, client, make_provider, resolve
+from crypto_pipeline.timeutil import as_utc
 from crypto_pipeline.warehouse import Warehouse
 
 BASELINES = ("buy_hold", "ema_cross", "rsi", "lgbm", "rules")
@@ -224,18 +226,34 @@ def promote(
     )
     data = MarketData.load(config)  # unknown symbols, no bars: an error before anything is recorded
     cutoffs = [m.training_cutoff for m in (found, champion) if m is not None and m.training_cutoff]
-    folds = config.folds(training_cutoff=max(cutoffs) if cutoffs else None)
+    cutoff = max(cutoffs) if cutoffs else None
+    every = config.folds()  # folds that do not fit the range: a UserInputError, nothing recorded
+    after = config.folds(training_cutoff=cutoff)
+    held = data.bars["timestamp"]
+    folds = [f for f in after if not held.filter((held >= f.test_start) & (held < f.test_end)).is_empty()]
     ours = llm_policy_name(found.version)
+    if after and not folds:  # test windows past the data's end: nothing recorded, the span is wrong
+        raise UserInputError(
+            f"no test window of {as_utc(config.start):%Y-%m-%d}..{as_utc(config.end):%Y-%m-%d} after the training "
+            f"cutoff holds bars in {config.data_dir}: end the span inside the data"
+        )
     if not folds:
+        gap = timedelta(hours=config.purge_hours + config.embargo_hours)
+        whose = "the challenger's" if cutoff == found.training_cutoff else "the champion's"
         decision = GateDecision(
             False,
             ours,
             [
-                f"no walk-forward fold of {config.start}..{config.end} starts after the training cutoff "
-                f"{max(cutoffs):%Y-%m-%d %H:%M}: nothing out of sample to judge"
+                f"no walk-forward fold of {as_utc(config.start):%Y-%m-%d %H:%M}..{as_utc(config.end):%Y-%m-%d %H:%M} "
+                f"starts after {whose} training cutoff {cutoff:%Y-%m-%d %H:%M} + purge and embargo ({gap}): the "
+                f"latest test window starts {every[-1].test_start:%Y-%m-%d %H:%M}, the earliest allowed is "
+                f"{cutoff + gap:%Y-%m-%d %H:%M}; nothing out of sample to judge: not promoted"
             ],
         )
-        return record_in_mlflow(mlflow_client, MODEL_NAME, found.version, decision)
+        out = record_in_mlflow(mlflow_client, MODEL_NAME, found.version, decision)
+        out["refused"] = True
+        out["table"] = []
+        return out
     providers = {ours: make_provider(f"llm:{found.version}", settings).provider, "rules": RuleBased()}
     theirs = None
     if champion is not None:

@@ -4,8 +4,8 @@ A parameter sweep only needs each run's final equity and trade count, not vector
 value series; building those for hundreds of columns costs far more than the strategy itself. This
 module computes each EMA once per span (the same `engine.ema`, so the same numbers), and a numba
 kernel replays exactly what `engine.backtest_long_signals` asks of `vbt.Portfolio.from_signals`: long
-while EMA(fast) > EMA(slow) at the close of bar t, filled at the open of bar t+1 (a missing open takes
-the last close), fully invested, fees and slippage as vectorbt applies them, valued at the last close.
+while EMA(fast) > EMA(slow) at the close of bar t, filled at the open of bar t+1 (a symbol without a
+bar then does not trade: the order waits for its next bar), fully invested, fees and slippage as vectorbt applies them, valued at the last close.
 `tests/backtest/test_grid.py` checks it against `from_signals`, column by column."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _simulate_nb(
     emas: np.ndarray,  # (spans, symbols, bars): contiguous along time
     fast_idx: np.ndarray,
     slow_idx: np.ndarray,
-    price: np.ndarray,  # (symbols, bars): the fill price, the open (or the last close in a gap)
+    price: np.ndarray,  # (symbols, bars): the fill price, the open (NaN in a gap: no trade)
     last_close: np.ndarray,  # (symbols,)
     fee: float,
     slippage: float,
@@ -48,7 +48,7 @@ def _simulate_nb(
                         qty = cash / (1.0 + fee) / (price[j, t] * (1.0 + slippage))
                         cash = 0.0
                         trades[p, j] += 1
-                elif qty > 0.0:
+                elif qty > 0.0 and price[j, t] == price[j, t]:
                     proceeds = qty * (price[j, t] * (1.0 - slippage))
                     cash = cash + (proceeds - proceeds * fee)
                     qty = 0.0
@@ -78,7 +78,7 @@ def ema_cross_grid(
     # One EMA per span over every symbol at once (pandas' recursive EWM, exactly `engine.ema`).
     emas = np.stack([np.ascontiguousarray(ema(close, span).to_numpy(np.float64).T) for span in spans])
     filled = close.ffill()
-    price = np.ascontiguousarray(open_.fillna(filled).to_numpy(np.float64).T)
+    price = np.ascontiguousarray(open_.to_numpy(np.float64).T)
     last_close = filled.iloc[-1].to_numpy(np.float64)
     final, trades = _simulate_nb(
         emas,

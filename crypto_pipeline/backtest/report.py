@@ -44,10 +44,15 @@ def _html_table(frame: pl.DataFrame) -> str:
 
 
 def write_report(
-    report: WalkForwardReport, out_dir: Path, audits: Sequence[AuditResult] = (), extra: str = ""
+    report: WalkForwardReport,
+    out_dir: Path,
+    audits: Sequence[AuditResult] = (),
+    extra: str = "",
+    stem: str = "walk_forward",
 ) -> dict[str, Path]:
+    """`<stem>.html` and `<stem>.png` in `out_dir` (a backtest run names its own stem: one file per run)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = plot_equity(report, out_dir / "walk_forward.png")
+    png = plot_equity(report, out_dir / f"{stem}.png")
     audit_rows = "".join(
         f"<tr><td>{html.escape(a.name)}</td><td>{'pass' if a.passed else 'FAIL'}</td>"
         f"<td>{html.escape(a.detail)}</td></tr>"
@@ -62,6 +67,6 @@ def write_report(
 <h2>Per fold</h2>{_html_table(report.per_fold())}
 <h2>Audits</h2><table><tr><th>audit</th><th>result</th><th>detail</th></tr>{audit_rows}</table>
 </body></html>"""
-    page_path = out_dir / "walk_forward.html"
+    page_path = out_dir / f"{stem}.html"
     page_path.write_text(page)
     return {"png": png, "html": page_path}

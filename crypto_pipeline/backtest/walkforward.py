@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +36,13 @@ from crypto_pipeline.backtest.engine import (
 )
 from crypto_pipeline.backtest.folds import Fold, walk_forward_folds
 from crypto_pipeline.config import DEFAULT_SYMBOLS, SHARED_MARKET_DATA
-from crypto_pipeline.features import compute_features
+from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.live.states import rolling_state_table
 from crypto_pipeline.llm.provider import DecisionProvider
+from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.risk import RiskConfig, RiskEngine
-from crypto_pipeline.state.build import market_state_table
+from crypto_pipeline.state.build import STATE_LOOKBACK_DAYS
+from crypto_pipeline.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 STATE_TIMEFRAMES = ("1h", "4h", "1d")  # 15m is recorded for 24 pairs only; 1h+ for all 136
@@ -63,17 +66,32 @@ class WalkForwardConfig:
     slow: int = 21
     data_dir: Path = SHARED_MARKET_DATA / "binance-spot-2024"
     risk: RiskConfig = field(default_factory=RiskConfig)
+    # History each market state is built from (the live session's default window, `LiveConfig.lookback_days`);
+    # loaded before `start` so that the first decision's indicators are as warm as live's.
+    state_lookback_days: int = STATE_LOOKBACK_DAYS
 
-    def folds(self, training_cutoff: str | None = None) -> list[Fold]:
-        return walk_forward_folds(
-            self.start,
-            self.end,
-            n_folds=self.n_folds,
-            test_window=timedelta(days=self.test_days),
-            purge=timedelta(hours=self.purge_hours),
-            embargo=timedelta(hours=self.embargo_hours),
-            training_cutoff=training_cutoff,
-        )
+    def folds(self, training_cutoff: str | datetime | None = None) -> list[Fold]:
+        """The walk-forward folds of [start, end); with `training_cutoff`, only those whose test window
+        starts after it plus purge and embargo (possibly none). Folds that do not fit the range (no
+        training data before the first test window) are a UserInputError that says what would."""
+        try:
+            return walk_forward_folds(
+                self.start,
+                self.end,
+                n_folds=self.n_folds,
+                test_window=timedelta(days=self.test_days),
+                purge=timedelta(hours=self.purge_hours),
+                embargo=timedelta(hours=self.embargo_hours),
+                training_cutoff=training_cutoff,
+            )
+        except UserInputError:
+            raise
+        except ValueError as error:
+            raise UserInputError(
+                f"{error}: {self.n_folds} fold(s) of {self.test_days:g} days do not fit "
+                f"{as_utc(self.start):%Y-%m-%d %H:%M}..{as_utc(self.end):%Y-%m-%d %H:%M}; "
+                "use fewer folds, shorter test days or an earlier start"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -116,25 +134,38 @@ LLM_WALK_FORWARD = LLMWalkForward()
 
 @dataclass
 class MarketData:
-    """Bars of the execution timeframe and the long features table the states are built from."""
+    """Bars of the execution timeframe, from `lookback_days` before the range on (the history a state
+    needs: each state is built from the newest `lookback_days` of bars closed by its decision time, the
+    window a live session holds), and `bars_by_tf` for the leakage audits (the same bars)."""
 
     bars: pl.DataFrame
-    features: pl.DataFrame
-    bars_by_tf: dict[str, pl.DataFrame] = field(default_factory=dict)  # the states' timeframes (audits)
+    features: pl.DataFrame = field(default_factory=pl.DataFrame)  # unused since states come from windows
+    bars_by_tf: dict[str, pl.DataFrame] = field(default_factory=dict)
+    lookback_days: int = STATE_LOOKBACK_DAYS
 
     @classmethod
-    def load(cls, config: WalkForwardConfig) -> MarketData:
-        bars = load_bars(config.symbols, config.timeframe, config.start, config.end, config.data_dir)
-        frames, by_tf = [], {}
-        for tf in STATE_TIMEFRAMES:
-            tf_bars = (
-                bars
-                if tf == config.timeframe
-                else load_bars(config.symbols, tf, config.start, config.end, config.data_dir)
-            )
-            by_tf[tf] = tf_bars
-            frames.append(compute_features(tf_bars, tf).with_columns(pl.lit(tf).alias("timeframe")))
-        return cls(bars, pl.concat(frames, how="diagonal_relaxed"), by_tf)
+    def load(cls, config: WalkForwardConfig, *, history_days: float = 0.0) -> MarketData:
+        """The bars of `config`'s range, from `state_lookback_days` (or `history_days`, if longer: e.g. a
+        training span) before its start on."""
+        first = as_utc(config.start)
+        warm_start = first - timedelta(days=max(config.state_lookback_days, history_days))
+        bars = load_bars(config.symbols, config.timeframe, warm_start, config.end, config.data_dir)
+        if bars.filter(pl.col("timestamp") >= first).is_empty():
+            # Bars only in the lookback: the error (folder, symbols, the range it holds) for the range itself.
+            load_bars(config.symbols, config.timeframe, first, config.end, config.data_dir)
+        return cls(bars, bars_by_tf={config.timeframe: bars}, lookback_days=config.state_lookback_days)
+
+    def states(self, config: WalkForwardConfig, times: Sequence[datetime]) -> pl.DataFrame:
+        """`market_state_table` rows for every symbol at `times`, each from the newest `lookback_days` of
+        bars closed by then (`live.states.rolling_state_table`: the live session's own window and code)."""
+        none = pl.DataFrame(schema={"symbol": pl.String, "at": pl.Datetime("us", "UTC"), "price": pl.Float64})
+        if not times:
+            return none
+        base = Timeframe.parse(config.timeframe)
+        oldest = min(times) - timedelta(days=self.lookback_days) - base.duration
+        bars = self.bars.filter((pl.col("timestamp") >= oldest) & (pl.col("timestamp") < max(times)))
+        table = rolling_state_table(bars, base, config.symbols, list(times), self.lookback_days)
+        return table if table.height else none
 
 
 @dataclass
@@ -198,9 +229,7 @@ def run_provider_fold(
         schema={"symbol": pl.String, "at": pl.Datetime("us", "UTC")},
         orient="row",
     )
-    states = market_state_table(
-        data.features.filter(pl.col("timestamp") < fold.test_end), points, STATE_TIMEFRAMES
-    )
+    states = data.states(config, times).join(points, on=["symbol", "at"], how="semi")
     states = states.filter(pl.col("price").is_not_null())
     cache = cache or DecisionCache()
     hits, misses = cache.hits, cache.misses
@@ -219,9 +248,15 @@ def run_provider_fold(
     equity = run.equity.loc[run.equity.index >= fold.test_start]
     decisions = run.decisions
     fresh = cache.misses - misses
+    actions = [d.action.value for d in decisions]
     llm = {
         "decisions": len(decisions),
         "invalid_rate": float(np.mean([not d.valid for d in decisions])) if decisions else 0.0,
+        **{
+            f"{a.lower()}_share": actions.count(a) / len(actions) if actions else 0.0
+            for a in ("BUY", "SELL", "HOLD")
+        },
+        "mean_confidence": float(np.mean([d.confidence for d in decisions])) if decisions else 0.0,
         "cache_hits": cache.hits - hits,
         "cache_misses": fresh,
         "decisions_per_min": fresh / (run.wall_s / 60) if fresh and run.wall_s > 0 else 0.0,
@@ -257,8 +292,15 @@ class WalkForwardReport:
         return pd.concat(parts).sort_index() if parts else pd.Series(dtype=float)
 
     def per_fold(self) -> pl.DataFrame:
+        """One row per (policy, fold): the metrics and, for providers (rules and LLMs alike), the decision
+        figures as `decision_*` columns (stored fold results keep their older `llm_*` names)."""
         rows = [
-            {"policy": r.policy, "fold": r.fold, **r.metrics, **{f"llm_{k}": v for k, v in r.llm.items()}}
+            {
+                "policy": r.policy,
+                "fold": r.fold,
+                **r.metrics,
+                **{f"decision_{k}": v for k, v in r.llm.items()},
+            }
             for r in self.results
         ]
         return pl.DataFrame(rows, infer_schema_length=None)
@@ -313,6 +355,17 @@ def walk_forward(
     data = data or MarketData.load(config)
     folds = list(folds or config.folds())
     results: list[FoldResult] = []
+    held = data.bars["timestamp"]
+    empty = [f for f in folds if held.filter((held >= f.test_start) & (held < f.test_end)).is_empty()]
+    for fold in empty:  # a test window past the data (an --end after it): nothing to trade or judge
+        log.warning(
+            "%s: no %s bars in its test window %s..%s: left out",
+            fold.key,
+            config.timeframe,
+            fold.test_start,
+            fold.test_end,
+        )
+    folds = [f for f in folds if f not in empty]
     for fold in folds:
         for name in signal_policies:
             results.append(run_signal_fold(name, data, fold, config))
@@ -328,6 +381,7 @@ def walk_forward(
                     data.bars_by_tf,
                     decide=(cache or DecisionCache()).decide,
                     samples=audit_samples,
+                    lookback_days=data.lookback_days,
                 )
             results.append(result)
     if cache is not None:

@@ -6,7 +6,8 @@ impact and fees are Alpaca's crypto rules in `crypto_pipeline.trading.rules`:
 - Participation: one order takes at most `max_participation x bar volume` from a bar; the rest waits
   (gtc) or is canceled (ioc): partial fills.
 - Resting limits trade at their limit price as maker when a later bar trades through them; a bar that
-  opens beyond the limit fills at the open as taker.
+  opens beyond the limit fills at the open as taker. A working order that meets a bar never fills
+  outside that bar's high and low (`rules.within_bar`, the backtest's simulated venue's rule too).
 - A stop-limit arms when a bar trades through its stop and then works as a limit from the next bar.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from crypto_pipeline.exchange.book import BarView, DerivedQuote
 from crypto_pipeline.trading import Liquidity, OrderSide
-from crypto_pipeline.trading.rules import SlippageModel
+from crypto_pipeline.trading.rules import SlippageModel, within_bar
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ def fill_against_bar(
         return None
     buy = side == OrderSide.BUY
     open_touch = bar.open * (1 + half_spread) if buy else bar.open * (1 - half_spread)
-    taker = slippage.taker_price(side, open_touch, size, bar.volume)
+    # Never outside the bar it trades in (the simulated venue's rule too: `rules.within_bar`).
+    taker = within_bar(slippage.taker_price(side, open_touch, size, bar.volume), bar.low, bar.high)
     if limit is None:
         return Match(size, taker, Liquidity.TAKER)
     if buy:

@@ -1,6 +1,8 @@
 """The simulated venue of backtests and shadow books: an order sent at the close of bar t fills at the
 open of bar t+1 (or later, for the one-bar-lag audit), paying the local exchange's taker fee and its
-impact model (`trading.rules.SlippageModel`) or a flat slippage; spot only, long or flat.
+impact model (`trading.rules.SlippageModel`) or a flat slippage, never outside that bar's high and low
+(`rules.within_bar`, given the highs and lows); a symbol without a bar then does not trade (the order
+expires); spot only, long or flat.
 
 It journals what the live order desk journals: the venue's answer when an order is sent
 ("submitted"), its fill ("filled") and the fill itself, under the same client ids."""
@@ -88,8 +90,11 @@ class SimulatedVenue:
         fee_bps: float,
         slippage_bps: float | None = None,
         journal: Journal | None = None,
+        highs: pd.DataFrame | None = None,
+        lows: pd.DataFrame | None = None,
     ) -> None:
         self.opens, self.volumes = opens, volumes
+        self.highs, self.lows = highs, lows  # with them, fills stay inside the bar (`rules.within_bar`)
         self.fee_bps, self.slippage_bps = fee_bps, slippage_bps
         self.slippage_model = rules.SlippageModel()
         self.ledger = Ledger(cash=init_cash)
@@ -180,6 +185,9 @@ class SimulatedVenue:
         )
         buy = intent.side == OrderSide.BUY
         price = float(open_price * (1 + move) if buy else open_price * (1 - move))
+        price = rules.within_bar(
+            price, self._bound(self.lows, bar, symbol), self._bound(self.highs, bar, symbol)
+        )
         if buy:
             # The open may gap above the decision's price: shrink the order to the cash there is.
             qty = min(qty, rules.floor_qty(self.ledger.cash / (price * (1 + self.fee_bps / 10_000))))
@@ -201,6 +209,12 @@ class SimulatedVenue:
         )
         self.fills.append(fill)
         return fill
+
+    @staticmethod
+    def _bound(frame: pd.DataFrame | None, bar: pd.Timestamp, symbol: str) -> float | None:
+        if frame is None or symbol not in frame.columns or bar not in frame.index:
+            return None
+        return float(frame.at[bar, symbol])
 
     @staticmethod
     def _order(intent: OrderIntent, cid: str, *, status: str, filled: Fill | None = None) -> dict[str, Any]:

@@ -9,9 +9,7 @@ Ranges are half-open: `fetch_bars(..., start, end)` returns bars whose open time
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +26,12 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from crypto_pipeline.config import Settings
 from crypto_pipeline.errors import SourceError, UserInputError
+from crypto_pipeline.market.recorded import (  # noqa: F401 - re-exported: recorded files live there
+    RecordedFile,
+    RecordedSource,
+    parse_recorded_name,
+    recorded_files,
+)
 from crypto_pipeline.market.schema import BAR_SCHEMA, conform_bars, empty_frame
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.timeutil import as_utc
@@ -69,141 +73,6 @@ class BarSource(Protocol):
     ) -> pl.DataFrame:
         """Bars of `symbols` with start <= timestamp < end, conformed to BAR_SCHEMA, unjudged."""
         ...
-
-
-# --- recorded files --------------------------------------------------------------------------------
-
-# Alpaca-shaped exports are one CSV per symbol and span, e.g. BTC-USD_MINUTE.csv.
-_CSV_NAME = re.compile(r"^(?P<base>[A-Za-z0-9]+)-(?P<quote>[A-Za-z0-9]+)_(?P<span>MINUTE|HOUR|DAY)\.csv$")
-_CSV_SPANS = {"MINUTE": Timeframe.M1, "HOUR": Timeframe.H1, "DAY": Timeframe.D1}
-_PARQUET_NAME = re.compile(r"^bars_(?P<tf>[0-9]+[a-z]+)\.parquet$")
-
-
-@dataclass(frozen=True)
-class RecordedFile:
-    """One recorded file: a `bars_<tf>.parquet` of many symbols (`symbol` None) or one symbol's CSV."""
-
-    path: Path
-    timeframe: Timeframe
-    symbol: str | None = None
-
-
-def parse_recorded_name(name: str) -> tuple[Timeframe, str | None] | None:
-    """The one reading of the recorded-file naming: `bars_<tf>.parquet` -> (tf, None),
-    `<BASE>-<QUOTE>_<MINUTE|HOUR|DAY>.csv` -> (tf, "BASE/QUOTE"), anything else (including a
-    timeframe we do not model, e.g. bars_1w.parquet) -> None."""
-    if match := _PARQUET_NAME.match(name):
-        try:
-            return Timeframe.parse(match["tf"]), None
-        except ValueError:
-            return None
-    if match := _CSV_NAME.match(name):
-        return _CSV_SPANS[match["span"]], f"{match['base'].upper()}/{match['quote'].upper()}"
-    return None
-
-
-def recorded_files(data_dir: Path | str) -> list[RecordedFile]:
-    """The recorded bar files of a directory, sorted by name."""
-    found = []
-    for path in sorted(Path(data_dir).expanduser().iterdir()):
-        parsed = parse_recorded_name(path.name)
-        if parsed is not None:
-            found.append(RecordedFile(path, *parsed))
-    return found
-
-
-class RecordedSource:
-    """Bars recorded on disk: `bars_<tf>.parquet` files (columns symbol, timestamp, OHLCV, optionally
-    trade_count and vwap), and/or Alpaca-shaped CSVs named `<BASE>-<QUOTE>_<MINUTE|HOUR|DAY>.csv`
-    (columns timestamp, OHLCV, trade_count, vwap; the symbol is `BASE/QUOTE`).
-
-    Parquet is scanned lazily with the symbol and time filters pushed down to row groups.
-    """
-
-    def __init__(self, data_dir: Path | str) -> None:
-        self.data_dir = Path(data_dir).expanduser()
-        if not self.data_dir.is_dir():
-            raise UserInputError(f"recorded data directory {self.data_dir} does not exist")
-        self._parquet: dict[Timeframe, Path] = {}
-        self._csv: dict[Timeframe, dict[str, Path]] = {}
-        for file in recorded_files(self.data_dir):
-            if file.symbol is None:
-                self._parquet[file.timeframe] = file.path
-            else:
-                self._csv.setdefault(file.timeframe, {})[file.symbol] = file.path
-        if not self._parquet and not self._csv:
-            raise UserInputError(
-                f"no recorded bars in {self.data_dir}: expected bars_<timeframe>.parquet files "
-                "or <BASE>-<QUOTE>_<MINUTE|HOUR|DAY>.csv files"
-            )
-        self._symbol_cache: dict[Timeframe, list[str]] = {}
-
-    @property
-    def name(self) -> str:
-        return "recorded"
-
-    @property
-    def description(self) -> str:
-        return f"recorded data in {self.data_dir}"
-
-    @property
-    def symbols_per_request(self) -> int | None:
-        return None  # one scan for all symbols: per-symbol scans re-read shared row groups
-
-    def timeframes(self) -> list[Timeframe]:
-        """Timeframes with recorded bars, finest first."""
-        return sorted({*self._parquet, *self._csv}, key=lambda tf: tf.duration)
-
-    def _require(self, timeframe: Timeframe) -> None:
-        if timeframe not in self._parquet and timeframe not in self._csv:
-            available = ", ".join(tf.value for tf in self.timeframes())
-            raise UserInputError(
-                f"no {timeframe.value} bars in {self.data_dir}; recorded timeframes there: {available}"
-            )
-
-    def symbols(self, timeframe: Timeframe | None = None) -> list[str]:
-        timeframes = [timeframe] if timeframe is not None else self.timeframes()
-        found: set[str] = set()
-        for tf in timeframes:
-            self._require(tf)
-            if tf not in self._symbol_cache:
-                names = set(self._csv.get(tf, {}))
-                if tf in self._parquet:
-                    column = pl.scan_parquet(self._parquet[tf]).select(pl.col("symbol").unique()).collect()
-                    names.update(column.get_column("symbol").drop_nulls().to_list())
-                self._symbol_cache[tf] = sorted(names)
-            found.update(self._symbol_cache[tf])
-        return sorted(found)
-
-    def unknown_symbols(self, symbols: Sequence[str], timeframe: Timeframe) -> list[str]:
-        known = set(self.symbols(timeframe))
-        return [s for s in symbols if s not in known]
-
-    def fetch_bars(
-        self, symbols: Sequence[str], timeframe: Timeframe, start: datetime, end: datetime
-    ) -> pl.DataFrame:
-        timeframe = Timeframe.parse(timeframe)
-        self._require(timeframe)
-        start, end = as_utc(start), as_utc(end)
-        frames: list[pl.DataFrame] = []
-        wanted = list(symbols)
-        if timeframe in self._parquet and wanted:
-            lazy = pl.scan_parquet(self._parquet[timeframe]).filter(
-                pl.col("symbol").is_in(wanted) & (pl.col("timestamp") >= start) & (pl.col("timestamp") < end)
-            )
-            frames.append(conform_bars(lazy.collect()))
-        for symbol, path in self._csv.get(timeframe, {}).items():
-            if symbol not in wanted:
-                continue
-            # Timestamps stay text until conform_bars parses them, so a malformed one becomes null
-            # (quarantined later) instead of failing the whole file.
-            raw = pl.read_csv(path, schema_overrides={"timestamp": pl.Utf8}, infer_schema_length=10_000)
-            bars = conform_bars(raw, symbol=symbol)
-            in_range = (pl.col("timestamp") >= start) & (pl.col("timestamp") < end)
-            frames.append(bars.filter(in_range | pl.col("timestamp").is_null()))
-        if not frames:
-            return empty_frame(BAR_SCHEMA)
-        return pl.concat(frames, how="vertical")
 
 
 # --- Alpaca ----------------------------------------------------------------------------------------

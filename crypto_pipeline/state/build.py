@@ -176,6 +176,9 @@ def states_from_table(table: pl.DataFrame) -> list[MarketState]:
 
 DEFAULT_DECISION_TIMEFRAME = "1h"
 DEFAULT_STATES_LOOKBACK_DAYS = 10  # history needed for the 7-day volume averages
+#: The window of base bars a backtest's market state is built from: a live session's default history
+#: (`live.config.LiveConfig.lookback_days`), so that a backtest shows the model live's prompt for the hour.
+STATE_LOOKBACK_DAYS = 30
 
 
 @dataclass(kw_only=True)

@@ -142,6 +142,17 @@ class SlippageModel:
         return 1 + self.impact_coefficient * self.max_participation
 
 
+def within_bar(price: float, low: float | None, high: float | None) -> float:
+    """A fill price inside the bar it trades in: impact never takes a fill above the bar's high or below
+    its low (a bar that opens at its high fills a market buy at the high, not beyond). Unknown bounds
+    (None or NaN) leave the price as it is."""
+    if high is not None and high == high:
+        price = min(price, high)
+    if low is not None and low == low:
+        price = max(price, low)
+    return price
+
+
 def buy_reserve(
     notional: float, order_type: OrderType | str, fees: FeeSchedule, slippage: SlippageModel
 ) -> float:
@@ -153,6 +164,7 @@ def buy_reserve(
 
 
 __all__ = [
+    "within_bar",
     "CLIENT_ORDER_ID_MAX",
     "CRYPTO_ORDER_TYPES",
     "CRYPTO_TIMES_IN_FORCE",

@@ -46,7 +46,7 @@ def test_ema_cross_prints_one_json_object() -> None:
         (["--policy", "rules", "--symbols", "BTC/USDT,NOPE/USDT"], "unknown symbol"),
         (["--policy", "llm", "--symbols", "NOPE/USDT"], "unknown symbol"),
         (["--policy", "rules", "--start", "2030-01-01", "--end", "2030-02-01"], "no 1h bars"),
-        (["--policy", "llm", "--start", "2024-04-01", "--end", "2024-04-01"], "before end"),
+        (["--policy", "llm", "--start", "2024-04-02", "--end", "2024-04-01"], "before end"),
         (["--policy", "lgbm", "--start", "2024-05-01", "--end", "2024-04-01"], "before end"),
         (["--symbols", ""], "no symbols given"),
         (["--fast", "21", "--slow", "9"], "must be below --slow"),
@@ -91,3 +91,41 @@ def test_promote_bad_symbols_are_a_clear_error_and_record_nothing(tmp_path, monk
     assert not (tmp_path / "wh").exists()
     missing = runner.invoke(app, ["promote", "--challenger", "9"])
     assert missing.exit_code == 2 and "no version '9' of crypto-policy" in missing.output.replace("\n", " ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["backtest", "--policy", "nope"],
+        ["backtest", "--symbols", "NOPE/USDT"],
+        ["backtest", "--start", "2030-01-01", "--end", "2030-01-31"],
+        ["backtest", "--data-dir", "/nonexistent/folder"],
+        ["promote", "--symbols", "NOPE/USDT"],
+    ],
+)
+def test_bad_input_is_refused_before_the_heavy_imports(args: list[str]) -> None:
+    """Checked with polars alone: neither vectorbt, numba's kernels, MLflow nor torch is imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from crypto_pipeline.cli import app\n"
+        f"result = CliRunner().invoke(app, {args!r})\n"
+        "assert result.exit_code == 2, result.output\n"
+        "heavy = sorted(m for m in ('vectorbt', 'torch', 'mlflow', 'arch', 'lightgbm') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_help_shows_the_data_window_and_cap_options() -> None:
+    backtest = " ".join(runner.invoke(app, ["backtest", "--help"], env={"COLUMNS": "200"}).output.split())
+    for option in ("--data-dir", "--start", "--end", "--max-decisions", "--train-days", "llm:base"):
+        assert option in backtest
+    assert "Last UTC day, included" in backtest and "CRYPTO_PIPELINE_MARKET_DATA_DIR" in backtest
+    promote = " ".join(runner.invoke(app, ["promote", "--help"], env={"COLUMNS": "200"}).output.split())
+    for option in ("--data-dir", "--start", "--end", "--symbols", "--folds", "CRYPTO_PIPELINE_START"):
+        assert option in promote

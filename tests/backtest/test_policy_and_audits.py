@@ -69,16 +69,12 @@ def test_rule_based_trades_through_the_risk_engine_and_vectorbt_reproduces_the_a
 
 def test_lagged_fills_come_one_bar_later(data: MarketData) -> None:
     from crypto_pipeline.backtest.engine import decision_times, run_policy
-    from crypto_pipeline.state.build import market_state_table
 
     fold = CONFIG.folds()[-1]
     bars = data.bars.filter(pl.col("timestamp") >= fold.test_start - timedelta(days=2))
     index = pd.DatetimeIndex(sorted(bars["timestamp"].unique().to_list()))
     times = decision_times(index, timedelta(hours=2), fold.test_start, fold.test_end)
-    points = pl.DataFrame({"symbol": ["BTC/USDT"] * len(times), "at": times}).with_columns(
-        pl.col("at").cast(pl.Datetime("us", "UTC"))
-    )
-    states = market_state_table(data.features, points, ("1h", "4h", "1d"))
+    states = data.states(CONFIG, times).filter(pl.col("symbol") == "BTC/USDT")
     lagged = run_policy(RuleBased(), bars, states, lag_bars=1, risk=None)
     assert lagged.fills
     assert all(f.at == lagged.decided_at[f.order_id] + timedelta(hours=1) for f in lagged.fills)
