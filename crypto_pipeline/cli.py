@@ -421,7 +421,7 @@ def _range(start: str, end: str) -> tuple[str, str]:
 def backtest_command(
     policy: str = typer.Option(
         "ema_cross",
-        help="ema_cross | rsi | buy_hold | rules | lgbm | llm (crypto-policy@champion, else @challenger) | "
+        help=f"ema_cross | rsi | buy_hold | rules | lgbm | llm ({MODEL_NAME}@champion, else @{CHALLENGER}) | "
         "llm:ALIAS_OR_VERSION | llm:base (the embedded base model).",
     ),
     symbols: str = typer.Option("BTC/USDT", help="Comma-separated symbols of the recorded data."),

@@ -64,7 +64,8 @@ def test_run_ends_with_a_live_session_summarized_from_its_journal(two_days: Path
     assert result.exit_code == 0, result.output
     assert re.search(r"✓ live paper session \(600 s at 3600x\)", result.output), result.output
     [session] = re.findall(
-        r"session (make-run-\w+): no crypto-policy@champion or @challenger registered", result.output
+        r"session (make-run-\w+): no crypto-policy@champion registered: the rules trade",
+        result.output,
     )
 
     def journal(table: str) -> pl.DataFrame:

@@ -138,10 +138,10 @@ def session_providers(
             trading = make_provider(f"llm:{champion}", settings, load=load)  # type: ignore[arg-type]
             trading = replace(trading, note=f"{MODEL_NAME}@{CHAMPION}: {trading.note}")
         else:
-            why = f"no {MODEL_NAME}@{CHAMPION} in the registry at {uri}: the rules trade"
+            why = f"no {MODEL_NAME}@{CHAMPION} registered: the rules trade"
             if challenger is not None and config.shadows is None:
                 why += f", the newest {CHALLENGER} (version {challenger}) decides in shadow"
-            log.warning(why)
+            log.warning("%s (registry %s)", why, uri)
             trading = replace(make_provider("rules", settings), note=why)  # type: ignore[arg-type]
         default = [challenger] if challenger is not None and challenger != champion else []
     else:
