@@ -163,6 +163,9 @@ def _judge_paper(
     """The forward record from live sessions (shadow books included): said always; once there is enough
     of it, the version must not trail buy-and-hold there."""
     figures["paper_decisions"] = paper.decisions
+    if not paper.runs:
+        reasons.append(f"{paper.describe()} (it counts from {config.min_paper_decisions} decisions)")
+        return True
     if paper.decisions < config.min_paper_decisions:
         reasons.append(
             f"{paper.describe()}: fewer than {config.min_paper_decisions} decisions, not enough to count"
