@@ -345,10 +345,6 @@ def live_summary(result: dg.ExecuteInProcessResult, settings: Settings, session_
             f"  {s['run_id']}: {s['skipped']} decision time(s) skipped while busy, {s['failed']} failed"
             for s in shadows
         ]
-    lines.append(
-        "again, as the design card has it: DAGSTER_HOME=$PWD/.dagster_home .venv/bin/dagster job execute "
-        "-m definitions -j live_paper"
-    )
     return lines
 
 
