@@ -28,7 +28,7 @@ from crypto_pipeline.market.resample import resample_bars
 from crypto_pipeline.market.schema import BAR_SCHEMA, TIMESTAMP_DTYPE
 from crypto_pipeline.market.sources import BarSource
 from crypto_pipeline.market.timeframes import Timeframe
-from crypto_pipeline.timeutil import as_utc
+from crypto_pipeline.timeutil import as_utc, day_range
 from crypto_pipeline.warehouse import PARTITION_DATE, Warehouse, WriteReport
 
 DateLike = date | datetime | str
@@ -47,30 +47,8 @@ def parse_timeframe(value: str | Timeframe) -> Timeframe:
         raise UserInputError(str(error)) from None
 
 
-def _parse_bound(value: DateLike, name: str) -> date | datetime:
-    if isinstance(value, datetime | date):
-        return value
-    text = str(value).strip()
-    try:
-        if len(text) == 10:
-            return date.fromisoformat(text)
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UserInputError(
-            f"invalid {name} {value!r}: expected a day (YYYY-MM-DD) or an ISO-8601 datetime"
-        ) from None
-
-
-def resolve_range(start: DateLike, end: DateLike) -> tuple[datetime, datetime]:
-    """[start, end) in UTC. Days cover whole days, end day included; datetimes are exact (naive = UTC)."""
-    first, last = _parse_bound(start, "start"), _parse_bound(end, "end")
-    lo = as_utc(first) if isinstance(first, datetime) else datetime.combine(first, datetime.min.time(), UTC)
-    hi = (
-        as_utc(last) if isinstance(last, datetime) else datetime.combine(last, datetime.min.time(), UTC) + DAY
-    )
-    if lo >= hi:
-        raise UserInputError(f"start {first} is not before end {last}: the range is empty")
-    return lo, hi
+# The one reading of a user's range (days included, datetimes exact): `timeutil.day_range`.
+resolve_range = day_range
 
 
 def normalize_symbols(symbols: Sequence[str] | str) -> list[str]:

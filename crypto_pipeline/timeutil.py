@@ -22,7 +22,7 @@ def day_range(start: date | datetime | str, end: date | datetime | str) -> tuple
     """The one reading of a user's range, [start, end) in UTC: a day (YYYY-MM-DD) covers the whole day, so
     an end day is included; a datetime is an exact instant (naive = UTC), so an end datetime is excluded.
     `ingest`, `backtest`, `promote` and the settings' `start`/`end` all read ranges so."""
-    first, last = _bound(start), _bound(end)
+    first, last = parse_bound(start, "start"), parse_bound(end, "end")
     lo = as_utc(first) if isinstance(first, datetime) else datetime.combine(first, datetime.min.time(), UTC)
     hi = (
         as_utc(last)
@@ -34,7 +34,8 @@ def day_range(start: date | datetime | str, end: date | datetime | str) -> tuple
     return lo, hi
 
 
-def _bound(value: date | datetime | str) -> date | datetime:
+def parse_bound(value: date | datetime | str, name: str) -> date | datetime:
+    """One end of a range: a day (YYYY-MM-DD) stays a `date`, anything else is read as an ISO datetime."""
     if isinstance(value, datetime | date):
         return value
     text = str(value).strip()
@@ -44,5 +45,6 @@ def _bound(value: date | datetime | str) -> date | datetime:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise UserInputError(
-            f"not a date: {value!r} (expected a day YYYY-MM-DD, included, or an ISO-8601 datetime)"
+            f"invalid {name} {value!r}: expected a day (YYYY-MM-DD, included) or an ISO-8601 datetime; "
+            "not a date"
         ) from None
