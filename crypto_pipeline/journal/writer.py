@@ -284,11 +284,6 @@ class Journal:
         )
         return count
 
-    def rows(self, table: str) -> list[dict[str, Any]]:
-        """The rows not yet written (all of them, for a journal without a warehouse)."""
-        with self._lock:
-            return list(self._rows.get(table, ()))
-
     def write_to(self, warehouse: Warehouse, run_id: str | None = None) -> dict[str, int]:
         """Store the rows not yet written in `warehouse`, renamed to `run_id` when given (the run id and
         the client ids it prefixes); returns the rows written per table. The rows stay: writing them

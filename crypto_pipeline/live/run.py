@@ -131,9 +131,10 @@ def session_providers(
     """What trades and what decides in shadow. Provider 'auto': crypto-policy@champion trades; without a
     champion the rules trade, saying so, and the newest challenger runs in shadow. `config.shadows`
     names other versions to shadow (a version that is the trading one is left out)."""
-    uri = settings.mlflow_tracking_uri  # type: ignore[attr-defined]
-    champion, challenger = alias_version(uri, CHAMPION), alias_version(uri, CHALLENGER)
     if config.provider == "auto":
+        # Asked only here: an explicit provider does not wait on the registry.
+        uri = settings.mlflow_tracking_uri  # type: ignore[attr-defined]
+        champion, challenger = alias_version(uri, CHAMPION), alias_version(uri, CHALLENGER)
         if champion is not None:
             trading = make_provider(f"llm:{champion}", settings, load=load)  # type: ignore[arg-type]
             trading = replace(trading, note=f"{MODEL_NAME}@{CHAMPION}: {trading.note}")
