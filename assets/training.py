@@ -52,6 +52,9 @@ class MlflowResource(dg.ConfigurableResource):
 
 class SftDatasetConfig(dg.Config):
     symbols: list[str] | None = Field(None, description="Symbols (None: all with market states).")
+    labels: str = Field(
+        "triple_barrier", description="'triple_barrier' (the response's own exits) or 'return_terciles'."
+    )
     horizon_hours: int = Field(24, description="Forward-return horizon of the label.")
     embargo_hours: int = Field(24, description="Purge/embargo at each split boundary (>= horizon).")
     cutoff: str | None = Field(None, description="ISO time: no label ends after it (None: end of data).")
@@ -96,6 +99,7 @@ def sft_dataset(
     wh = warehouse.get()
     ds_config = DatasetConfig(
         symbols=config.symbols,
+        labels=config.labels,
         horizon_hours=config.horizon_hours,
         embargo_hours=config.embargo_hours,
         cutoff=datetime.fromisoformat(config.cutoff) if config.cutoff else None,

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,6 +45,7 @@ from crypto_pipeline.training.labels import (
     format_response,
     forward_returns,
     label_decision,
+    triple_barrier,
     volatility_scaled,
 )
 from crypto_pipeline.training.splits import SPLITS, SplitBoundaries, SplitReport, assign_splits
@@ -87,6 +88,13 @@ class DatasetConfig(BaseModel):
 
     symbols: list[str] | None = Field(None, description="Symbols to use (None: every symbol with states).")
     decision_timeframe: str = Field("1h", description="The market states' decision bar; labels use its bars.")
+    labels: Literal["triple_barrier", "return_terciles"] = Field(
+        "triple_barrier",
+        description="triple_barrier: which of the response's exits (take profit 4x, stop 2x the 1h ATR%) "
+        "a long reaches first within the horizon, HOLD if neither (docs/training.md: a logistic regression "
+        "on the state's numbers predicts it above chance); return_terciles: the volatility-scaled forward "
+        "return cut at train quantiles (about as predictable as a coin).",
+    )
     horizon_hours: int = Field(24, ge=1, description="Forward-return horizon.")
     embargo_hours: int = Field(24, ge=1, description="Embargo after each boundary; at least the horizon.")
     cutoff: datetime | None = Field(
@@ -162,7 +170,10 @@ def load_inputs(wh: Warehouse, config: DatasetConfig) -> tuple[pl.DataFrame, pl.
             + "; materialize market_states first (the market_data job)"
         )
     bars = wh.read(
-        "bars", symbols=config.symbols, timeframes=[tf], columns=["symbol", "timestamp", "open", "close"]
+        "bars",
+        symbols=config.symbols,
+        timeframes=[tf],
+        columns=["symbol", "timestamp", "open", "high", "low", "close"],
     )
     return states, bars
 
@@ -211,7 +222,20 @@ def build_sft_dataset(
             "move train_end later or add data"
         )
     thresholds = fit_thresholds(train_scores, config.sell_share, config.buy_share)
-    rows = rows.with_columns(action_expr(pl.col("scaled_return"), thresholds).alias("action"))
+    if config.labels == "triple_barrier":
+        try:
+            barriers = triple_barrier(
+                bars,
+                rows.select("symbol", "at", pl.col(config.volatility_column).alias("atr_pct")),
+                config.horizon,
+                config.decision_timeframe,
+            )
+        except ValueError as error:
+            raise DatasetError(str(error)) from None
+        rows = rows.join(barriers, on=["symbol", "at"], how="inner").drop_nulls("barrier")
+        rows = rows.with_columns(pl.col("barrier").alias("action")).drop("barrier")
+    else:
+        rows = rows.with_columns(action_expr(pl.col("scaled_return"), thresholds).alias("action"))
 
     records = []
     for row in rows.iter_rows(named=True):
@@ -408,6 +432,7 @@ def dataset_card(frame: pl.DataFrame, dataset: SftDataset | None = None) -> dict
         config = dataset.config
         card.update(
             {
+                "labels": config.labels,
                 "horizon_hours": config.horizon_hours,
                 "embargo_hours": config.embargo_hours,
                 "decision_timeframe": config.decision_timeframe,
@@ -451,10 +476,20 @@ def card_markdown(card: dict[str, Any]) -> str:
     ]
     if "thresholds" in card:
         t, b = card["thresholds"], card["boundaries"]
+        if card.get("labels", "return_terciles") == "triple_barrier":
+            label = (
+                f"Label: triple barrier over {card['horizon_hours']} h from the next bar's open: BUY when the "
+                f"take profit (4x {card['volatility_column']}) is touched first, SELL when the stop (2x) is, "
+                "HOLD when neither is."
+            )
+        else:
+            label = (
+                f"Label: forward return over {card['horizon_hours']} h from the next bar's open, divided by "
+                f"{card['volatility_column']} x sqrt(horizon in hours); SELL below {t['sell_below']:.3f}, "
+                f"BUY above {t['buy_above']:.3f} (fitted on train only)."
+            )
         lines += [
-            f"Label: forward return over {card['horizon_hours']} h from the next bar's open, divided by "
-            f"{card['volatility_column']} x sqrt(horizon in hours); SELL below {t['sell_below']:.3f}, "
-            f"BUY above {t['buy_above']:.3f} (fitted on train only).",
+            label,
             f"Boundaries: train labels end by {b['train_end']}, validation by {b['val_end']}, test by "
             f"{b['cutoff']}; embargo {b['embargo']}. Removed: {card['removed']}.",
             f"Teacher: {card['teacher'] or 'none'} (cost ${card['teacher_cost_usd']:.4f}, "

@@ -65,6 +65,70 @@ def forward_returns(
     return out.with_columns((pl.col("exit_price") / pl.col("entry_price") - 1).alias("forward_return"))
 
 
+def triple_barrier(
+    bars: pl.DataFrame,
+    points: pl.DataFrame,
+    horizon: timedelta,
+    timeframe: str = "1h",
+    *,
+    take_profit_multiple: float = TAKE_PROFIT_ATR_MULTIPLE,
+    stop_multiple: float = STOP_ATR_MULTIPLE,
+) -> pl.DataFrame:
+    """`points` (symbol, at, atr_pct) with `barrier`: which of the response's own exits a long entered at the
+    open of the bar opening at `at` reaches first within the horizon (López de Prado's triple barrier).
+
+    BUY: the take profit (`take_profit_multiple` x ATR% above the entry) is touched first; SELL: the stop
+    (`stop_multiple` x ATR% below) first; HOLD: neither by `at + horizon`. A bar whose range touches both
+    counts as the stop (the pessimistic order: a bar does not say which came first). Only the bars inside
+    [at, at + horizon] are read; a missing bar in that window gives a null label, not a guess.
+    """
+    import numpy as np
+
+    tf = Timeframe.parse(timeframe)
+    if horizon < tf.duration or horizon % tf.duration:
+        raise ValueError(f"the horizon {horizon} must be a positive multiple of the {tf.value} bar")
+    missing = {"high", "low", "open"} - set(bars.columns)
+    if missing:
+        raise ValueError(f"triple-barrier labels need the bars' {sorted(missing)} columns")
+    n = int(horizon / tf.duration)
+    out = []
+    for (symbol,), group in points.group_by("symbol", maintain_order=True):
+        prices = bars.filter(pl.col("symbol") == symbol).sort("timestamp")
+        stamps = prices["timestamp"].cast(pl.Datetime("us", "UTC")).to_numpy()
+        opens, highs, lows = (prices[c].to_numpy().astype(float) for c in ("open", "high", "low"))
+        index = {t: i for i, t in enumerate(stamps)}
+        labels = []
+        for at, atr in group.select(pl.col("at").cast(pl.Datetime("us", "UTC")), "atr_pct").iter_rows():
+            i = index.get(np.datetime64(at.replace(tzinfo=None), "us")) if at is not None else None
+            # The window must be whole: n consecutive bars from the one opening at `at`.
+            if (
+                i is None
+                or atr is None
+                or not atr > 0
+                or i + n > len(stamps)
+                or stamps[i + n - 1] - stamps[i] != np.timedelta64(tf.duration * (n - 1))
+            ):
+                labels.append(None)
+                continue
+            entry = opens[i]
+            take, stop = (
+                entry * (1 + take_profit_multiple * atr / 100),
+                entry * (1 - stop_multiple * atr / 100),
+            )
+            hit_take = np.flatnonzero(highs[i : i + n] >= take)
+            hit_stop = np.flatnonzero(lows[i : i + n] <= stop)
+            first_take = hit_take[0] if hit_take.size else n
+            first_stop = hit_stop[0] if hit_stop.size else n
+            if first_take == n and first_stop == n:
+                labels.append(Action.HOLD.value)
+            else:
+                labels.append(Action.BUY.value if first_take < first_stop else Action.SELL.value)
+        out.append(group.select("symbol", "at").with_columns(pl.Series("barrier", labels, dtype=pl.String)))
+    if not out:
+        return points.select("symbol", "at").with_columns(pl.lit(None, pl.String).alias("barrier"))
+    return pl.concat(out)
+
+
 def volatility_scaled(
     forward_return: pl.Expr, atr_pct: pl.Expr, horizon: timedelta, atr_timeframe: str = "1h"
 ) -> pl.Expr:

@@ -191,8 +191,8 @@ def test_dataset_splits_classes_and_card(btc_dataset: SftDataset) -> None:
     card = btc_dataset.card()
     assert check_no_split_leakage(btc_dataset.frame).passed
     assert check_classes_per_split(btc_dataset.frame).passed
-    train = card["splits"]["train"]["classes"]
-    assert max(train.values()) - min(train.values()) <= 2  # quantile thresholds: balanced on train
+    assert card["labels"] == "triple_barrier"
+    assert all(n > 0 for n in card["splits"]["train"]["classes"].values())
     assert card["removed"]["purged"] > 0 and card["removed"]["embargoed"] > 0
     assert "| train |" in btc_dataset.card_markdown()
 
@@ -254,3 +254,50 @@ def test_warehouse_and_hf_round_trip(btc_dataset: SftDataset, tmp_path) -> None:
     first_val = frame.filter(pl.col("split") == "validation").row(0, named=True)
     assert chat[1]["content"] == first_val["prompt"] and chat[2]["content"] == first_val["response"]
     assert (folder / "README.md").is_file() and (folder / "card.json").is_file()
+
+
+def test_return_terciles_are_balanced_on_train(btc_states: pl.DataFrame, btc_bars_1h: pl.DataFrame) -> None:
+    from tests.training.conftest import SMALL_CONFIG
+
+    terciles = build_sft_dataset(
+        btc_states, btc_bars_1h, SMALL_CONFIG.model_copy(update={"labels": "return_terciles"})
+    )
+    train = terciles.card()["splits"]["train"]["classes"]
+    assert max(train.values()) - min(train.values()) <= 2  # quantile thresholds: balanced on train
+
+
+def _path_bars(highs: list[float], lows: list[float]) -> pl.DataFrame:
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    n = len(highs)
+    return pl.DataFrame(
+        {
+            "symbol": ["X/USDT"] * n,
+            "timestamp": [start + timedelta(hours=i) for i in range(n)],
+            "open": [100.0] * n,
+            "high": highs,
+            "low": lows,
+            "close": [100.0] * n,
+        }
+    )
+
+
+def test_triple_barrier_takes_the_first_exit_and_reads_no_bar_after_the_horizon() -> None:
+    from crypto_pipeline.training.labels import triple_barrier
+
+    at = datetime(2024, 1, 1, tzinfo=UTC)
+    point = pl.DataFrame({"symbol": ["X/USDT"], "at": [at], "atr_pct": [1.0]})  # take 104, stop 98
+
+    def label(highs: list[float], lows: list[float]) -> str | None:
+        return triple_barrier(_path_bars(highs, lows), point, timedelta(hours=4))["barrier"][0]
+
+    calm = [100.5] * 6, [99.5] * 6
+    assert label(*calm) == "HOLD"
+    assert label([100.5, 104.5, 100.5, 100.5, 100.5, 100.5], [99.5, 99.5, 97.0, 99.5, 99.5, 99.5]) == "BUY"
+    assert label([100.5, 100.5, 104.5, 100.5, 100.5, 100.5], [99.5, 97.5, 99.5, 99.5, 99.5, 99.5]) == "SELL"
+    # One bar touching both: the stop is assumed first (a bar does not say which came first).
+    assert label([104.5] + [100.5] * 5, [97.5] + [99.5] * 5) == "SELL"
+    # A take profit in the 5th bar is after the 4-hour window: not read.
+    assert label([100.5] * 4 + [110.0, 100.5], [99.5] * 6) == "HOLD"
+    # A missing bar inside the window: no label rather than a guess.
+    gappy = _path_bars(*calm).filter(pl.col("timestamp") != at + timedelta(hours=2))
+    assert triple_barrier(gappy, point, timedelta(hours=4))["barrier"][0] is None
