@@ -163,7 +163,15 @@ class FinetunedModelConfig(dg.Config):
     seed: int = 0
     training_cutoff: str | None = Field(None, description="ISO time; train labels end by it.")
     max_train_examples: int | None = 240
-    eval_size: int | None = Field(24, description="Class-balanced validation sample (None: all).")
+    cache_lower_layers: bool = Field(
+        False, description="Train the top lora_layers on the frozen layers' cached output (float, CPU)."
+    )
+    action_loss_weight: float = Field(1.0, description="Loss weight of the action's token.")
+    curve_points: int = Field(5, description="Validation points of the learning curve.")
+    eval_size: int | None = Field(
+        300, description="Class-balanced validation and test samples scored by action (None: all)."
+    )
+    generate_size: int = Field(24, description="Validation examples the tuned model answers in full.")
 
 
 @dg.asset(
@@ -193,7 +201,7 @@ def finetuned_model(
     wh = warehouse.get()
     frame = read_sft_dataset(wh)
     ft = FinetuneConfig(
-        **config.model_dump(exclude={"training_cutoff", "eval_size"}),
+        **config.model_dump(exclude={"training_cutoff", "eval_size", "generate_size"}),
         training_cutoff=datetime.fromisoformat(config.training_cutoff) if config.training_cutoff else None,
     )
     states = wh.read("market_states", symbols=sorted(frame["symbol"].unique().to_list()))
@@ -206,6 +214,7 @@ def finetuned_model(
         tracking_uri=mlflow.uri,
         dataset_card=stored_card(frame, Path(wh.root) / HF_DATASET_DIR),
         eval_size=config.eval_size,
+        generate_size=config.generate_size,
         log_line=context.log.info,
     )
     m = outcome.metrics
@@ -219,6 +228,8 @@ def finetuned_model(
             "mlflow_tracking_uri": mlflow.uri,
             "steps": outcome.result.steps,
             "loss_curve": dg.MetadataValue.md(png_markdown(outcome.loss_plot)),
+            "learning_curve": dg.MetadataValue.md(png_markdown(outcome.curve_plot)),
+            "curve": ", ".join(f"{n}: {v:.3f}" for n, v in outcome.result.curve),
             **{k: float(v) for k, v in m.items()},
         },
         check_results=[

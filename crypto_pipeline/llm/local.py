@@ -234,6 +234,42 @@ class LocalLLM:
             "prompt_version": PROMPT_VERSION,
         }
 
+    def action_probabilities(self, states: Sequence[MarketState]) -> list[dict[str, float]]:
+        """P(BUY), P(SELL), P(HOLD) at each state's action slot (`action_slot.py`): one forward pass over
+        the prompt and the response's fixed opening, batched, no generation. Raises if the model fails
+        (a score is a measurement, not a trading decision: there is no HOLD to fall back on)."""
+        import torch
+
+        from crypto_pipeline.llm.action_slot import ACTIONS, action_prefix_ids, action_token_ids
+        from crypto_pipeline.llm.decoding import left_padded
+
+        self.load()
+        opening, ids = action_prefix_ids(self.tokenizer), action_token_ids(self.tokenizer)
+        out: list[dict[str, float]] = []
+        for start in range(0, len(states), self.batch_size):
+            rows = [
+                self.chat_token_ids(build_user_prompt(s)) + opening
+                for s in states[start : start + self.batch_size]
+            ]
+            with self._lock, torch.inference_mode():
+                prefix_len, cache = self._shared_prefix(rows)
+                device = self.model.device
+                padded, mask = left_padded(
+                    [r[prefix_len:] for r in rows], self.tokenizer.pad_token_id, device
+                )
+                if prefix_len:
+                    mask = torch.cat(
+                        [torch.ones(len(rows), prefix_len, dtype=mask.dtype, device=device), mask], 1
+                    )
+                positions = (mask.cumsum(1) - 1).clamp(min=0)[:, prefix_len:]
+                kwargs: dict[str, Any] = {"past_key_values": cache} if cache is not None else {}
+                logits = self.model(
+                    input_ids=padded, attention_mask=mask, position_ids=positions, logits_to_keep=1, **kwargs
+                ).logits[:, -1, ids]
+            probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()
+            out += [dict(zip(ACTIONS, p, strict=True)) for p in probs]
+        return out
+
     # --- generation -----------------------------------------------------------------------------
 
     def chat_token_ids(self, user_prompt: str) -> list[int]:

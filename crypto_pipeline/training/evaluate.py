@@ -18,13 +18,15 @@ from crypto_pipeline.state import MarketState
 from crypto_pipeline.state.build import state_from_row
 from crypto_pipeline.training.dataset import ACTIONS, DatasetError
 from crypto_pipeline.training.finetune import balanced_subsample
+from crypto_pipeline.training.intervals import METRICS, Interval, bootstrap, paired_bootstrap
 
 SPLIT_PREFIX = {"validation": "val", "test": "test"}
 
 
 @dataclass
 class Evaluation:
-    """One provider's figures on one split's sample; `predictions` is the per-example table."""
+    """One provider's figures on one split's sample; `predictions` is the per-example table. With
+    `intervals` (bootstrap 95%, `intervals.py`), `metrics` adds `_ci_low`/`_ci_high` beside each figure."""
 
     split: str
     valid_json_rate: float
@@ -32,15 +34,24 @@ class Evaluation:
     macro_f1: float
     confusion: list[list[int]]  # rows: true label in ACTIONS order, columns: predicted
     predictions: pl.DataFrame = field(default_factory=pl.DataFrame)
+    intervals: dict[str, Interval] = field(default_factory=dict)  # "balanced_accuracy", "macro_f1"
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
-        """`{prefix}val_valid_json_rate`, `{prefix}val_balanced_accuracy`, `{prefix}val_macro_f1` (or test_)."""
+        """`{prefix}val_valid_json_rate`, `{prefix}val_balanced_accuracy`, `{prefix}val_macro_f1` (or test_),
+        each figure with its interval where there is one."""
         s = SPLIT_PREFIX[self.split]
-        return {
+        out = {
             f"{prefix}{s}_valid_json_rate": self.valid_json_rate,
             f"{prefix}{s}_balanced_accuracy": self.balanced_accuracy,
             f"{prefix}{s}_macro_f1": self.macro_f1,
         }
+        for name, interval in self.intervals.items():
+            out |= interval.metrics(f"{prefix}{s}_{name}")
+        return out
+
+    @property
+    def predicted(self) -> list[str]:
+        return self.predictions["predicted"].to_list()
 
 
 class MajorityClass:
@@ -108,6 +119,8 @@ def score(split: str, labels: list[str], decisions: list[TradeDecision], rows: p
             pl.Series("predicted", predicted, dtype=pl.String),
             pl.Series("valid", [d.valid for d in decisions], dtype=pl.Boolean),
             pl.Series("raw_text", [d.raw_text or "" for d in decisions], dtype=pl.String),
+            pl.Series("confidence", [d.confidence for d in decisions], dtype=pl.Float64),
+            pl.Series("reasoning", [d.reasoning or "" for d in decisions], dtype=pl.String),
         ),
     )
 
@@ -117,7 +130,37 @@ def evaluate(
 ) -> Evaluation:
     """Decide on `states` through `provider` (the same call the trading loop makes) and score."""
     decisions = decide_safely(provider, states)
-    return score(split, rows["action"].to_list(), decisions, rows)
+    return with_intervals(score(split, rows["action"].to_list(), decisions, rows), rows)
+
+
+def with_intervals(evaluation: Evaluation, rows: pl.DataFrame, seed: int = 0) -> Evaluation:
+    """`evaluation` with the bootstrap intervals of its balanced accuracy and macro-F1."""
+    labels = rows["action"].to_list()
+    evaluation.intervals = {m: bootstrap(labels, evaluation.predicted, m, seed=seed) for m in METRICS}
+    return evaluation
+
+
+def score_probabilities(split: str, rows: pl.DataFrame, probabilities: Any, seed: int = 0) -> Evaluation:
+    """Score the actions picked from each example's action-slot probabilities ((n, 3), ACTIONS order: one
+    forward pass, no generation; every answer is valid by construction), with intervals."""
+    import numpy as np
+
+    probs = np.asarray(probabilities, dtype=float)
+    picked = [
+        TradeDecision(action=Action(ACTIONS[i]), confidence=float(100 * p.max()))
+        for i, p in zip(probs.argmax(axis=1), probs, strict=True)
+    ]
+    evaluation = score(split, rows["action"].to_list(), picked, rows)
+    evaluation.predictions = evaluation.predictions.with_columns(
+        *(pl.Series(f"p_{a.lower()}", probs[:, i]) for i, a in enumerate(ACTIONS))
+    )
+    return with_intervals(evaluation, rows, seed)
+
+
+def paired_difference(rows: pl.DataFrame, a: Evaluation, b: Evaluation, seed: int = 0) -> dict[str, Interval]:
+    """Per metric, A minus B on the same examples with the paired bootstrap interval."""
+    labels = rows["action"].to_list()
+    return {m: paired_bootstrap(labels, a.predicted, b.predicted, m, seed=seed) for m in METRICS}
 
 
 def evaluation_table(evaluations: dict[str, Evaluation]) -> dict[str, list[Any]]:

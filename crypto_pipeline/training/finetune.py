@@ -74,6 +74,18 @@ class FinetuneConfig(BaseModel):
     save_steps: int = Field(20, ge=1, description="Checkpoint every this many steps (resume point).")
     logging_steps: int = Field(1, ge=1)
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models).")
+    cache_lower_layers: bool = Field(
+        False,
+        description="Float LoRA on the last `lora_layers` only, the frozen layers below computed once per "
+        "example and reused by every epoch, curve point and score (frozen_layers.py; CPU); False: trl's "
+        "SFTTrainer over the whole model (QLoRA, GPU).",
+    )
+    action_loss_weight: float = Field(
+        1.0, ge=1.0, description="Loss weight of the action's token against the response's other tokens."
+    )
+    curve_points: int = Field(
+        5, ge=1, description="Validation balanced accuracy this many times during training (the curve)."
+    )
 
     def fingerprint(self, data_fingerprint: str) -> str:
         """What a checkpoint must match to be resumed: the training config and the exact data."""
@@ -101,6 +113,8 @@ class FinetuneResult:
     device: str
     resumed_from: str | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    # (examples seen, validation balanced accuracy) during training, when the trainer measures it
+    curve: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def samples_per_second(self) -> float:

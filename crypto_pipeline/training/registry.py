@@ -63,6 +63,7 @@ def log_and_register(
     predictions: dict[str, list[Any]] | None = None,
     confusion: dict[str, list[list[int]]] | None = None,
     loss_plot: Path | None = None,
+    plots: list[Path] | None = None,
     artifact_root: Path | None = None,
     model_name: str = MODEL_NAME,
     alias: str = CHALLENGER,
@@ -103,6 +104,9 @@ def log_and_register(
         )
         for step, loss in result.losses:
             mlflow.log_metric("train_loss", loss, step=step)
+        # The learning curve: MLflow's chart of this metric against its step is the curve itself.
+        for seen, value in result.curve:
+            mlflow.log_metric("curve_val_balanced_accuracy", value, step=seen)
         mlflow.log_metrics(
             {
                 "train_seconds": result.train_seconds,
@@ -125,8 +129,9 @@ def log_and_register(
             mlflow.log_table(predictions, "evaluation/predictions.json")
         if confusion:
             mlflow.log_dict(confusion, "evaluation/confusion.json")
-        if loss_plot is not None and Path(loss_plot).is_file():
-            mlflow.log_artifact(str(loss_plot), "plots")
+        for plot in [loss_plot, *(plots or [])]:
+            if plot is not None and Path(plot).is_file():
+                mlflow.log_artifact(str(plot), "plots")
         mlflow.log_artifacts(str(result.adapter_dir), artifact_path=ADAPTER_ARTIFACT)
         artifact_uri = run.info.artifact_uri
         run_id = run.info.run_id
