@@ -15,6 +15,7 @@ from crypto_pipeline.backtest.cache import DecisionCache
 from crypto_pipeline.backtest.folds import fold_by_key
 from crypto_pipeline.backtest.gate import decide_promotion, record_in_mlflow
 from crypto_pipeline.backtest.journaling import journal_policy_run
+from crypto_pipeline.backtest.profiles import journal_run_id, policy_profile, policy_profiles, profile_lines
 from crypto_pipeline.backtest.run import llm_policy_name
 from crypto_pipeline.backtest.walkforward import (
     LLM_WALK_FORWARD,
@@ -27,7 +28,7 @@ from crypto_pipeline.backtest.walkforward import (
 )
 from crypto_pipeline.config import Settings, get_settings
 from crypto_pipeline.errors import UserInputError
-from crypto_pipeline.journal.summary import paper_record
+from crypto_pipeline.journal.summary import journal_profile, paper_record
 from crypto_pipeline.plots import png_markdown
 from crypto_pipeline.registry import CHALLENGER, CHAMPION, MODEL_NAME, RegisteredModel, make_provider, resolve
 from crypto_pipeline.warehouse import Warehouse
@@ -173,7 +174,7 @@ def llm_backtests(
     # live with backtest, and drift_sensor takes the newest as what live trading should look like.
     journaled = {
         r.policy: journal_policy_run(
-            Warehouse(settings.warehouse_dir), f"backtest-{r.policy}-{fold.key}", r.run
+            Warehouse(settings.warehouse_dir), journal_run_id(r.policy, fold.key), r.run
         )
         for r in report.results
         if r.policy in llms and r.run is not None and r.run.states
@@ -188,6 +189,13 @@ def llm_backtests(
             "results": dg.MetadataValue.md(_table_md(report)),
             "audits": dg.MetadataValue.md("\n".join(f"- {a.name}: {a.passed} ({a.detail})" for a in audits)),
             "audits_passed": all(a.passed for a in audits),
+            # Each version's action shares, mean confidence and reasoning variety on this fold.
+            "decision_profiles": dg.MetadataValue.md(
+                "\n".join(
+                    f"- {line}"
+                    for line in profile_lines({p: v for p, v in policy_profiles(report).items() if p in llms})
+                )
+            ),
             **{k: float(v) for k, v in ours.llm.items()},
         }
     )
@@ -213,12 +221,18 @@ def walk_forward_report(context: dg.AssetExecutionContext, config: BacktestConfi
     )
     paths = write_report(report, results_dir().parent, [*audits, *llm_audits], extra=llm.describe(wf))
     table = report.table()
+    # Each provider's decisions as a whole (every LLM version, the rules): exact from the journal where
+    # `llm_backtests` journaled the folds, else from the stored per-fold figures.
+    profiles = policy_profiles(report, Warehouse(get_settings().warehouse_dir))
     return dg.MaterializeResult(
         metadata={
             "table": dg.MetadataValue.md(table.to_pandas().to_markdown(index=False, floatfmt=".3g")),
             "equity_and_drawdowns": dg.MetadataValue.md(png_markdown(paths["png"], "walk-forward")),
             "html": dg.MetadataValue.path(str(paths["html"])),
             "llm_walk_forward": llm.describe(wf),
+            "decision_profiles": dg.MetadataValue.md(
+                "\n".join(f"- {line}" for line in profile_lines(profiles))
+            ),
             "audits_passed": all(a.passed for a in [*audits, *llm_audits]),
             "audits": dg.MetadataValue.md(
                 "\n".join(
@@ -242,12 +256,16 @@ def promotion(config: BacktestConfig, mlflow: MlflowResource) -> dg.MaterializeR
     champion = _champion(settings, challenger)
     report = load_fold_results(gate_dir(), walk_forward_config(config, config.decision_every_hours).folds())
     ours = llm_policy_name(challenger.version)
+    warehouse = Warehouse(settings.warehouse_dir)
+    paper = paper_record(warehouse, challenger.version)
     decision = decide_promotion(
         report,
         ours,
         champion=llm_policy_name(champion.version) if champion else None,
         audits=report.audits(ours),
-        paper=paper_record(Warehouse(settings.warehouse_dir), challenger.version),
+        paper=paper,
+        profile=policy_profile(report, ours, warehouse),
+        paper_profile=journal_profile(warehouse, paper.runs) if paper.runs else None,
     )
     out = record_in_mlflow(mlflow.get_client(), MODEL_NAME, challenger.version, decision)
     return dg.MaterializeResult(
@@ -258,6 +276,12 @@ def promotion(config: BacktestConfig, mlflow: MlflowResource) -> dg.MaterializeR
             "champion_after": str(out["champion_after"]),
             "verdict": "promoted to champion" if out["promoted"] else "not promoted: the champion stays",
             "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in out["reasons"])),
+            # What the intervals are worth: "for" | "against" | "insufficient", on how many decisions.
+            "evidence": out["evidence"],
+            "decisions": out["decisions"],
+            "intervals": dg.MetadataValue.json(out["intervals"]),
+            "decision_profile": dg.MetadataValue.json(out["profile"] or {}),
+            "degenerate": "; ".join(out["degenerate"]),
             "table": dg.MetadataValue.md(
                 report.table().to_pandas().to_markdown(index=False, floatfmt=".3g") if report.results else ""
             ),

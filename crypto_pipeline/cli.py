@@ -646,34 +646,32 @@ def finetune_command(
 
 @app.command("models")
 def models_command() -> None:
-    """The registered versions of crypto-policy: aliases, training cutoff and key metrics side by side."""
+    """The registered versions of crypto-policy side by side: aliases, training cutoff, base, and each
+    metric with its interval (val/test balanced accuracy, macro F1, tuned minus base), the references
+    (logreg: the ceiling) and how the tuned model answered on validation. Blank: not logged by that run."""
     from rich.console import Console
     from rich.table import Table
 
     from crypto_pipeline.config import Settings
-    from crypto_pipeline.training.registry import KEY_METRICS, list_versions
+    from crypto_pipeline.model_versions import COLUMNS, version_rows
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
     settings = Settings()
-    versions = list_versions(settings.mlflow_tracking_uri)
-    if versions.is_empty():
+    rows = version_rows(settings.mlflow_tracking_uri)
+    if not rows:
         console.print(
             f"no versions of {MODEL_NAME} in {settings.mlflow_tracking_uri}; run: crypto-pipeline finetune"
         )
         return
+    # One column per version, side by side; one row per figure.
     table = Table(title=f"{MODEL_NAME} ({settings.mlflow_tracking_uri})")
-    for column in ("version", "aliases", "training_cutoff", "base_model", *KEY_METRICS):
-        table.add_column(column.replace("_", " "), justify="right" if column in KEY_METRICS else "left")
-    for row in versions.iter_rows(named=True):
-        table.add_row(
-            str(row["version"]),
-            row["aliases"],
-            row["training_cutoff"][:16],
-            row["base_model"],
-            *("" if row[m] is None else f"{row[m]:.3f}" for m in KEY_METRICS),
-        )
+    table.add_column("version")
+    for row in rows:
+        table.add_column(row["version"], justify="right")
+    for name in COLUMNS[1:]:
+        table.add_row(name, *(row[name] for row in rows))
     console.print(table)
 
 

@@ -243,7 +243,9 @@ def run_report_and_gate(instance: dg.DagsterInstance, symbols: list[str]) -> dg.
 def comparison_table(result: dg.ExecuteInProcessResult) -> list[str]:
     """ONE table: every policy's stitched out-of-sample return, Sharpe [95% block-bootstrap interval],
     max drawdown and trades on the gate's ground (the challenger's symbols, folds and decision times),
-    with the gate's verdict on the challenger's row, then the gate's reasons."""
+    with the gate's verdict on the challenger's row, then what the evidence is worth (for, against or
+    not enough either way, each Sharpe-difference interval with its width and the decisions behind it)
+    and the gate's reasons."""
     import assets.backtest as backtest
     from crypto_pipeline.backtest.walkforward import load_fold_results
 
@@ -271,9 +273,21 @@ def comparison_table(result: dg.ExecuteInProcessResult) -> list[str]:
     )
     if gate:
         lines.append(
-            f"gate: {gate['verdict']} (champion before {gate['champion_before']}, after "
-            f"{gate['champion_after']}); reasons:"
+            f"gate: {gate['verdict']} (champion before {gate['champion_before']}, after {gate['champion_after']})"
         )
+        if "evidence" in gate:  # a promotion materialized before the gate said what its evidence is worth
+            said = {
+                "for": "FOR the challenger (every interval above 0)",
+                "against": "AGAINST the challenger (an interval below 0)",
+                "insufficient": "NOT ENOUGH either way (no interval wholly above or below 0): 'not promoted' says nothing",
+            }.get(str(gate["evidence"]), str(gate["evidence"]))
+            intervals = "; ".join(
+                f"Sharpe difference vs {i['label']} [{i['lo']:.2f}, {i['hi']:.2f}], width {i['width']:.2f}, "
+                f"{i['decisions']} decisions, {i['bars']} bars"
+                for i in gate.get("intervals") or []
+            )
+            lines.append(f"evidence: {said}; on {gate['decisions']} decisions: {intervals or 'no interval'}")
+        lines.append("reasons:")
         lines += [f"  {line}" for line in str(gate["reasons"]).splitlines()]
     return lines
 

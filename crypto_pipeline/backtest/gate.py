@@ -1,7 +1,12 @@
 """The promotion gate: the challenger becomes MLflow's `champion` only if, out of sample, it beats the
 current champion (if any) and the best baseline on Sharpe by a margin with the bootstrap interval of
 the difference above zero, its invalid-output rate stays under 0.1%, its drawdown stays within the risk
-limit, and every audit passes. Otherwise the champion stays. Every reason is recorded."""
+limit, its decisions are not degenerate (one action or one reasoning sentence nearly always), and every
+audit passes. Otherwise the champion stays. Every reason is recorded.
+
+The verdict also says what the intervals are worth: `evidence` is "for" (every Sharpe-difference
+interval entirely above 0), "against" (one entirely below 0) or "insufficient" (an interval straddles 0:
+"not promoted" then says nothing either way), with each interval's width and the decisions behind it."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import pandas as pd
 from crypto_pipeline.backtest import metrics as m
 from crypto_pipeline.backtest.audits import AuditResult
 from crypto_pipeline.backtest.cache import DecisionCache
+from crypto_pipeline.backtest.profiles import policy_profile
 from crypto_pipeline.backtest.run import llm_policy_name
 from crypto_pipeline.backtest.walkforward import (
     MarketData,
@@ -25,7 +31,8 @@ from crypto_pipeline.backtest.walkforward import (
 )
 from crypto_pipeline.config import get_settings
 from crypto_pipeline.errors import UserInputError
-from crypto_pipeline.journal.summary import PaperRecord, paper_record
+from crypto_pipeline.journal.summary import PaperRecord, journal_profile, paper_record
+from crypto_pipeline.llm.behaviour import DecisionProfile
 from crypto_pipeline.llm.rule_based import RuleBased
 from crypto_pipeline.registry import CHALLENGER, CHAMPION, MODEL_NAME, client, make_provider, resolve
 from crypto_pipeline.timeutil import as_utc
@@ -42,6 +49,80 @@ class GateConfig:
     reps: int = 500
     # Forward evidence counts once a version has decided this often on paper (trading or in shadow).
     min_paper_decisions: int = 200
+    # Degenerate decisions (`DecisionProfile.degenerate_reasons`): one action above this share, or one
+    # reasoning sentence above that one, once there are enough decisions to tell.
+    max_action_share: float = 0.95
+    max_top_reasoning_share: float = 0.9
+    min_profile_decisions: int = 20
+
+
+EVIDENCE = ("for", "against", "insufficient")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One Sharpe-difference interval the gate judged: the challenger minus `rival`, on `bars` bars and
+    the challenger's `decisions` decisions behind it."""
+
+    label: str  # "best baseline rules", "champion llm:2"
+    rival: str
+    lo: float
+    hi: float
+    decisions: int
+    bars: int
+
+    @property
+    def width(self) -> float:
+        return self.hi - self.lo
+
+    @property
+    def evidence(self) -> str:
+        """What this interval says: "for" the challenger (entirely above 0), "against" it (entirely below
+        0), else "insufficient" (it straddles 0, or is NaN: too few bars)."""
+        return "for" if self.lo > 0 else "against" if self.hi < 0 else "insufficient"
+
+    def describe(self) -> str:
+        return (
+            f"vs {self.label} [{self.lo:.2f}, {self.hi:.2f}] (width {self.width:.2f}, "
+            f"{self.decisions} decisions, {self.bars} bars)"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "rival": self.rival,
+            "lo": self.lo,
+            "hi": self.hi,
+            "width": self.width,
+            "decisions": self.decisions,
+            "bars": self.bars,
+            "evidence": self.evidence,
+        }
+
+
+def overall_evidence(intervals: Sequence[Interval]) -> str:
+    """The gate's evidence: "against" if any interval lies below 0, "for" if every one lies above 0 (and
+    there is one), otherwise "insufficient"."""
+    if any(i.evidence == "against" for i in intervals):
+        return "against"
+    if intervals and all(i.evidence == "for" for i in intervals):
+        return "for"
+    return "insufficient"
+
+
+def evidence_line(evidence: str, intervals: Sequence[Interval], decisions: int) -> str:
+    """The evidence verdict in words, with each interval, its width and the decisions behind it."""
+    shown = (
+        "; ".join(i.describe() for i in intervals) or f"no interval could be computed ({decisions} decisions)"
+    )
+    if evidence == "for":
+        return f"evidence: for the challenger (every Sharpe-difference interval above 0): {shown}"
+    if evidence == "against":
+        return f"evidence: against the challenger (a Sharpe-difference interval below 0): {shown}"
+    return (
+        "evidence: insufficient, not enough either way (no Sharpe-difference interval wholly above or "
+        f"below 0): {shown}; a 'not promoted' says nothing about the challenger"
+    )
 
 
 @dataclass
@@ -50,6 +131,11 @@ class GateDecision:
     challenger: str
     reasons: list[str] = field(default_factory=list)
     figures: dict[str, float] = field(default_factory=dict)
+    evidence: str = "insufficient"  # "for" | "against" | "insufficient" (`overall_evidence`)
+    decisions: int = 0  # the challenger's decisions behind the intervals
+    intervals: list[Interval] = field(default_factory=list)
+    profile: DecisionProfile | None = None  # the challenger's out-of-sample decisions
+    degenerate: list[str] = field(default_factory=list)  # why its decisions are degenerate, if they are
 
 
 def _stitched(report: WalkForwardReport, policy: str, folds: set[str]) -> pd.Series:
@@ -74,11 +160,17 @@ def decide_promotion(
     audits: Sequence[AuditResult] = (),
     config: GateConfig = GateConfig(),
     paper: PaperRecord | None = None,
+    profile: DecisionProfile | None = None,
+    paper_profile: DecisionProfile | None = None,
 ) -> GateDecision:
     """Judge `challenger` (a policy name in `report`) against the best baseline and `champion`, on the
     folds the challenger ran. Every rival must have run on exactly the challenger's bars (the same
     symbols, folds and decision times: `comparison_windows`); one that did not fails the gate with
-    that reason rather than being compared on another market."""
+    that reason rather than being compared on another market.
+
+    `profile` is what the challenger's out-of-sample decisions look like (default: from `report`,
+    `profiles.policy_profile`), `paper_profile` its forward (paper) decisions' (default: not judged);
+    either one degenerate (`DecisionProfile.degenerate_reasons` with the config's thresholds) fails."""
     policies = report.policies()
     if challenger not in policies:
         return GateDecision(False, challenger, [f"no out-of-sample results for {challenger}"])
@@ -107,6 +199,9 @@ def decide_promotion(
             ok = False
             reasons.append(f"no out-of-sample results for the champion {champion}: fail")
     figures: dict[str, float] = {"sharpe": sharpe}
+    rows = [r for r in report.results if r.policy == challenger]
+    decisions = int(sum(r.llm.get("decisions", 0) for r in rows))
+    intervals: list[Interval] = []
     for label, rival in rivals.items():
         stitched = _stitched(report, rival, folds)
         if not stitched.index.equals(ours.index):
@@ -124,13 +219,18 @@ def decide_promotion(
         lo, hi = m.sharpe_difference_ci(ours.to_numpy(), theirs, ppy, reps=config.reps)
         beats = sharpe >= rival_sharpe + config.sharpe_margin and lo > 0
         ok &= beats
+        interval = Interval(label, rival, lo, hi, decisions, ours.size)
+        intervals.append(interval)
         reasons.append(
             f"Sharpe {sharpe:.2f} vs {label} {rival_sharpe:.2f} (margin {config.sharpe_margin}), "
-            f"difference CI [{lo:.2f}, {hi:.2f}]: {'pass' if beats else 'fail'}"
+            f"difference CI [{lo:.2f}, {hi:.2f}] (width {interval.width:.2f}, {decisions} decisions, "
+            f"{ours.size} bars; evidence {interval.evidence}): {'pass' if beats else 'fail'}"
         )
         figures[f"sharpe_diff_lo_{rival}"] = lo
-    rows = [r for r in report.results if r.policy == challenger]
-    decisions = sum(r.llm.get("decisions", 0) for r in rows)
+        figures[f"sharpe_diff_hi_{rival}"] = hi
+    evidence = overall_evidence(intervals)
+    reasons.append(evidence_line(evidence, intervals, decisions))
+    figures["decisions"] = decisions
     invalid = (
         sum(r.llm.get("invalid_rate", 0) * r.llm.get("decisions", 0) for r in rows) / decisions
         if decisions
@@ -152,9 +252,45 @@ def decide_promotion(
         ok &= audit.passed
         reasons.append(f"audit {audit.name}: {'pass' if audit.passed else 'FAIL'} ({audit.detail})")
     figures.update(invalid_rate=invalid, max_drawdown=mdd)
+    profile = profile if profile is not None else policy_profile(report, challenger)
+    degenerate = _judge_profile("out of sample", profile, config, reasons)
+    if profile is not None:
+        figures.update(profile_decisions=profile.n, **profile.as_metrics("profile_"))
+    if paper_profile is not None:
+        degenerate += _judge_profile("on paper", paper_profile, config, reasons)
+    ok &= not degenerate
     if paper is not None:
         ok &= _judge_paper(paper, config, reasons, figures)
-    return GateDecision(ok, challenger, reasons, figures)
+    return GateDecision(ok, challenger, reasons, figures, evidence, decisions, intervals, profile, degenerate)
+
+
+def _judge_profile(
+    where: str, profile: DecisionProfile | None, config: GateConfig, reasons: list[str]
+) -> list[str]:
+    """Say what the decisions `where` ("out of sample", "on paper") look like; return why they are
+    degenerate (empty if they are not, or too few to tell)."""
+    if profile is None or not profile.n:
+        reasons.append(f"decisions {where}: none to judge the model's behaviour by")
+        return []
+    reasons.append(f"decisions {where}: {profile.describe()}")
+    degenerate = [
+        f"{r} {where}"
+        for r in profile.degenerate_reasons(
+            config.max_action_share, config.max_top_reasoning_share, config.min_profile_decisions
+        )
+    ]
+    reasons += [f"degenerate: {r}: fail" for r in degenerate]
+    if not degenerate and profile.n < config.min_profile_decisions:
+        reasons.append(
+            f"decisions {where}: {profile.n} are too few (fewer than {config.min_profile_decisions}) to tell "
+            "whether the model is degenerate: not judged"
+        )
+    elif not degenerate:
+        reasons.append(
+            f"decisions {where}: not degenerate (no action above {config.max_action_share:.0%}, no reasoning "
+            f"sentence above {config.max_top_reasoning_share:.0%}): pass"
+        )
+    return degenerate
 
 
 def _judge_paper(
@@ -189,6 +325,8 @@ def record_in_mlflow(
     except Exception:  # noqa: BLE001 - no champion yet
         before = None
     client.set_model_version_tag(model_name, version, "gate.promoted", str(decision.promoted).lower())
+    client.set_model_version_tag(model_name, version, "gate.evidence", decision.evidence)
+    client.set_model_version_tag(model_name, version, "gate.decisions", str(decision.decisions))
     for i, reason in enumerate(decision.reasons):
         client.set_model_version_tag(model_name, version, f"gate.reason.{i:02d}", reason[:5000])
     if decision.promoted:
@@ -199,6 +337,19 @@ def record_in_mlflow(
         "champion_before": before,
         "champion_after": version if decision.promoted else before,
         "reasons": decision.reasons,
+        "evidence": decision.evidence,
+        "decisions": decision.decisions,
+        "intervals": [i.as_dict() for i in decision.intervals],
+        "profile": (
+            {
+                "decisions": decision.profile.n,
+                **decision.profile.as_metrics(),
+                "invalid_rate": decision.profile.invalid_rate,
+            }
+            if decision.profile is not None
+            else None
+        ),
+        "degenerate": decision.degenerate,
     }
 
 
@@ -272,9 +423,17 @@ def promote(
         audited=(ours,),
         audit_samples=audit_samples,
     )
-    paper = paper_record(Warehouse(settings.warehouse_dir), found.version)
+    warehouse = Warehouse(settings.warehouse_dir)
+    paper = paper_record(warehouse, found.version)
     decision = decide_promotion(
-        report, ours, champion=theirs, audits=report.audits(ours), config=gate, paper=paper
+        report,
+        ours,
+        champion=theirs,
+        audits=report.audits(ours),
+        config=gate,
+        paper=paper,
+        profile=policy_profile(report, ours),
+        paper_profile=journal_profile(warehouse, paper.runs) if paper.runs else None,
     )
     out = record_in_mlflow(mlflow_client, MODEL_NAME, found.version, decision)
     out["table"] = report.table().to_dicts()

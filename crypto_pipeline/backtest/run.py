@@ -28,6 +28,7 @@ from crypto_pipeline.backtest.walkforward import (
     walk_forward,
 )
 from crypto_pipeline.errors import UserInputError
+from crypto_pipeline.llm.behaviour import DecisionProfile
 from crypto_pipeline.llm.provider import DecisionProvider
 from crypto_pipeline.registry import CHAMPION, make_provider
 from crypto_pipeline.timeutil import as_utc
@@ -165,8 +166,9 @@ _DESCRIBE = ("policy", "model", "data_dir", "symbols", "timeframe", "test_start"
              "train_end", "capped")  # fmt: skip
 # The per-run figures of a provider (rules, LLM): decisions, what they were, and what they cost.
 DECISION_FIGURES = (
-    "decisions", "buy_share", "sell_share", "hold_share", "mean_confidence", "invalid_rate", "approved",
-    "cache_hits", "cache_misses", "decisions_per_min", "tokens_per_decision", "cost_per_decision", "wall_s",
+    "decisions", "buy_share", "sell_share", "hold_share", "mean_confidence", "distinct_reasoning_share",
+    "top_reasoning_share", "invalid_rate", "approved", "cache_hits", "cache_misses", "decisions_per_min",
+    "tokens_per_decision", "cost_per_decision", "wall_s",
 )  # fmt: skip
 
 
@@ -195,6 +197,8 @@ def summary_of(
         if key in result.llm:
             summary[key] = result.llm[key]
     if result.run is not None:
+        # One action nearly always, or one sentence for everything: said (empty with too few to tell).
+        summary["degenerate"] = DecisionProfile.of(result.run.decisions).degenerate_reasons()
         killed = [
             (d.at, o.reason)
             for d, o in zip(result.run.decisions, result.run.outcomes, strict=True)

@@ -38,6 +38,7 @@ from crypto_pipeline.backtest.folds import Fold, walk_forward_folds
 from crypto_pipeline.config import DEFAULT_SYMBOLS, SHARED_MARKET_DATA
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.live.states import rolling_state_table
+from crypto_pipeline.llm.behaviour import DecisionProfile
 from crypto_pipeline.llm.provider import DecisionProvider
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.risk import RiskConfig, RiskEngine
@@ -248,15 +249,14 @@ def run_provider_fold(
     equity = run.equity.loc[run.equity.index >= fold.test_start]
     decisions = run.decisions
     fresh = cache.misses - misses
-    actions = [d.action.value for d in decisions]
+    profile = DecisionProfile.of(decisions)  # what the decisions look like (llm/behaviour.py)
     llm = {
         "decisions": len(decisions),
-        "invalid_rate": float(np.mean([not d.valid for d in decisions])) if decisions else 0.0,
-        **{
-            f"{a.lower()}_share": actions.count(a) / len(actions) if actions else 0.0
-            for a in ("BUY", "SELL", "HOLD")
-        },
-        "mean_confidence": float(np.mean([d.confidence for d in decisions])) if decisions else 0.0,
+        "invalid_rate": profile.invalid_rate,
+        **{f"{a.lower()}_share": share for a, share in profile.shares.items()},
+        "mean_confidence": profile.mean_confidence,
+        "distinct_reasoning_share": profile.distinct_reasoning_share,
+        "top_reasoning_share": profile.top_reasoning_share,
         "cache_hits": cache.hits - hits,
         "cache_misses": fresh,
         "decisions_per_min": fresh / (run.wall_s / 60) if fresh and run.wall_s > 0 else 0.0,

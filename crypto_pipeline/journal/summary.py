@@ -5,12 +5,14 @@ model's decision latency. `make run` prints it; it reads only the rows tagged wi
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 import polars as pl
 
+from crypto_pipeline.llm.behaviour import DecisionProfile
 from crypto_pipeline.warehouse import Warehouse
 
 
@@ -175,4 +177,20 @@ def paper_record(warehouse: Warehouse, version: str) -> PaperRecord:
         decisions=sum(s.decisions for s in summaries),
         compounded_return=float(np.prod([1 + r for r in returns]) - 1) if returns else None,
         compounded_buy_and_hold=float(np.prod([1 + r for r in holds]) - 1) if holds else None,
+    )
+
+
+def journal_profile(warehouse: Warehouse, run_ids: Sequence[str]) -> DecisionProfile | None:
+    """What the decisions journaled under `run_ids` look like together (`llm.behaviour.DecisionProfile`:
+    action shares, mean confidence, reasoning variety, invalid rate); None when they journaled nothing."""
+    columns = ["run_id", "action", "valid", "decision"]
+    rows = warehouse.read("decisions", columns=columns).filter(pl.col("run_id").is_in(list(run_ids)))
+    if rows.is_empty():
+        return None
+    parsed = [json.loads(text) if text else {} for text in rows["decision"].to_list()]
+    return DecisionProfile.from_columns(
+        rows["action"].to_list(),
+        [p.get("confidence") for p in parsed],
+        [p.get("reasoning") for p in parsed],
+        valid=rows["valid"].to_list(),
     )

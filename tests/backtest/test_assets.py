@@ -36,5 +36,8 @@ def test_baseline_fold_then_report(tmp_path, monkeypatch) -> None:
     assert report.success
     meta = report.asset_materializations_for_node("walk_forward_report")[0].metadata
     assert meta["audits_passed"].value is True
+    # The rules' decisions as a whole, from the stored fold figures: shares, confidence, reasoning variety.
+    [rules] = meta["decision_profiles"].value.splitlines()
+    assert rules.startswith("- rules: ") and "distinct reasoning" in rules and "degenerate" in rules
     assert "data:image/png;base64" in meta["equity_and_drawdowns"].value
     assert (tmp_path / "walk_forward.html").exists()

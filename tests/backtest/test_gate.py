@@ -61,6 +61,9 @@ def test_the_verdict_and_reasons_are_recorded_and_the_alias_moves_only_on_promot
     assert tags["gate.promoted"] == "false" and any(
         "FAIL" in v for k, v in tags.items() if k.startswith("gate.reason")
     )
+    assert tags["gate.evidence"] == out["evidence"] == refused.evidence
+    assert tags["gate.decisions"] == str(out["decisions"]) == str(refused.decisions)
+    assert out["intervals"] == [i.as_dict() for i in refused.intervals] and out["profile"]["decisions"] > 0
     forced = refused.__class__(True, "challenger", ["all pass"])
     out = record_in_mlflow(client, "crypto-policy", v2, forced)
     assert (
@@ -120,3 +123,37 @@ def test_the_forward_paper_record_counts_once_there_is_enough_of_it(report) -> N
     assert passed.promoted == without and any(
         "+8.00% vs buy-and-hold +5.00%: pass" in r for r in passed.reasons
     )
+
+
+def test_the_gate_judges_the_challengers_own_decisions_from_runs_stored_figures_or_the_journal(
+    report, tmp_path: Path
+) -> None:  # noqa: ANN001
+    from crypto_pipeline.backtest.gate import overall_evidence
+    from crypto_pipeline.backtest.journaling import journal_policy_run
+    from crypto_pipeline.backtest.profiles import journal_run_id, policy_profile, policy_profiles
+    from crypto_pipeline.backtest.walkforward import load_fold_results, save_fold_results
+    from crypto_pipeline.llm.behaviour import DecisionProfile
+    from crypto_pipeline.warehouse import Warehouse
+
+    runs = [r for r in report.results if r.policy == "challenger"]
+    exact = DecisionProfile.of([d for r in runs for d in r.run.decisions])
+    verdict = decide_promotion(report, "challenger", audits=PASSING)
+    assert verdict.profile == exact and verdict.decisions == exact.n > 0
+    assert verdict.evidence == overall_evidence(verdict.intervals) and len(verdict.intervals) == 1
+    assert any(r.startswith(f"evidence: {verdict.evidence}") for r in verdict.reasons)
+    assert any(r.startswith("decisions out of sample: ") for r in verdict.reasons)
+    # As the Dagster assets keep them: per-fold figures only (2 folds: the reasoning is bounded).
+    save_fold_results(report.results, tmp_path / "folds")
+    stored = load_fold_results(tmp_path / "folds", report.folds)
+    assert set(policy_profiles(stored)) == {"challenger"}  # the signal baselines decide nothing
+    pooled = policy_profile(stored, "challenger")
+    assert pooled.n == exact.n and pooled.shares == pytest.approx(exact.shares)
+    assert pooled.mean_confidence == pytest.approx(exact.mean_confidence)
+    assert pooled.top_reasoning_share <= exact.top_reasoning_share
+    # With the folds journaled (as `llm_backtests` does), exact again.
+    warehouse = Warehouse(tmp_path / "wh")
+    for r in runs:
+        journal_policy_run(warehouse, journal_run_id("challenger", r.fold), r.run)
+    journaled = policy_profile(stored, "challenger", warehouse)
+    assert journaled.n == exact.n and journaled.as_metrics() == pytest.approx(exact.as_metrics())
+    assert journaled.top_reasoning == exact.top_reasoning

@@ -67,6 +67,11 @@ def test_promote_command_end_to_end(registered_challenger, tmp_path: Path, monke
     for name in AUDITS:
         assert f"audit {name}:" in text
     assert {row["policy"] for row in out["table"]} >= {"llm:1", "rules", "buy_hold", "lgbm"}
+    # What the intervals are worth, on how many decisions, and what the decisions look like.
+    assert out["evidence"] in ("for", "against", "insufficient") and out["decisions"] > 0
+    assert all(i["decisions"] == out["decisions"] and i["width"] >= 0 for i in out["intervals"])
+    assert f"evidence: {out['evidence']}" in text and "decisions out of sample: " in text
+    assert out["profile"]["decisions"] == out["decisions"]
     _check_recorded(mlruns, out)
     # The LLM's decisions are in the warehouse's decision cache, keyed by version, never by alias.
     cached = pl.read_parquet(tmp_path / "wh" / "decision_cache" / "data.parquet")
@@ -152,7 +157,11 @@ def test_promotion_asset_end_to_end(registered_challenger, tmp_path: Path, monke
     assert later.success  # not passing the gate is an outcome, not a failure
     report_meta = later.asset_materializations_for_node("walk_forward_report")[0].metadata
     assert "llm:1 " + key + " one_bar_lag" in report_meta["audits"].value
+    assert "llm:1: " in report_meta["decision_profiles"].value  # each version's shares and reasoning
     meta = later.asset_materializations_for_node("promotion")[0].metadata
+    assert meta["evidence"].value in ("for", "against", "insufficient")
+    assert meta["decisions"].value == llm_meta["decisions"].value
+    assert meta["decision_profile"].value["decisions"] == llm_meta["decisions"].value  # from the journal
     reasons = [line[2:] for line in meta["reasons"].value.splitlines()]
     out = {
         "promoted": meta["promoted"].value,
@@ -184,3 +193,5 @@ def test_promotion_asset_end_to_end(registered_challenger, tmp_path: Path, monke
     verdict = "PROMOTED to champion" if out["promoted"] else "not promoted"
     assert rows["llm:1"].endswith(verdict) and not rows["buy_hold"].endswith(verdict)
     assert any(line.startswith("gate: ") for line in lines)
+    [evidence] = [line for line in lines if line.startswith("evidence: ")]
+    assert f"on {meta['decisions'].value} decisions" in evidence and ", width " in evidence
