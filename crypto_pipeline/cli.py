@@ -585,7 +585,16 @@ def finetune_command(
     seed: int = typer.Option(0, help="Seed for sampling, init and data order."),
     training_cutoff: str = typer.Option("", help="ISO time: train labels end by it (default: all)."),
     max_train_examples: int = typer.Option(240, help="Class-balanced train subsample (0: all)."),
-    eval_size: int = typer.Option(24, help="Class-balanced validation sample (0: all)."),
+    cache_lower_layers: bool = typer.Option(
+        False,
+        "--cache-lower-layers/--sft-trainer",
+        help="With --float and --lora-layers: train the top layers on the frozen layers' cached output "
+        "(several times cheaper per epoch on CPU); default: trl's SFTTrainer.",
+    ),
+    action_loss_weight: float = typer.Option(1.0, help="Loss weight of the action's token (cached path)."),
+    curve_points: int = typer.Option(5, help="Learning-curve points (cached path)."),
+    eval_size: int = typer.Option(300, help="Class-balanced validation and test samples scored (0: all)."),
+    generate_size: int = typer.Option(24, help="Validation examples the tuned model answers in full."),
     register: bool = typer.Option(True, "--register/--no-register", help="Log to MLflow and register."),
 ) -> None:
     """Fine-tune on the stored sft_dataset, evaluate against the references, register crypto-policy@challenger."""
@@ -620,6 +629,9 @@ def finetune_command(
         seed=seed,
         training_cutoff=datetime.fromisoformat(training_cutoff) if training_cutoff else None,
         max_train_examples=max_train_examples or None,
+        cache_lower_layers=cache_lower_layers,
+        action_loss_weight=action_loss_weight,
+        curve_points=curve_points,
     )
     frame = read_sft_dataset(wh)
     try:
@@ -634,6 +646,7 @@ def finetune_command(
             tracking_uri=settings.mlflow_tracking_uri if register else None,
             dataset_card=stored_card(frame, settings.warehouse_dir / HF_DATASET_DIR),
             eval_size=eval_size or None,
+            generate_size=generate_size,
             progress=True,
             log_line=console.print,
         )

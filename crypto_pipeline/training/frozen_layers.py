@@ -154,24 +154,52 @@ class LayerSplit:
     # --- the top layers ----------------------------------------------------------------------------
 
     def _top_hidden(self, states: Sequence[Any]) -> tuple[Any, int]:
-        """The top layers over [system prompt states][example states] for a batch (right-padded)."""
+        """The top layers over a batch of examples (right-padded) after the system prompt: the prompt's
+        own pass through the top layers runs once per batch (with gradients when training) and its keys
+        and values are shared by every row. Returns (the examples' hidden states, 0: their offset)."""
         import torch
+        from transformers import DynamicCache
 
         p = self.prefix_states.shape[0]
         width = max(s.shape[0] for s in states)
-        d = self.prefix_states.shape[1]
-        batch = torch.zeros(len(states), p + width, d, dtype=_store())
+        batch = torch.zeros(len(states), width, self.prefix_states.shape[1], dtype=_store())
         mask = torch.zeros(len(states), p + width, dtype=torch.long)
-        batch[:, :p] = self.prefix_states
+        mask[:, :p] = 1
         for i, s in enumerate(states):
-            batch[i, p : p + s.shape[0]] = s
-            mask[i, : p + s.shape[0]] = 1
-        positions = torch.arange(p + width).unsqueeze(0).expand(len(states), -1)
-        with _bf16():
+            batch[i, : s.shape[0]] = s
+            mask[i, p : p + s.shape[0]] = 1
+        positions = torch.arange(p, p + width).unsqueeze(0).expand(len(states), -1)
+        with _bf16(), self._top_layer_indices():
+            cache = DynamicCache(config=self.top.config)
+            self.top(
+                inputs_embeds=self.prefix_states[None],
+                position_ids=torch.arange(p)[None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache.batch_repeat_interleave(len(states))
             hidden = self.top(
-                inputs_embeds=batch, attention_mask=mask, position_ids=positions, use_cache=False
+                inputs_embeds=batch,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
             ).last_hidden_state
-        return hidden, p
+        return hidden, 0
+
+    @contextlib.contextmanager
+    def _top_layer_indices(self) -> Any:
+        """The top layers numbered from 0 while the top stack runs with its own cache (they are layers
+        split.. of the whole model, which keeps its numbering)."""
+        layers = list(self.top.layers)
+        before = [layer.self_attn.layer_idx for layer in layers]
+        try:
+            for i, layer in enumerate(layers):
+                layer.self_attn.layer_idx = i
+            yield
+        finally:
+            for layer, index in zip(layers, before, strict=True):
+                layer.self_attn.layer_idx = index
 
     def loss(self, encoded: Encoded, index: Sequence[int]) -> Any:
         """Weighted next-token cross-entropy of the examples `index` (logits only where there is a target)."""
@@ -337,6 +365,9 @@ def _store() -> Any:
 _BF16 = bfloat16_is_fast()
 
 
+CURVE_EXAMPLES = 150
+
+
 @dataclass
 class TopLayersRun:
     """A fine-tune by `finetune_top_layers`: the result, and the split model with the encoded evaluation
@@ -402,10 +433,12 @@ def finetune_top_layers(
         raise ValueError(f"lora_layers ({top}) must leave at least one frozen layer of {total}")
 
     def encode(what: str, n: int) -> Callable[[int], None]:
-        marks = {max(1, n * k // 4) for k in range(1, 5)}
+        marks = [max(1, n * k // 4) for k in range(1, 5)]  # a line at each quarter
 
         def progress(done: int) -> None:
-            if done in marks or done == n:
+            if marks and done >= marks[0]:
+                while marks and done >= marks[0]:
+                    marks.pop(0)
                 say(f"lower layers, {what}: {done}/{n} examples ({time.perf_counter() - started:.0f} s)")
 
         return progress
@@ -425,7 +458,18 @@ def finetune_top_layers(
     say(
         f"lower {total - top} layers computed once for {rows.height} training examples in {encode_seconds:.0f} s"
     )
-    curve_rows = scored.get("validation")
+    # The curve's points score a class-balanced part of the validation sample (at most CURVE_EXAMPLES):
+    # between steps only the trend matters; the whole sample is scored once at the end.
+    curve_rows = scored["validation"].with_row_index("_i")
+    if curve_rows.height > CURVE_EXAMPLES:
+        from crypto_pipeline.training.finetune import balanced_subsample
+
+        curve_rows = balanced_subsample(curve_rows, CURVE_EXAMPLES, config.seed)
+    picked = curve_rows["_i"].to_list()
+    curve_set = Encoded(
+        [encoded["validation"].states[i] for i in picked],
+        score_at=[encoded["validation"].score_at[i] for i in picked],
+    )
     planned = rows.height * config.epochs
     if config.max_steps is not None:
         planned = min(planned, config.max_steps * config.batch_size)
@@ -433,7 +477,7 @@ def finetune_top_layers(
     losses, curve = train_top_layers(
         split,
         train,
-        encoded["validation"],
+        curve_set,
         curve_rows["action"].to_list(),
         epochs=config.epochs,
         batch_size=config.batch_size,
