@@ -20,6 +20,7 @@ import polars as pl
 
 from crypto_pipeline.features import compute_features
 from crypto_pipeline.live.states import rolling_state_table
+from crypto_pipeline.llm.action_slot import scored_action
 from crypto_pipeline.llm.decision import TradeDecision
 from crypto_pipeline.llm.prompts import anonymized, build_user_prompt
 from crypto_pipeline.llm.provider import DecisionProvider, decide_safely
@@ -134,17 +135,24 @@ def anonymized_audit(
     max_disagreement: float = 0.3,
     decide: Decide = decide_safely,
 ) -> AuditResult:
-    """Share of decisions whose action changes when the prompt is anonymized."""
-    plain = decide(provider, list(states))
-    hidden = decide(provider, [anonymized(s) for s in states])
-    differ = (
-        float(np.mean([a.action != b.action for a, b in zip(plain, hidden, strict=True)])) if states else 0.0
-    )
+    """Share of decisions whose action changes when the prompt is anonymized. Only the action matters
+    here, so a provider that can score it (`LocalLLM.action_probabilities`: one forward pass per prompt,
+    no generation) is scored; any other decides through `decide`."""
+    scorer = getattr(provider, "action_probabilities", None)
+    if callable(scorer):
+        plain = [scored_action(p) for p in scorer(list(states))]
+        hidden = [scored_action(p) for p in scorer([anonymized(s) for s in states])]
+        how = "scored from one forward pass each"
+    else:
+        plain = [d.action.value for d in decide(provider, list(states))]
+        hidden = [d.action.value for d in decide(provider, [anonymized(s) for s in states])]
+        how = "decided"
+    differ = float(np.mean([a != b for a, b in zip(plain, hidden, strict=True)])) if states else 0.0
     passed = differ <= max_disagreement
     return AuditResult(
         "anonymized",
         passed,
-        f"{differ:.0%} of {len(states)} actions change when symbol, dates and prices are hidden "
+        f"{differ:.0%} of {len(states)} actions ({how}) change when symbol, dates and prices are hidden "
         f"(limit {max_disagreement:.0%})",
         {"disagreement": differ, "samples": len(states)},
     )

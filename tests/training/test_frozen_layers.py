@@ -167,3 +167,19 @@ def test_one_call_trains_on_the_cache_and_logs_curve_intervals_and_references(
         states_for(btc_dataset.frame.filter(pl.col("split") == "validation").head(2), btc_states)
     )
     assert all(d.valid for d in decided)
+
+
+def test_the_anonymized_audit_scores_a_local_model_instead_of_generating(
+    btc_dataset: SftDataset, btc_states: pl.DataFrame, four_layer_dir: Path
+) -> None:
+    from crypto_pipeline.backtest.audits import anonymized_audit
+    from crypto_pipeline.llm.action_slot import scored_action
+    from crypto_pipeline.llm.prompts import anonymized
+
+    states = states_for(btc_dataset.frame.filter(pl.col("split") == "validation").head(6), btc_states)
+    llm = LocalLLM(four_layer_dir, batch_size=6)
+    result = anonymized_audit(llm, states)
+    assert "scored from one forward pass" in result.detail
+    plain = [scored_action(p) for p in llm.action_probabilities(states)]
+    hidden = [scored_action(p) for p in llm.action_probabilities([anonymized(s) for s in states])]
+    assert result.figures["disagreement"] == pytest.approx(np.mean([a != b for a, b in zip(plain, hidden, strict=True)]))
