@@ -42,10 +42,10 @@ _SUMMARY_KEYS = (
 
 # The make-run fine-tune, sized for two CPU cores (docs/training.md has the measurements and the options
 # tried): float LoRA on the last 4 of the 30 layers, trained on the frozen 26 layers' output computed once
-# per example (`cache_lower_layers`), a class-balanced sample of 300 training examples seen 3 times with
+# per example (`cache_lower_layers`), a class-balanced sample of 300 training examples seen twice with
 # the action's token weighted 5x in the loss. Then the tuned and the base model's actions are scored on 300
 # class-balanced validation and 300 test examples (one forward pass each, intervals, the paired
-# difference), beside the logistic-regression ceiling; 24 validation examples are answered in full.
+# difference), beside the logistic-regression ceiling; 16 validation examples are answered in full.
 # `crypto-pipeline finetune` takes the same options; `--4bit` runs QLoRA through trl's SFTTrainer.
 QUICK_FINETUNE = {
     "load_in_4bit": False,
@@ -53,13 +53,13 @@ QUICK_FINETUNE = {
     "cache_lower_layers": True,
     "learning_rate": 2e-3,
     "max_steps": None,
-    "epochs": 3.0,
+    "epochs": 2.0,
     "batch_size": 8,
     "max_train_examples": 300,
     "action_loss_weight": 5.0,
     "curve_points": 6,
     "eval_size": 300,
-    "generate_size": 24,
+    "generate_size": 16,
 }
 
 
