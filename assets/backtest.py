@@ -26,7 +26,7 @@ from crypto_pipeline.backtest.walkforward import (
     save_fold_results,
     walk_forward,
 )
-from crypto_pipeline.config import Settings, get_settings
+from crypto_pipeline.config import Settings, get_settings, with_llm_dtype
 from crypto_pipeline.errors import UserInputError
 from crypto_pipeline.journal.summary import journal_profile, paper_record
 from crypto_pipeline.plots import png_markdown
@@ -55,6 +55,10 @@ class BacktestConfig(dg.Config):
     audit_samples: int = Field(
         default=LLM_WALK_FORWARD.audit_samples,
         description="Decisions re-made per fold by the leakage audits.",
+    )
+    llm_dtype: str | None = Field(
+        default=None,
+        description="The LLMs' number format: auto | float32 | bfloat16; empty: CRYPTO_PIPELINE_LLM_DTYPE.",
     )
 
 
@@ -132,7 +136,7 @@ def llm_backtests(
     every symbol from `baseline_backtests`."""
     from crypto_pipeline.llm.rule_based import RuleBased
 
-    settings = _settings(mlflow)
+    settings = with_llm_dtype(_settings(mlflow), config.llm_dtype)
     wf = replace(
         walk_forward_config(config, config.llm_decision_every_hours),
         symbols=tuple(config.llm_symbols or config.symbols),

@@ -5,6 +5,8 @@ Commands import their modules lazily so that `crypto-pipeline --help` stays fast
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from crypto_pipeline.registry import CHALLENGER, MODEL_NAME
@@ -284,6 +286,23 @@ def exchange_command(
 
 
 # --- decide: one LLM decision on a recorded market state -------------------------------------
+_DTYPE_HELP = (
+    "LLM number format: auto (bfloat16 where the hardware computes it natively, else float32) | float32 | "
+    "bfloat16; default: CRYPTO_PIPELINE_LLM_DTYPE, else auto (docs/llm.md)."
+)
+
+
+def _settings_with_dtype(dtype: str, console: Any) -> Any:
+    """`Settings()` with `--dtype` applied; an unknown format exits 2 naming the choices."""
+    from crypto_pipeline.config import Settings, with_llm_dtype
+
+    try:
+        return with_llm_dtype(Settings(), dtype.strip() or None)
+    except ValueError as error:
+        console.print(f"[red]--dtype:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @app.command("decide")
 def decide_command(
     symbol: str = typer.Option("BTC/USDT", help="Symbol of the recorded data, e.g. BTC/USDT."),
@@ -305,6 +324,7 @@ def decide_command(
         f"models:/{MODEL_NAME}/... loads as llm:REF does).",
     ),
     constrained: bool = typer.Option(True, help="local: force the output to the decision grammar."),
+    dtype: str = typer.Option("", "--dtype", help=_DTYPE_HELP),
     base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="openai: the server's base URL."),
     openai_model: str = typer.Option("gpt-4o-mini", help="openai: the model name the server expects."),
     api_key_env: str = typer.Option(
@@ -322,7 +342,6 @@ def decide_command(
     from rich.panel import Panel
     from rich.table import Table
 
-    from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
     from crypto_pipeline.llm.prompts import SYSTEM_PROMPT, build_user_prompt
     from crypto_pipeline.llm.provider import decide_safely
@@ -349,6 +368,7 @@ def decide_command(
         choices = "local, rule, openai, llama-cpp, swarm, llm:REF or swarm:REF"
         console.print(f"[red]unknown --provider {provider!r}:[/red] expected one of {choices}")
         raise typer.Exit(2) from None
+    settings = _settings_with_dtype(dtype, console)
     try:
         state = build_market_state_from_recorded(symbol, when)
     except (ValueError, FileNotFoundError) as error:
@@ -366,7 +386,7 @@ def decide_command(
         schema_mode=schema_mode,
     )
     try:
-        chosen = make_provider(provider, Settings(), options=options).provider
+        chosen = make_provider(provider, settings, options=options).provider
     except UserInputError as error:  # a registered version that is not there
         console.print(f"[red]--provider {provider}:[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
@@ -452,6 +472,7 @@ def backtest_command(
     out: str = typer.Option(
         "", help="Folder for the report, one file per run (default: <warehouse>/reports/backtest)."
     ),
+    dtype: str = typer.Option("", "--dtype", help=f"llm: {_DTYPE_HELP}"),
 ) -> None:
     """Backtest one policy on --start..--end (both days included); print one JSON object: what ran, the
     metrics with Sharpe's interval, and for rules/llm the decisions' action shares, mean confidence and
@@ -462,11 +483,10 @@ def backtest_command(
     from rich.console import Console
 
     from crypto_pipeline.backtest.inputs import check_inputs
-    from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
 
     errors = Console(stderr=True)
-    settings = Settings()
+    settings = _settings_with_dtype(dtype, errors)
     chosen = tuple(s.strip() for s in symbols.split(",") if s.strip())
     folder = Path(data_dir) if data_dir else settings.market_data_dir
     try:
@@ -523,6 +543,7 @@ def promote_command(
     test_days: float = typer.Option(7.0, min=0.5, help="Length of each fold's test window."),
     decision_every: float = typer.Option(12.0, min=1.0, help="Hours between the LLM's decisions."),
     audit_samples: int = typer.Option(2, min=1, help="Decisions re-made per fold by the leakage audits."),
+    dtype: str = typer.Option("", "--dtype", help=_DTYPE_HELP),
 ) -> None:
     """Run the promotion gate on a registered version over --start..--end; print one JSON object with the
     verdict and reasons. A window with no fold after the training cutoff is a refusal with its reason."""
@@ -531,10 +552,9 @@ def promote_command(
 
     from rich.console import Console
 
-    from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
 
-    settings = Settings()
+    settings = _settings_with_dtype(dtype, Console(stderr=True))
     chosen = tuple(s.strip() for s in symbols.split(",") if s.strip()) or tuple(settings.symbols)
     folder = Path(data_dir) if data_dir else settings.market_data_dir
     try:
@@ -722,6 +742,7 @@ def replay_decisions_command(
     limit: int = typer.Option(0, min=0, help="Replay only the first N decisions (0: all)."),
     show: int = typer.Option(20, min=0, help="Rows of differences to print."),
     out: str = typer.Option("", help="Write every replayed row to this CSV file."),
+    dtype: str = typer.Option("", "--dtype", help=f"local: {_DTYPE_HELP}"),
 ) -> None:
     """Re-run a model on a run's journaled prompts; show where it now decides differently."""
     import json
@@ -729,14 +750,13 @@ def replay_decisions_command(
     from rich.console import Console
     from rich.table import Table
 
-    from crypto_pipeline.config import Settings
     from crypto_pipeline.errors import UserInputError
     from crypto_pipeline.journal.replay import journaled_decisions, journaled_model, replay_decisions
     from crypto_pipeline.registry import ProviderOptions, make_provider
     from crypto_pipeline.warehouse import Warehouse
 
     console = Console(stderr=True)
-    settings = Settings()
+    settings = _settings_with_dtype(dtype, console)
     try:
         rows = journaled_decisions(Warehouse(settings.warehouse_dir), run, limit or None)
         if provider not in ("local", "rules"):

@@ -15,6 +15,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MARKET_DATA = REPO_ROOT.parent / "shared" / "market-data"
 
 DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+#: LocalLLM's number formats: `Settings.llm_dtype` (env CRYPTO_PIPELINE_LLM_DTYPE), `--dtype`, `dtype=`.
+LlmDtype = Literal["auto", "float32", "bfloat16"]
+LLM_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
 DEFAULT_CAPTURE_DIR = SHARED_MARKET_DATA / "binance-ws-sample-20240808"
 
 
@@ -237,6 +240,14 @@ class Settings(BaseSettings):
         default=None, ge=1, description="live_paper: decision times of a session whose run config has none."
     )
 
+    # --- the local LLM ----------------------------------------------------------------------
+    llm_dtype: LlmDtype = Field(
+        default="auto",
+        description="Number format of LocalLLM's weights wherever one is built (CLI, backtests, evaluation, "
+        "live): 'auto' is bfloat16 where the hardware computes it natively (AVX512-BF16 or AMX on CPU, "
+        "a bf16 GPU), else float32, said in the log; 'float32' or 'bfloat16' forces one (docs/llm.md).",
+    )
+
     # --- local exchange -------------------------------------------------------------------
     exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
 
@@ -254,6 +265,16 @@ class Settings(BaseSettings):
     @property
     def mlflow_tracking_uri(self) -> str:
         return f"sqlite:///{self.mlruns_dir / 'mlflow.db'}"
+
+
+def with_llm_dtype(settings: Settings, dtype: str | None) -> Settings:
+    """`settings` with `llm_dtype` set to `dtype` (a CLI `--dtype`, a run config's `dtype`); None or empty:
+    `settings` unchanged. An unknown format is a ValueError naming the choices."""
+    if not dtype:
+        return settings
+    if dtype not in LLM_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(LLM_DTYPES)}")
+    return settings.model_copy(update={"llm_dtype": dtype})
 
 
 @lru_cache(maxsize=1)

@@ -30,6 +30,10 @@ class LivePaperConfig(dg.Config):
         "'auto', the newest challenger when it is not the champion; [] for none.",
     )
     model_alias: str = Field("champion", description="crypto-policy alias; no champion: newest challenger.")
+    dtype: str | None = Field(
+        None,
+        description="Local models' number format: auto | float32 | bfloat16; empty: CRYPTO_PIPELINE_LLM_DTYPE.",
+    )
     openai_base_url: str | None = Field(None, description="openai: the server's base URL (…/v1).")
     openai_model: str = Field("gpt-4o-mini", description="openai: the model name the server expects.")
     openai_api_key_env: str = Field("OPENAI_API_KEY", description="openai: the variable holding the key.")
@@ -70,6 +74,7 @@ def live_paper_session(
         decision_interval=config.decision_interval,
         provider=config.provider,  # type: ignore[arg-type]
         model_alias=config.model_alias,
+        dtype=config.dtype or None,  # type: ignore[arg-type]
         shadows=tuple(config.shadows) if config.shadows is not None else None,
         openai_base_url=config.openai_base_url,
         openai_model=config.openai_model,

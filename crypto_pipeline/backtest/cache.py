@@ -56,9 +56,16 @@ def save_decisions(warehouse: Any, rows: dict[Key, TradeDecision]) -> None:
 
 
 def provider_identity(provider: DecisionProvider) -> tuple[str, str]:
-    """What identifies a provider's answers: its name and model version (or model id)."""
-    version = getattr(provider, "model_version", None) or getattr(provider, "model_id", None) or ""
-    return getattr(provider, "name", type(provider).__name__), str(version)
+    """What identifies a provider's answers: its name and model version (or model id), and the number
+    format where it is not float32 (`crypto-policy:3@bfloat16`): rounded weights can answer differently,
+    and float32 keys stay what they were."""
+    version = str(getattr(provider, "model_version", None) or getattr(provider, "model_id", None) or "")
+    members = getattr(provider, "members", None)  # a swarm answers in its members' formats
+    formats = {getattr(p, "dtype", None) for p in (members if members is not None else [provider])}
+    rounded = sorted(f for f in formats if isinstance(f, str) and f != "float32")
+    if rounded:
+        version = f"{version}@{'+'.join(rounded)}"
+    return getattr(provider, "name", type(provider).__name__), version
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from crypto_pipeline.config import DEFAULT_SYMBOLS
+from crypto_pipeline.config import DEFAULT_SYMBOLS, LlmDtype
 from crypto_pipeline.market.timeframes import Timeframe
 from crypto_pipeline.registry import CHAMPION, MODEL_NAME
 
@@ -47,6 +47,11 @@ class LiveConfig(BaseModel):
         CHAMPION,
         description=f"Alias of {MODEL_NAME} for providers 'local' and 'swarm' "
         "(none there yet: the newest challenger, said in the note).",
+    )
+    dtype: LlmDtype | None = Field(
+        None,
+        description="Number format of the session's local models (trading and shadows): auto | float32 | "
+        "bfloat16; None: the setting CRYPTO_PIPELINE_LLM_DTYPE (default auto).",
     )
     openai_base_url: str | None = Field(
         None, description="Provider 'openai': the chat-completions server's base URL (…/v1)."

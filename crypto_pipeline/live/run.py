@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from crypto_pipeline.config import with_llm_dtype
 from crypto_pipeline.journal.summary import summarize_journal
 from crypto_pipeline.journal.writer import Journal
 from crypto_pipeline.live.alerts import Alerter
@@ -130,7 +131,9 @@ def session_providers(
 ) -> tuple[ProviderChoice, list[ProviderChoice]]:
     """What trades and what decides in shadow. Provider 'auto': crypto-policy@champion trades; without a
     champion the rules trade, saying so, and the newest challenger runs in shadow. `config.shadows`
-    names other versions to shadow (a version that is the trading one is left out)."""
+    names other versions to shadow (a version that is the trading one is left out). Local models decide in
+    `config.dtype` where it is set, else in the settings' `llm_dtype`."""
+    settings = with_llm_dtype(settings, config.dtype)  # type: ignore[arg-type]
     if config.provider == "auto":
         # Asked only here: an explicit provider does not wait on the registry.
         uri = settings.mlflow_tracking_uri  # type: ignore[attr-defined]
@@ -164,6 +167,7 @@ def session_provider(config: LiveConfig, settings: object, *, load: bool = True)
     """The session's provider from the one factory: 'local' and 'swarm' decide with crypto-policy at
     `model_alias`, or with the newest challenger when that alias names no version yet (said in the
     note); the model is loaded now (`load`), so loading does not eat the session's runtime."""
+    settings = with_llm_dtype(settings, config.dtype)  # type: ignore[arg-type]
     options = ProviderOptions(
         openai_base_url=config.openai_base_url,
         openai_model=config.openai_model,

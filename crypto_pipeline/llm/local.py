@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crypto_pipeline.config import get_settings
+from crypto_pipeline.config import LLM_DTYPES, get_settings
 from crypto_pipeline.llm.base_model import BASE_MODEL_NAME, ensure_base_model, offline_hub
 from crypto_pipeline.llm.decision import TradeDecision, parse_decision
 from crypto_pipeline.llm.prompts import (
@@ -66,7 +66,7 @@ class LocalLLM:
         reuse_prefix_cache: bool = True,
         jump_forward: bool = True,
         quantize: str | None = None,
-        dtype: str = "float32",
+        dtype: str | None = None,
         seed: int = 0,
         system_prompt: str = SYSTEM_PROMPT,
         model_version: str | None = None,
@@ -84,11 +84,18 @@ class LocalLLM:
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
         self.quantize = quantize
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-        # bfloat16 halves the bytes per weight and uses AVX512-BF16/AMX where the CPU has them (this one
-        # does: 2x float32's matmul rate); it rounds, so a few decisions can differ: bench_llm counts them.
-        self.dtype = dtype
+        # None: the setting (`Settings.llm_dtype`, env CRYPTO_PIPELINE_LLM_DTYPE), so that every path that
+        # builds a LocalLLM (CLI, backtests, evaluation, live) decides in the same format. bfloat16 halves
+        # the bytes per weight and uses AVX512-BF16/AMX where the CPU has them (2x float32's matmul rate
+        # there; without them it is emulated and far slower); it rounds, so a few decisions can differ:
+        # bench/bench_dtype.py measures the action agreement, docs/llm.md records it.
+        choice = dtype if dtype is not None else (settings or get_settings()).llm_dtype
+        if choice not in LLM_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(LLM_DTYPES)}, got {choice!r}")
+        if quantize == "int8" and dtype == "bfloat16":  # the setting's bfloat16 gives way to int8
+            raise ValueError("quantize='int8' keeps float32 activations: use it with dtype float32 or auto")
+        self.dtype_choice = "float32" if quantize == "int8" else choice
+        self._dtype: str | None = None  # resolved on first use (`dtype`): the check needs torch
         self.seed = seed
         self.system_prompt = system_prompt
         self.settings = settings
@@ -102,6 +109,21 @@ class LocalLLM:
         self._prefix_ids: list[int] | None = None
         self._prefix_cache: Any = None
         self._lock = threading.Lock()  # one generate at a time: torch already uses every core
+
+    @property
+    def dtype(self) -> str:
+        """The number format the weights are in: 'float32' or 'bfloat16' (`dtype_choice` resolved; 'auto'
+        is bfloat16 only where the hardware computes it natively)."""
+        if self._dtype is None:
+            self._dtype = resolve_dtype(self.dtype_choice, cuda=self._on_cuda())
+        return self._dtype
+
+    def _on_cuda(self) -> bool:
+        if not self.load_in_4bit:  # float weights load on the CPU
+            return False
+        import torch
+
+        return torch.cuda.is_available()
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -128,7 +150,9 @@ class LocalLLM:
             load_kwargs["gguf_file"] = gguf
         if self.load_in_4bit:
             load_kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=getattr(torch, self.dtype),
             )
             load_kwargs["device_map"] = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs, **({"gguf_file": gguf} if gguf else {}))
@@ -156,6 +180,9 @@ class LocalLLM:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.eval()
+        float_params = [p.dtype for p in model.parameters() if p.dtype.is_floating_point]
+        if float_params:  # what the weights are really in (a model wrapped by `from_objects` included)
+            self._dtype = str(float_params[0]).removeprefix("torch.")
         if self.quantize == "int8" and not self.load_in_4bit:
             model = quantize_int8(model)
         self.model, self.tokenizer = model, tokenizer
@@ -411,6 +438,40 @@ class LocalLLM:
             prompt_tokens=len(row),
             completion_tokens=_count_generated(tokens, self.tokenizer.pad_token_id, self._eos_ids()),
         )
+
+
+def bf16_native(*, cuda: bool = False) -> tuple[bool, str]:
+    """(whether the device computes bfloat16 natively, the device in words). On CPU that takes AVX512-BF16
+    or AMX through oneDNN: elsewhere torch emulates bfloat16 matmuls, measured 40x slower than float32 on an
+    AVX2-only EPYC (docs/llm.md)."""
+    import torch
+
+    if cuda:
+        return bool(torch.cuda.is_bf16_supported()), f"GPU {torch.cuda.get_device_name()}"
+    checks = [
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    native = torch.backends.mkldnn.is_available() and any(check() for check in checks if check is not None)
+    capability = torch.backends.cpu.get_cpu_capability()
+    return native, f"this CPU ({capability}{', AVX512-BF16/AMX' if native else ', no AVX512-BF16 or AMX'})"
+
+
+def resolve_dtype(choice: str, *, cuda: bool = False) -> str:
+    """'float32' or 'bfloat16' for a `dtype` choice: 'auto' is bfloat16 where the device computes it
+    natively, else float32 (one log line says which and why); 'bfloat16' is kept even where it is emulated
+    (a warning says it will be slow)."""
+    if choice == "float32":
+        return "float32"
+    native, where = bf16_native(cuda=cuda)
+    if choice == "bfloat16":
+        if not native:
+            log.warning("LocalLLM dtype bfloat16 on %s: emulated, several times slower than float32", where)
+        return "bfloat16"
+    if choice != "auto":
+        raise ValueError(f"dtype must be one of {', '.join(LLM_DTYPES)}, got {choice!r}")
+    chosen = "bfloat16" if native else "float32"
+    log.info("LocalLLM dtype auto: %s on %s", chosen, where)
+    return chosen
 
 
 def quantize_int8(model: Any) -> Any:
