@@ -225,7 +225,8 @@ def run(quick: bool = False) -> list[BenchResult]:
             0.0,
             "report",
         ),
-        *([] if quick else [_llm_row()]),
+        # BENCH_SKIP_LLM_WALK_FORWARD=1: without the LLM walk-forward's row (up to 10 minutes on 2 cores).
+        *([] if quick or os.environ.get("BENCH_SKIP_LLM_WALK_FORWARD") else [_llm_row()]),
     ]
 
 
