@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crypto_pipeline.config import LLM_DTYPES, get_settings
+from crypto_pipeline.llm.action_slot import ACTIONS, action_prefix_ids, action_token_ids
 from crypto_pipeline.llm.base_model import BASE_MODEL_NAME, ensure_base_model, offline_hub
 from crypto_pipeline.llm.decision import TradeDecision, parse_decision
 from crypto_pipeline.llm.prompts import (
@@ -267,7 +268,6 @@ class LocalLLM:
         (a score is a measurement, not a trading decision: there is no HOLD to fall back on)."""
         import torch
 
-        from crypto_pipeline.llm.action_slot import ACTIONS, action_prefix_ids, action_token_ids
         from crypto_pipeline.llm.decoding import left_padded
 
         self.load()

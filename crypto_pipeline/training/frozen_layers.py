@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +28,20 @@ from typing import Any
 
 import numpy as np
 
+from crypto_pipeline.config import get_settings
 from crypto_pipeline.llm.action_slot import ACTION_PREFIX, ACTIONS, action_prefix_ids, action_token_ids
+from crypto_pipeline.llm.local import LocalLLM, resolve_dtype
+from crypto_pipeline.llm.prompts import SYSTEM_PROMPT
+from crypto_pipeline.training.dataset import dataset_fingerprint
+from crypto_pipeline.training.finetune import (
+    ADAPTER_DIR,
+    FinetuneResult,
+    _prepare_output,
+    balanced_subsample,
+    load_base,
+    resolve_base_model,
+    training_rows,
+)
 
 
 @dataclass
@@ -53,8 +67,6 @@ class LayerSplit:
     def __init__(self, peft_model: Any, tokenizer: Any, top_layers: int, system_prompt: str) -> None:
         import torch
         from torch import nn
-
-        from crypto_pipeline.llm.local import LocalLLM
 
         self.peft_model, self.tokenizer = peft_model, tokenizer
         causal = peft_model.get_base_model()
@@ -338,31 +350,27 @@ def _view(body: Any, layers: list[Any], *, norm: Any) -> Any:
     return view
 
 
-def bfloat16_is_fast() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without them (AVX2 only,
-    e.g. the AMD EPYC these tests run on) bfloat16 is emulated and several times SLOWER than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+@functools.cache
+def uses_bfloat16() -> bool:
+    """Whether the split computes in bfloat16: the `llm_dtype` setting, whose default `auto` is bfloat16 only
+    where the hardware has it (AVX512-BF16/AMX; `llm.local.bf16_native`). Elsewhere (AVX2 only, e.g. the
+    AMD EPYC these tests run on) bfloat16 is emulated and several times SLOWER than float32."""
+
+    return resolve_dtype(get_settings().llm_dtype) == "bfloat16"
 
 
 def _bf16() -> Any:
     """bfloat16 autocast where the CPU has it in hardware; float32 (no autocast) elsewhere."""
     import torch
 
-    return torch.autocast("cpu", dtype=torch.bfloat16) if _BF16 else contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16) if uses_bfloat16() else contextlib.nullcontext()
 
 
 def _store() -> Any:
     """The dtype the lower layers' output is kept in: bfloat16 halves the memory where it is fast."""
     import torch
 
-    return torch.bfloat16 if _BF16 else torch.float32
-
-
-_BF16 = bfloat16_is_fast()
+    return torch.bfloat16 if uses_bfloat16() else torch.float32
 
 
 CURVE_EXAMPLES = 150
@@ -395,17 +403,6 @@ def finetune_top_layers(
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
-
-    from crypto_pipeline.llm.prompts import SYSTEM_PROMPT
-    from crypto_pipeline.training.dataset import dataset_fingerprint
-    from crypto_pipeline.training.finetune import (
-        ADAPTER_DIR,
-        FinetuneResult,
-        _prepare_output,
-        load_base,
-        resolve_base_model,
-        training_rows,
-    )
 
     if config.load_in_4bit or config.lora_layers is None:
         raise ValueError("cache_lower_layers needs a float base (load_in_4bit=False) and lora_layers")
@@ -462,8 +459,6 @@ def finetune_top_layers(
     # between steps only the trend matters; the whole sample is scored once at the end.
     curve_rows = scored["validation"].with_row_index("_i")
     if curve_rows.height > CURVE_EXAMPLES:
-        from crypto_pipeline.training.finetune import balanced_subsample
-
         curve_rows = balanced_subsample(curve_rows, CURVE_EXAMPLES, config.seed)
     picked = curve_rows["_i"].to_list()
     curve_set = Encoded(

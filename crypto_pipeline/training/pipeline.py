@@ -23,6 +23,8 @@ from typing import Any
 
 import polars as pl
 
+from crypto_pipeline.llm.action_slot import ACTIONS
+from crypto_pipeline.llm.behaviour import DecisionProfile
 from crypto_pipeline.llm.local import LocalLLM
 from crypto_pipeline.llm.rule_based import RuleBased
 from crypto_pipeline.training.ceiling import Ceiling, logistic_ceiling
@@ -43,6 +45,7 @@ from crypto_pipeline.training.finetune import (
     finetune,
     resolve_base_model,
 )
+from crypto_pipeline.training.frozen_layers import finetune_top_layers
 from crypto_pipeline.training.intervals import Interval
 from crypto_pipeline.training.registry import RegisteredVersion, log_and_register
 
@@ -139,8 +142,6 @@ def train_evaluate_register(
     base = resolve_base_model(config.base_model, models_dir)
     common = {"constrained": True, "batch_size": eval_batch_size, "load_in_4bit": eval_load_in_4bit}
     if config.cache_lower_layers:
-        from crypto_pipeline.training.frozen_layers import finetune_top_layers
-
         run = finetune_top_layers(
             frame, config, output_dir, models_dir=models_dir, scored=scored, log_line=say
         )
@@ -222,8 +223,6 @@ def train_evaluate_register(
 def _as_array(rows: list[dict[str, float]]) -> Any:
     import numpy as np
 
-    from crypto_pipeline.llm.action_slot import ACTIONS
-
     return np.array([[r[a] for a in ACTIONS] for r in rows], dtype=float).reshape(-1, len(ACTIONS))
 
 
@@ -236,9 +235,6 @@ def _metrics(
     rows: pl.DataFrame,
 ) -> dict[str, float]:
     """Every figure under its fixed MLflow name (`crypto-pipeline models` and MLflow's compare view read them)."""
-    from crypto_pipeline.llm.action_slot import ACTIONS
-    from crypto_pipeline.llm.behaviour import DecisionProfile
-
     prefixes = {"tuned": "", "test": "", "base": "base_", "base_test": "base_", "majority": "majority_"}
     metrics: dict[str, float] = {}
     for key, ev in evaluations.items():
