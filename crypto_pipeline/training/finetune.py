@@ -336,11 +336,7 @@ def finetune(
     trainer.train(resume_from_checkpoint=resumed_from)
     seconds = time.perf_counter() - started
 
-    adapter_dir = output_dir / ADAPTER_DIR
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    trainer.model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    adapter_dir = save_adapter(trainer.model, tokenizer, output_dir)
     state = trainer.state
     history = [dict(entry) for entry in state.log_history]
     losses = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e and "step" in e]
@@ -361,6 +357,16 @@ def finetune(
         resumed_from=resumed_from,
         log_history=history,
     )
+
+
+def save_adapter(model: Any, tokenizer: Any, output_dir: Path) -> Path:
+    """The trained LoRA adapter and its tokenizer in `output_dir/adapter`, replacing an earlier one."""
+    adapter_dir = Path(output_dir) / ADAPTER_DIR
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    return adapter_dir
 
 
 def _prepare_output(output_dir: Path, fingerprint: str, resume: bool) -> str | None:

@@ -34,12 +34,12 @@ from crypto_pipeline.llm.local import LocalLLM, resolve_dtype
 from crypto_pipeline.llm.prompts import SYSTEM_PROMPT
 from crypto_pipeline.training.dataset import dataset_fingerprint
 from crypto_pipeline.training.finetune import (
-    ADAPTER_DIR,
     FinetuneResult,
     _prepare_output,
     balanced_subsample,
     load_base,
     resolve_base_model,
+    save_adapter,
     training_rows,
 )
 
@@ -47,7 +47,7 @@ from crypto_pipeline.training.finetune import (
 @dataclass
 class Encoded:
     """Examples as the top layers see them: the lower layers' output of each example's tokens after the
-    system prompt (bfloat16, one tensor per example), and what the loss or the score reads from them."""
+    system prompt (one tensor per example, in `_store()`'s dtype), and what the loss or the score reads."""
 
     states: list[Any]  # torch tensors (tokens, hidden)
     targets: list[Any] | None = None  # per example: next-token ids (tokens,), -100 where no loss
@@ -398,7 +398,6 @@ def finetune_top_layers(
     """LoRA on the last `config.lora_layers` layers of the float base, trained on the cached lower layers'
     output; `scored` (split name -> rows with prompt and action) is encoded once, its "validation" rows
     give the learning curve. The adapter lands in `output_dir/adapter` like the SFTTrainer path's."""
-    import shutil
 
     import torch
     from peft import LoraConfig, get_peft_model
@@ -425,9 +424,9 @@ def finetune_top_layers(
     )
     peft_model = get_peft_model(model, lora)
     started = time.perf_counter()
-    split = LayerSplit(peft_model, tokenizer, top, SYSTEM_PROMPT) if top < total else None
-    if split is None:
+    if top >= total:
         raise ValueError(f"lora_layers ({top}) must leave at least one frozen layer of {total}")
+    split = LayerSplit(peft_model, tokenizer, top, SYSTEM_PROMPT)
 
     def encode(what: str, n: int) -> Callable[[int], None]:
         marks = [max(1, n * k // 4) for k in range(1, 5)]  # a line at each quarter
@@ -484,11 +483,7 @@ def finetune_top_layers(
         log_line=say,
     )
     seconds = time.perf_counter() - started
-    adapter_dir = Path(output_dir) / ADAPTER_DIR
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    peft_model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    adapter_dir = save_adapter(peft_model, tokenizer, output_dir)
     # The rest of `scored` (the test split) is encoded only now: scored once, after training.
     for name, r in scored.items():
         if name not in encoded:
@@ -504,8 +499,10 @@ def finetune_top_layers(
         train_seconds=seconds,
         train_examples=rows.height,
         samples_seen=seen,
-        tokens_seen=int(sum(int((t != -100).sum()) for t in train.targets or []))
-        * max(1, round(config.epochs)),
+        # completion tokens per example on average, times the examples the steps drew
+        tokens_seen=round(
+            sum(int((t != -100).sum()) for t in train.targets or []) / max(1, len(train)) * seen
+        ),
         training_cutoff=rows["label_end"].max(),
         data_fingerprint=data_fp,
         device=device,

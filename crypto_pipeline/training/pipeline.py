@@ -156,11 +156,15 @@ def train_evaluate_register(
         result = finetune(
             frame, config, output_dir, models_dir=models_dir, progress=progress, log_line=log_line
         )
+        # Each model loads once and scores every split (the tuned one answers in full below too).
+        llms = {
+            "tuned": LocalLLM(base, adapter=result.adapter_dir, **common),
+            "base": LocalLLM(base, **common),
+        }
         for name, r in scored.items():
             states = states_for(r, market_states)
             probabilities[name] = {
-                who: _as_array(LocalLLM(base, adapter=adapter, **common).action_probabilities(states))
-                for who, adapter in (("tuned", result.adapter_dir), ("base", None))
+                who: _as_array(llm.action_probabilities(states)) for who, llm in llms.items()
             }
     evaluations: dict[str, Evaluation] = {
         "tuned": score_probabilities("validation", rows, probabilities["validation"]["tuned"], config.seed),
@@ -185,7 +189,9 @@ def train_evaluate_register(
     ceiling = logistic_ceiling(frame, market_states, scored, seed=config.seed)
     # The tuned model's whole answers through the serving path: LocalLLM merges the adapter, decodes
     # under the grammar. Float by default: on CPU bitsandbytes' 4-bit matmuls decode several times slower.
-    tuned_llm = LocalLLM(base, adapter=result.adapter_dir, **common)
+    tuned_llm = (
+        LocalLLM(base, adapter=result.adapter_dir, **common) if config.cache_lower_layers else llms["tuned"]
+    )
     generated_rows = (
         balanced_subsample(rows, generate_size, config.seed) if generate_size < rows.height else rows
     )
