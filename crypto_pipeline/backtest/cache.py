@@ -4,10 +4,14 @@ The prompt hash covers exactly what the model is shown (state, portfolio, system
 the decision the model would make again with greedy decoding. The rows live in the warehouse's
 `decision_cache` table (`warehouse.tables.DECISION_CACHE`, one small unpartitioned file keyed by
 provider, model version and prompt hash); `load_decisions` / `save_decisions` are its only readers and
-writers here. Without a warehouse the cache lives in memory for one run."""
+writers here. Without a warehouse the cache lives in memory for one run.
+
+One cache may serve several threads at once (the folds of a walk-forward decide concurrently): its
+bookkeeping is locked, the provider call is not (the fold batcher gathers those calls into one)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +73,14 @@ def provider_identity(provider: DecisionProvider) -> tuple[str, str]:
 
 
 @dataclass
+class Tally:
+    """One caller's hits and misses (a fold's, while other folds use the same cache)."""
+
+    hits: int = 0
+    misses: int = 0
+
+
+@dataclass
 class DecisionCache:
     """Wraps `decide_safely`: hits come from the cache, misses go to the provider and are stored.
     `warehouse` is a `crypto_pipeline.warehouse.Warehouse` (None: in memory only)."""
@@ -82,40 +94,52 @@ class DecisionCache:
     # cut off (a timeout, a kill) keeps what it decided; a fast provider (the rules) is not written per call.
     flush_every_s: float = 5.0
     _flushed_at: float = field(default_factory=time.monotonic, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def __post_init__(self) -> None:
         if self.warehouse is not None:
             self.rows = load_decisions(self.warehouse)
 
-    def decide(self, provider: DecisionProvider, states: list[MarketState]) -> list[TradeDecision]:
+    def decide(
+        self, provider: DecisionProvider, states: list[MarketState], *, tally: Tally | None = None
+    ) -> list[TradeDecision]:
+        """Decisions on `states`: cached ones from the cache, the rest from `provider` in one call.
+        `tally` also counts this call's hits and misses (the cache's own counts are every caller's)."""
         name, version = provider_identity(provider)
         system = getattr(provider, "system_prompt", SYSTEM_PROMPT)
         keys = [(name, version, prompt_hash(build_user_prompt(s), system)) for s in states]
         out: list[TradeDecision | None] = [None] * len(states)
         todo = []
-        for i, key in enumerate(keys):
-            hit = self.rows.get(key)
-            if hit is not None:
-                out[i] = TradeDecision.model_validate_json(hit).with_meta(**state_meta(states[i]))
-                self.hits += 1
-            else:
-                todo.append(i)
+        with self._lock:
+            for i, key in enumerate(keys):
+                hit = self.rows.get(key)
+                if hit is not None:
+                    out[i] = TradeDecision.model_validate_json(hit).with_meta(**state_meta(states[i]))
+                else:
+                    todo.append(i)
+            self.hits += len(states) - len(todo)
+            if tally is not None:
+                tally.hits += len(states) - len(todo)
         if todo:
-            made = decide_safely(provider, [states[i] for i in todo])
-            self.misses += len(todo)
-            for i, decision in zip(todo, made, strict=True):
-                out[i] = decision
-                # A provider failure (no model output) is not an answer to cache.
-                if decision.valid or decision.raw_text is not None:
-                    self.rows[keys[i]] = decision.model_dump_json()
-                    self.fresh[keys[i]] = decision
-            if time.monotonic() - self._flushed_at >= self.flush_every_s:
-                self.save()
+            made = decide_safely(provider, [states[i] for i in todo])  # unlocked: other folds join the call
+            with self._lock:
+                self.misses += len(todo)
+                if tally is not None:
+                    tally.misses += len(todo)
+                for i, decision in zip(todo, made, strict=True):
+                    out[i] = decision
+                    # A provider failure (no model output) is not an answer to cache.
+                    if decision.valid or decision.raw_text is not None:
+                        self.rows[keys[i]] = decision.model_dump_json()
+                        self.fresh[keys[i]] = decision
+                if time.monotonic() - self._flushed_at >= self.flush_every_s:
+                    self.save()
         return [d for d in out if d is not None]
 
     def save(self) -> None:
         """Write the decisions made since the last save into the warehouse."""
-        if self.warehouse is not None:
-            save_decisions(self.warehouse, self.fresh)
-        self.fresh = {}
-        self._flushed_at = time.monotonic()
+        with self._lock:
+            if self.warehouse is not None:
+                save_decisions(self.warehouse, self.fresh)
+            self.fresh = {}
+            self._flushed_at = time.monotonic()

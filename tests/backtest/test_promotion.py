@@ -121,11 +121,16 @@ def test_a_leaky_policy_fails_its_audit_and_is_not_promoted() -> None:
 
 
 def test_promotion_asset_end_to_end(registered_challenger, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    """The assets as `make run` runs them (`jobs.run_offline`'s stage functions): the baselines and the
-    LLM on the latest fold, then `walk_forward_report` and `promotion`, then the one comparison table."""
+    """The assets as `make run` runs them (`jobs.run_offline`'s stage functions): the baselines on the
+    latest fold, the LLM on every fold in one run (a shorter window here: a day, every 12 h), then
+    `walk_forward_report` and `promotion`, then the one comparison table."""
     import assets.backtest as mod
     import assets.training
+    import jobs.run_offline
     from jobs.run_offline import run_llm_walk_forward, run_report_and_gate
+
+    monkeypatch.setitem(jobs.run_offline.QUICK_LLM, "llm_window_days", 1.0)
+    monkeypatch.setitem(jobs.run_offline.QUICK_LLM, "llm_decision_every_hours", 12.0)
 
     mlruns, registered = registered_challenger
     mlruns = shutil.copytree(mlruns, tmp_path / "mlruns")
@@ -146,13 +151,16 @@ def test_promotion_asset_end_to_end(registered_challenger, tmp_path: Path, monke
     assert baselines.success
     folds = run_llm_walk_forward(instance, ["BTC/USDT"])
     assert folds.success
-    llm_meta = folds.asset_materializations_for_node("llm_backtests")[0].metadata
-    assert llm_meta["policies"].value == "llm:1" and llm_meta["decisions"].value > 0
+    events = folds.asset_materializations_for_node("llm_backtests")
+    assert sorted(e.partition for e in events) == mod.FOLD_PARTITIONS.get_partition_keys()
+    llm_meta = events[0].metadata
+    assert llm_meta["policies"].value == "llm:1" and llm_meta["decisions"].value == 3 * 2
     assert all(f"{name}:" in llm_meta["audits"].value for name in AUDITS)
-    # The LLM's run is in the live journal tables too, under its own run id (drift_sensor's reference).
+    # The LLM's runs are in the live journal tables too, one run id per fold (drift_sensor's reference).
     journal = Warehouse(settings.warehouse_dir).read("decisions")
-    ours = journal.filter(journal["run_id"] == f"backtest-llm:1-{key}")
+    ours = journal.filter(journal["run_id"].str.starts_with("backtest-llm:1-"))
     assert ours.height == llm_meta["decisions"].value and ours["state"].is_not_null().all()
+    assert ours["run_id"].n_unique() == 3
     later = run_report_and_gate(instance, ["BTC/USDT"])
     assert later.success  # not passing the gate is an outcome, not a failure
     report_meta = later.asset_materializations_for_node("walk_forward_report")[0].metadata
