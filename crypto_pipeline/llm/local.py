@@ -388,7 +388,7 @@ class LocalLLM:
         import torch
 
         if self._prefix_ids is None:
-            self._prefix_ids = self._system_prefix_ids()
+            self._prefix_ids = self.system_prefix_ids()
             out = self.model(torch.tensor([self._prefix_ids], device=self.model.device), use_cache=True)
             self._prefix_cache = out.past_key_values
         n = len(self._prefix_ids)
@@ -400,7 +400,7 @@ class LocalLLM:
             cache.batch_repeat_interleave(len(rows))
         return n, cache
 
-    def _system_prefix_ids(self) -> list[int]:
+    def system_prefix_ids(self) -> list[int]:
         """Tokens of the system turn: the longest prefix shared by two chats that differ only in the user turn."""
         a = self.chat_token_ids("a")
         b = self.chat_token_ids("b")

@@ -81,7 +81,7 @@ class LayerSplit:
         self._chat = LocalLLM.from_objects(
             causal, tokenizer, model_id="split", constrained=False, system_prompt=system_prompt
         )
-        self.prefix_ids = self._chat._system_prefix_ids()
+        self.prefix_ids = self._chat.system_prefix_ids()
         self.action_prefix_ids = action_prefix_ids(tokenizer)
         self.action_token_ids = action_token_ids(tokenizer)
         with torch.inference_mode(), _bf16():
