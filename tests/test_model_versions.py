@@ -27,6 +27,9 @@ NEW = {
     "tuned_minus_base_val_balanced_accuracy": 0.079,
     "tuned_minus_base_val_balanced_accuracy_ci_low": -0.02,
     "tuned_minus_base_val_balanced_accuracy_ci_high": 0.18,
+    "tuned_minus_base_test_balanced_accuracy": 0.065,
+    "tuned_minus_base_test_balanced_accuracy_ci_low": 0.012,
+    "tuned_minus_base_test_balanced_accuracy_ci_high": 0.121,
     "base_val_balanced_accuracy": 0.333,
     "logreg_val_balanced_accuracy": 0.47,
     "val_share_buy": 0.2,
@@ -64,6 +67,7 @@ def test_models_shows_every_version_with_its_intervals_side_by_side(tmp_path: Pa
     assert rows["2"]["aliases"] == "challenger" and rows["1"]["aliases"] == ""
     assert rows["2"]["val bal. acc. [CI]"] == "0.412 [0.371, 0.455]"
     assert rows["2"]["tuned - base val bal. acc. [CI]"] == "0.079 [-0.020, 0.180]"
+    assert rows["2"]["tuned - base test bal. acc. [CI]"] == "0.065 [0.012, 0.121]"
     assert rows["2"]["logreg val bal. acc. (ceiling)"] == "0.470"
     assert rows["2"]["val BUY/SELL/HOLD"] == "20%/30%/50%" and rows["2"]["val mean conf."] == "64.2"
     assert rows["2"]["val reasoning distinct / top"] == "80% / 10%"
