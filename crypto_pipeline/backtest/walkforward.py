@@ -158,7 +158,7 @@ class LLMWalkForward:
             f"{window}, {base.n_folds} folds decided concurrently, {self.audit_samples} audit sample(s) per "
             f"fold: at most {self.decisions(base)} decisions in {self.model_calls(base)} batched model calls "
             f"from a cold decision cache (each carrying up to {base.n_folds * len(symbols)} states). Sized "
-            "for 10 minutes cold on two CPU cores (measured: 408 s cold with the gate's rivals, 76 s from "
+            "for 10 minutes cold on two CPU cores (measured: 343-408 s cold with the gate's rivals, 76 s from "
             "the decision cache; docs/backtest.md). The baselines and RuleBased run on every fold's whole window in the table above; "
             "the gate compares the challenger only with rivals run on its own symbols, windows and "
             "decision times."
