@@ -194,6 +194,17 @@ def resolve_adapter_arg(adapter: str | None, base: Path) -> Path | None:
     return Path(adapter)
 
 
+def bench_inputs(n: int, adapter: str | None) -> tuple[list, Path, Path | None]:
+    """What bench_dtype and bench_tuned compare on: `n` warehouse states, the embedded base model's folder
+    and the adapter `adapter` names (`resolve_adapter_arg`)."""
+    from crypto_pipeline.config import get_settings
+    from crypto_pipeline.llm.base_model import ensure_base_model
+
+    states = warehouse_states(n)
+    folder = ensure_base_model(get_settings().models_dir)
+    return states, folder, resolve_adapter_arg(adapter, folder)
+
+
 def run(
     quick: bool = False,
     n: int | None = None,
@@ -202,15 +213,11 @@ def run(
     check: int = 4,
     real: bool = False,
 ) -> list[BenchResult]:
-    from crypto_pipeline.config import get_settings
-    from crypto_pipeline.llm.base_model import ensure_base_model
     from crypto_pipeline.llm.local import LocalLLM, bf16_native
 
     n = n or (6 if quick else 96)
     batch = min(batch, n)
-    states = warehouse_states(n)
-    folder = ensure_base_model(get_settings().models_dir)
-    adapter_dir = resolve_adapter_arg(adapter, folder)
+    states, folder, adapter_dir = bench_inputs(n, adapter)
     native, where = bf16_native()
     print(describe(states), f"| batch {batch} | {where} | load average {os.getloadavg()[0]:.1f}", flush=True)
     providers = {

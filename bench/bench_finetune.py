@@ -75,13 +75,19 @@ def _train_worker(data: str, out: str, base: str | None, four_bit: bool, steps: 
     }))  # fmt: skip
 
 
-def _train(data: Path, out: Path, base: str | None, four_bit: bool, steps: int) -> dict:
+def _in_child(worker: str, *args: object) -> dict:
+    """`worker(*args)` of this module in a child process (so its peak memory is its own); the JSON it
+    prints on its last line."""
     code = (
-        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from bench.bench_finetune import _train_worker; "
-        f"_train_worker({str(data)!r}, {str(out)!r}, {base!r}, {four_bit!r}, {steps})"
+        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from bench.bench_finetune import {worker}; "
+        f"{worker}(*{args!r})"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _train(data: Path, out: Path, base: str | None, four_bit: bool, steps: int) -> dict:
+    return _in_child("_train_worker", str(data), str(out), base, four_bit, steps)
 
 
 def _cached_vs_sft_worker(data: str, out: str, base: str | None, examples: int, batch: int) -> None:
@@ -92,7 +98,7 @@ def _cached_vs_sft_worker(data: str, out: str, base: str | None, examples: int, 
 
     import polars as pl
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import set_seed
 
     from crypto_pipeline.config import get_settings
@@ -101,6 +107,7 @@ def _cached_vs_sft_worker(data: str, out: str, base: str | None, examples: int, 
         FinetuneConfig,
         finetune,
         load_base,
+        lora_config,
         resolve_base_model,
         training_rows,
     )
@@ -119,13 +126,7 @@ def _cached_vs_sft_worker(data: str, out: str, base: str | None, examples: int, 
     # The cached path, as finetune_top_layers sets it up (without the curve and the scoring).
     set_seed(config.seed)
     model, tokenizer, _device = load_base(resolve_base_model(base, models_dir), False)
-    total = int(model.config.num_hidden_layers)
-    lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules), layers_to_transform=list(range(total - top, total)),
-        task_type="CAUSAL_LM",
-    )  # fmt: skip
-    peft_model = get_peft_model(model, lora)
+    peft_model = get_peft_model(model, lora_config(model, config))
     split = LayerSplit(peft_model, tokenizer, top, SYSTEM_PROMPT)
     t0 = time.perf_counter()
     train = split.encode_for_training(
@@ -153,12 +154,7 @@ def _cached_vs_sft_worker(data: str, out: str, base: str | None, examples: int, 
 
 
 def _cached_vs_sft(data: Path, out: Path, base: str | None, examples: int, batch: int) -> dict:
-    code = (
-        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from bench.bench_finetune import "
-        f"_cached_vs_sft_worker; _cached_vs_sft_worker({str(data)!r}, {str(out)!r}, {base!r}, {examples}, {batch})"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _in_child("_cached_vs_sft_worker", str(data), str(out), base, examples, batch)
 
 
 def _decisions_per_min(base: str, adapter: str, states: list, merged: bool) -> float:

@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import BenchResult, print_table  # noqa: E402
-from bench.bench_dtype import agreement, describe, interleaved, resolve_adapter_arg, warehouse_states  # noqa: E402
+from bench.bench_dtype import agreement, bench_inputs, describe, interleaved  # noqa: E402
 
 
 def profile_batch(provider: Any, states: list, top: int = 12) -> None:
@@ -46,15 +46,11 @@ def run(
     dtype: str | None = None,
     profile: bool = False,
 ) -> list[BenchResult]:
-    from crypto_pipeline.config import get_settings
-    from crypto_pipeline.llm.base_model import ensure_base_model
     from crypto_pipeline.llm.local import LocalLLM
 
     n = n or (4 if quick else 32)
     batch = min(batch, n)
-    states = warehouse_states(n)
-    folder = ensure_base_model(get_settings().models_dir)
-    adapter_dir = resolve_adapter_arg(adapter or "random", folder)
+    states, folder, adapter_dir = bench_inputs(n, adapter or "random")
     providers = {
         "base": LocalLLM(folder, dtype=dtype, batch_size=batch),
         "tuned": LocalLLM(folder, adapter=adapter_dir, dtype=dtype, batch_size=batch),

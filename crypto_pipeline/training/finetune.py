@@ -231,6 +231,21 @@ def _last_layers(model: Any, n: int | None) -> list[int] | None:
     return list(range(max(0, total - n), total))
 
 
+def lora_config(model: Any, config: FinetuneConfig) -> Any:
+    """The LoRA `config` asks for on `model` (its last `lora_layers` layers, or every layer): one
+    definition for both trainers (SFTTrainer here, the cached path in frozen_layers.py)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        layers_to_transform=_last_layers(model, config.lora_layers),
+        task_type="CAUSAL_LM",
+    )
+
+
 def finetune(
     frame: pl.DataFrame,
     config: FinetuneConfig,
@@ -257,7 +272,7 @@ def finetune(
     checkpoints = output_dir / CHECKPOINTS_DIR
     resumed_from = _prepare_output(output_dir, config.fingerprint(data_fp), resume)
 
-    from peft import LoraConfig, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
     from transformers import TrainerCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
@@ -267,14 +282,7 @@ def finetune(
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.gradient_checkpointing
         )
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
-        layers_to_transform=_last_layers(model, config.lora_layers),
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(model, config)
     import torch
 
     args = SFTConfig(

@@ -38,6 +38,7 @@ from crypto_pipeline.training.finetune import (
     _prepare_output,
     balanced_subsample,
     load_base,
+    lora_config,
     resolve_base_model,
     save_adapter,
     training_rows,
@@ -400,7 +401,7 @@ def finetune_top_layers(
     give the learning curve. The adapter lands in `output_dir/adapter` like the SFTTrainer path's."""
 
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import set_seed
 
     if config.load_in_4bit or config.lora_layers is None:
@@ -414,18 +415,10 @@ def finetune_top_layers(
     model, tokenizer, device = load_base(base, False)
     total = int(model.config.num_hidden_layers)
     top = min(config.lora_layers, total)
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
-        layers_to_transform=list(range(total - top, total)),
-        task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model, lora)
-    started = time.perf_counter()
     if top >= total:
         raise ValueError(f"lora_layers ({top}) must leave at least one frozen layer of {total}")
+    peft_model = get_peft_model(model, lora_config(model, config))
+    started = time.perf_counter()
     split = LayerSplit(peft_model, tokenizer, top, SYSTEM_PROMPT)
 
     def encode(what: str, n: int) -> Callable[[int], None]:
